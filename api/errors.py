@@ -1,0 +1,99 @@
+"""One error shape for every failure: `{"error": {"code", "message", "details"}}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from selfsup.spec import UNION_TAGS
+
+log = logging.getLogger("selfsup.api")
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    411: "length_required",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error a client can fix, with the status, code and message it gets."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or _CODES.get(status, "error")
+        self.message = message
+        self.details = details
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The JSON body of an error response."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """`("body", "model", "layers")` → `model.layers`; list indices as `corpus_ids[0]`."""
+    parts: list[str] = []
+    previous: Any = None
+    for item in loc:
+        if item in ("body", "query", "header", "path") and not parts:
+            continue
+        # A discriminated union puts its tag in the path (objective.causal_lm.x): leave it out.
+        if previous in UNION_TAGS and item in UNION_TAGS[previous]:
+            previous = item
+            continue
+        previous = item
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "body"
+
+
+def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic errors as `{field, message}` pairs a client can act on."""
+    details = []
+    for err in errors:
+        loc = list(err.get("loc", ()))
+        details.append({"field": field_path(loc), "message": err.get("msg", "invalid"), "type": err.get("type")})
+    return details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through `error_body`."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = validation_details(list(exc.errors()))
+        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+        return JSONResponse(error_body("invalid_request", summary, details), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            error_body(_CODES.get(exc.status_code, "error"), str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal_error", "internal error; see the server log"), status_code=500)

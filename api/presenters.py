@@ -1,0 +1,67 @@
+"""Turn table rows into response schemas (the only place that knows both shapes)."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from api.schemas import CheckpointFile, CheckpointPublic, CorpusPublic, JobPublic
+from selfsup.spec import JobSpec
+from storage import crud
+from storage.tables import Checkpoint, Corpus, Job
+
+
+def corpus_public(corpus: Corpus) -> CorpusPublic:
+    """A corpus as clients see it."""
+    return CorpusPublic.model_validate(corpus, from_attributes=True)
+
+
+def job_public(job: Job) -> JobPublic:
+    """A job as clients see it, with an ETA while it runs."""
+    metrics = {k: float(v) for k, v in (job.latest_metrics or {}).items()}
+    eta = None
+    tps = metrics.get("tokens_per_second")
+    if job.status == "running" and tps:
+        tokens_per_step = JobSpec.model_validate(job.spec).tokens_per_step
+        eta = round((job.max_steps - job.step) * tokens_per_step / tps, 1)
+    return JobPublic(
+        id=job.id,
+        name=job.name,
+        status=job.status,  # type: ignore[arg-type]
+        spec=job.spec,
+        step=job.step,
+        max_steps=job.max_steps,
+        tokens_seen=job.tokens_seen,
+        metrics=metrics,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        eta_seconds=eta,
+        cancel_requested=job.cancel_requested,
+    )
+
+
+def checkpoints_public(session: Session, job_id: str) -> list[CheckpointPublic]:
+    """All of a job's checkpoints, with their aliases."""
+    checkpoints = crud.list_checkpoints(session=session, job_id=job_id)
+    aliases = crud.checkpoint_aliases(checkpoints)
+    return [_checkpoint_public(c, aliases[c.id]) for c in checkpoints]
+
+
+def checkpoint_public(session: Session, checkpoint: Checkpoint) -> CheckpointPublic:
+    """One checkpoint with its aliases among its job's checkpoints."""
+    aliases = crud.checkpoint_aliases(crud.list_checkpoints(session=session, job_id=checkpoint.job_id))
+    return _checkpoint_public(checkpoint, aliases.get(checkpoint.id, []))
+
+
+def _checkpoint_public(checkpoint: Checkpoint, aliases: list[str]) -> CheckpointPublic:
+    return CheckpointPublic(
+        id=checkpoint.id,
+        job_id=checkpoint.job_id,
+        step=checkpoint.step,
+        version=checkpoint.version,
+        aliases=aliases,
+        metrics=checkpoint.metrics,
+        files=[CheckpointFile(**f) for f in checkpoint.files],
+        created_at=checkpoint.created_at,
+    )

@@ -1,0 +1,59 @@
+"""`/v1/checkpoints`: read a checkpoint, download it as a tar archive or file by file."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, StreamingResponse
+
+from api.deps import OwnedCheckpoint, SessionDep
+from api.errors import ApiError
+from api.presenters import checkpoint_public
+from api.schemas import CheckpointPublic
+from storage.blobs import get_blob_store
+from storage.checkpoints import iter_tar, tar_size
+
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
+
+
+@router.get("/{checkpoint_id}", response_model=CheckpointPublic, summary="Get a checkpoint")
+def get_checkpoint(checkpoint: OwnedCheckpoint, session: SessionDep) -> CheckpointPublic:
+    return checkpoint_public(session, checkpoint)
+
+
+@router.get(
+    "/{checkpoint_id}/archive",
+    summary="Download a checkpoint as a tar archive",
+    description="The Hugging Face directory (config, weights, tokenizer, model card) as `application/x-tar`, "
+    "streamed with `Content-Length`. Unpack it and load it with the `transformers` Auto classes.",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-tar": {}}}},
+)
+def download_archive(checkpoint: OwnedCheckpoint) -> StreamingResponse:
+    folder = get_blob_store().local_path(checkpoint.blob_prefix)
+    return StreamingResponse(
+        iter_tar(folder, checkpoint.files),
+        media_type="application/x-tar",
+        headers={
+            "Content-Length": str(tar_size(checkpoint.files)),
+            "Content-Disposition": f'attachment; filename="{checkpoint.job_id}-v{checkpoint.version}.tar"',
+        },
+    )
+
+
+@router.get(
+    "/{checkpoint_id}/files/{name}",
+    summary="Download one file of a checkpoint",
+    description="Honours `Range`. The response carries the file's recorded sha256 in `X-Checksum-Sha256`.",
+    response_class=FileResponse,
+)
+def download_file(checkpoint: OwnedCheckpoint, name: str) -> FileResponse:
+    entry = next((f for f in checkpoint.files if f["name"] == name), None)
+    if entry is None:
+        names = ", ".join(f["name"] for f in checkpoint.files)
+        raise ApiError(404, f"checkpoint {checkpoint.id} has no file {name!r}; it has: {names}")
+    folder = get_blob_store().local_path(checkpoint.blob_prefix)
+    return FileResponse(
+        folder / entry["name"],
+        filename=entry["name"],
+        headers={"X-Checksum-Sha256": entry["sha256"]},
+    )

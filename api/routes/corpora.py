@@ -1,0 +1,120 @@
+"""`/v1/corpora`: upload, list, read and delete corpora."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from api.deps import CursorDep, OwnedCorpus, SessionDep, TenantDep, wake_worker
+from api.errors import ApiError
+from api.presenters import corpus_public
+from api.schemas import CorporaPage, CorpusPublic
+from api.uploads import receive_upload
+from selfsup.settings import get_settings
+from storage import crud
+from storage.blobs import corpus_upload_key, get_blob_store
+from storage.tables import new_id
+from workers.celery_app import INGEST_CORPUS
+
+router = APIRouter(prefix="/v1/corpora", tags=["corpora"])
+
+_UPLOAD_DOC = """The body is the file itself, streamed (or `multipart/form-data` with a field `file`).
+
+Formats: `.txt` (UTF-8) or `.jsonl` with a string `text` per line, either gzip-compressed or not.
+The format comes from the `Content-Type` (`text/plain`; `application/jsonl` or `application/x-ndjson`),
+else from the name's extension; gzip is recognised by its magic bytes. Ingest then runs in the
+background: poll the corpus until `status` is `ready` (or `failed`, with `error` saying why).
+
+    curl -X POST "$SELFSUP/v1/corpora?name=shakespeare" -H "Authorization: Bearer $KEY" \\
+         -H "Content-Type: text/plain" --data-binary @tinyshakespeare.txt
+"""
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=CorpusPublic,
+    summary="Upload a corpus",
+    description=_UPLOAD_DOC,
+    responses={
+        413: {"description": "Over the size limit"},
+        415: {"description": "Unknown format"},
+        422: {"description": "Empty upload"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/plain": {"schema": {"type": "string", "format": "binary"}},
+                "application/jsonl": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                    }
+                },
+            },
+        }
+    },
+)
+async def upload_corpus(
+    request: Request,
+    tenant: TenantDep,
+    session: SessionDep,
+    name: Annotated[str | None, Query(min_length=1, max_length=200, description="Defaults to the file name.")] = None,
+) -> CorpusPublic:
+    corpus_id = new_id("cor")
+    store = get_blob_store()
+    upload = await receive_upload(
+        request,
+        store=store,
+        key=corpus_upload_key(corpus_id),
+        name=name,
+        limit=get_settings().max_upload_bytes,
+    )
+    corpus = crud.create_corpus(
+        session=session,
+        tenant=tenant,
+        corpus_id=corpus_id,
+        name=name or upload.filename or corpus_id,
+        fmt=upload.fmt,
+        compression=upload.compression,
+        size_bytes=upload.size_bytes,
+        sha256=upload.sha256,
+    )
+    session.commit()
+    wake_worker(INGEST_CORPUS, corpus.id)
+    return corpus_public(corpus)
+
+
+@router.get("", response_model=CorporaPage, summary="List corpora")
+def list_corpora(
+    tenant: TenantDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: CursorDep = None,
+) -> CorporaPage:
+    rows, next_cursor = crud.list_corpora(session=session, tenant=tenant, limit=limit, cursor=cursor)
+    return CorporaPage(data=[corpus_public(c) for c in rows], next_cursor=next_cursor)
+
+
+@router.get("/{corpus_id}", response_model=CorpusPublic, summary="Get a corpus")
+def get_corpus(corpus: OwnedCorpus) -> CorpusPublic:
+    return corpus_public(corpus)
+
+
+@router.delete("/{corpus_id}", status_code=204, summary="Delete a corpus", responses={409: {"description": "In use"}})
+def delete_corpus(corpus: OwnedCorpus, session: SessionDep) -> Response:
+    in_use = crud.corpus_in_use(session=session, corpus_id=corpus.id)
+    if in_use:
+        raise ApiError(
+            409,
+            f"corpus {corpus.id} is used by queued or running jobs ({', '.join(in_use)}); cancel them first",
+            details={"job_ids": in_use},
+        )
+    crud.delete_corpus(session=session, corpus=corpus)
+    session.commit()
+    get_blob_store().delete_prefix(f"corpora/{corpus.id}")
+    return Response(status_code=204)

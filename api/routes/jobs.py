@@ -1,0 +1,159 @@
+"""`/v1/jobs`: submit, list, follow and cancel pretraining jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.deps import CursorDep, OwnedJob, SessionDep, TenantDep, wake_worker
+from api.errors import ApiError
+from api.presenters import checkpoints_public, job_public
+from api.schemas import (
+    CheckpointsPage,
+    EventPublic,
+    EventsPage,
+    JobPublic,
+    JobsPage,
+    JobStatus,
+    MetricPoint,
+    MetricsPage,
+)
+from selfsup.spec import JobSpec
+from storage import crud
+from storage.tables import Job, Tenant
+from workers.celery_app import PREPARE_JOB
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    summary="Submit a pretraining job",
+    responses={
+        409: {"description": "Idempotency-Key reused with a different body"},
+        422: {"description": "Invalid spec; `details` names each bad field"},
+    },
+)
+def create_job(
+    spec: JobSpec,
+    tenant: TenantDep,
+    session: SessionDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=200, description="Repeat a request safely: the same key and body return the same job."),
+    ] = None,
+) -> JobPublic:
+    canonical = spec.model_dump(mode="json")
+    fingerprint = crud.request_fingerprint(canonical)
+    if idempotency_key:
+        earlier = crud.find_job_by_idempotency_key(session=session, tenant=tenant, key=idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, fingerprint, response)
+    _check_corpora(spec, tenant=tenant, session=session)
+    try:
+        job = crud.create_job(
+            session=session,
+            tenant=tenant,
+            spec=canonical,
+            name=spec.name or f"{spec.objective.type}-{spec.model.family}",
+            corpus_ids=spec.corpus_ids,
+            max_steps=spec.training.max_steps,
+            idempotency_key=idempotency_key,
+            request_sha256=fingerprint,
+        )
+        session.commit()
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced; the first one's job is the answer.
+        session.rollback()
+        earlier = crud.find_job_by_idempotency_key(session=session, tenant=tenant, key=idempotency_key or "")
+        if earlier is None:
+            raise
+        return _replay(earlier, fingerprint, response)
+    wake_worker(PREPARE_JOB, job.id)
+    return job_public(job)
+
+
+def _replay(job: Job, fingerprint: str, response: Response) -> JobPublic:
+    if job.request_sha256 != fingerprint:
+        raise ApiError(
+            409,
+            "this Idempotency-Key was used with a different request body; use a new key for a new job",
+            details={"job_id": job.id},
+        )
+    response.headers["Idempotent-Replayed"] = "true"
+    return job_public(job)
+
+
+def _check_corpora(spec: JobSpec, *, tenant: Tenant, session: Session) -> None:
+    problems = []
+    for i, corpus_id in enumerate(spec.corpus_ids):
+        corpus = crud.get_corpus(session=session, tenant=tenant, corpus_id=corpus_id)
+        if corpus is None:
+            problems.append({"field": f"corpus_ids[{i}]", "message": f"no corpus {corpus_id}"})
+        elif corpus.status == "failed":
+            problems.append(
+                {"field": f"corpus_ids[{i}]", "message": f"corpus {corpus_id} failed ingest: {corpus.error}"}
+            )
+    if problems:
+        raise ApiError(422, "; ".join(f"{p['field']}: {p['message']}" for p in problems), details=problems)
+
+
+@router.get("", response_model=JobsPage, summary="List jobs")
+def list_jobs(
+    tenant: TenantDep,
+    session: SessionDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: CursorDep = None,
+) -> JobsPage:
+    rows, next_cursor = crud.list_jobs(session=session, tenant=tenant, status=status, limit=limit, cursor=cursor)
+    return JobsPage(data=[job_public(j) for j in rows], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="Get a job: status, step, loss, ETA")
+def get_job(job: OwnedJob) -> JobPublic:
+    return job_public(job)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobPublic,
+    summary="Cancel a job",
+    description="A queued job is cancelled at once; a running one stops at its next step boundary.",
+    responses={409: {"description": "The job already finished"}},
+)
+def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    if job.status in crud.FINISHED_JOB_STATUSES:
+        raise ApiError(409, f"job {job.id} already finished ({job.status}); nothing to cancel")
+    crud.request_cancel(session=session, job=job)
+    return job_public(job)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPage, summary="A job's metrics")
+def get_metrics(
+    job: OwnedJob,
+    session: SessionDep,
+    name: Annotated[str | None, Query(max_length=64, examples=["train_loss"])] = None,
+    after_step: Annotated[int | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> MetricsPage:
+    rows = crud.list_metrics(session=session, job_id=job.id, name=name, after_step=after_step, limit=limit)
+    return MetricsPage(data=[MetricPoint(step=m.step, name=m.name, value=m.value, time=m.time) for m in rows])
+
+
+@router.get("/{job_id}/events", response_model=EventsPage, summary="A job's history")
+def get_events(job: OwnedJob, session: SessionDep, after_id: Annotated[int | None, Query(ge=0)] = None) -> EventsPage:
+    rows = crud.list_events(session=session, job_id=job.id, after_id=after_id)
+    return EventsPage(data=[EventPublic(id=e.id, time=e.time, type=e.type, message=e.message) for e in rows])
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointsPage, summary="A job's checkpoints")
+def get_checkpoints(job: OwnedJob, session: SessionDep) -> CheckpointsPage:
+    return CheckpointsPage(data=checkpoints_public(session, job.id))

@@ -1,0 +1,111 @@
+"""Response schemas: what clients see. Request bodies are the job spec (selfsup.spec) and raw uploads.
+
+Separate from the tables, so no storage path, key hash or tenant id leaks out.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+CorpusStatus = Literal["processing", "ready", "failed"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class CorpusPublic(BaseModel):
+    """An uploaded corpus."""
+
+    id: str = Field(examples=["cor_5f1c0e9a2b7d4c3e8a10"])
+    name: str = Field(examples=["tinyshakespeare"])
+    status: CorpusStatus
+    error: str | None = Field(default=None, description="Why ingest failed, when it did.")
+    format: str = Field(examples=["txt"])
+    compression: str | None = None
+    size_bytes: int = Field(examples=[1115394])
+    sha256: str
+    documents: int | None = Field(default=None, description="Set when ready.")
+    characters: int | None = None
+    train_documents: int | None = None
+    validation_documents: int | None = None
+    created_at: datetime
+
+
+class CorporaPage(BaseModel):
+    data: list[CorpusPublic]
+    next_cursor: str | None = None
+
+
+class JobPublic(BaseModel):
+    """A pretraining job and its progress."""
+
+    id: str = Field(examples=["job_8e2a4b1c9d0f7e6a5b3c"])
+    name: str
+    status: JobStatus
+    spec: dict[str, Any] = Field(description="The spec with every default filled in.")
+    step: int
+    max_steps: int
+    tokens_seen: int
+    metrics: dict[str, float] = Field(description="The latest value of each metric.")
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    eta_seconds: float | None = Field(default=None, description="Estimated seconds to finish, while running.")
+    cancel_requested: bool = False
+
+
+class JobsPage(BaseModel):
+    data: list[JobPublic]
+    next_cursor: str | None = None
+
+
+class MetricPoint(BaseModel):
+    step: int
+    name: str
+    value: float
+    time: datetime
+
+
+class MetricsPage(BaseModel):
+    data: list[MetricPoint]
+
+
+class EventPublic(BaseModel):
+    id: int
+    time: datetime
+    type: str = Field(examples=["checkpoint_saved"])
+    message: str
+
+
+class EventsPage(BaseModel):
+    data: list[EventPublic]
+
+
+class CheckpointFile(BaseModel):
+    name: str = Field(examples=["model.safetensors"])
+    size_bytes: int
+    sha256: str
+
+
+class CheckpointPublic(BaseModel):
+    """A saved, complete checkpoint: a Hugging Face directory."""
+
+    id: str = Field(examples=["ckpt_0a1b2c3d4e5f60718293"])
+    job_id: str
+    step: int
+    version: int = Field(description="1, 2, 3… per job.")
+    aliases: list[str] = Field(description="Any of latest, final, best (lowest val_loss).")
+    metrics: dict[str, float]
+    files: list[CheckpointFile]
+    created_at: datetime
+
+
+class CheckpointsPage(BaseModel):
+    data: list[CheckpointPublic]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,156 @@
+"""Masked language modelling pretext: BERT's 80/10/10 recipe as a pure function on token-id tensors.
+
+Semantics follow transformers' ``DataCollatorForLanguageModeling``: of the non-special tokens,
+``mask_probability`` are chosen; a chosen token becomes the mask token with probability
+``mask_replace_probability``, a random token with probability ``random_replace_probability``, and
+stays unchanged otherwise. Labels hold the original id at chosen positions and ``-100`` elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import torch
+import torch.nn.functional as F
+
+# The label value that torch's cross-entropy (and transformers) skip.
+IGNORE_INDEX = -100
+
+
+def manufacture_masked_lm_batch(
+    input_ids: torch.Tensor,
+    *,
+    special_ids: Collection[int] | torch.Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+    mask_probability: float = 0.15,
+    mask_replace_probability: float = 0.8,
+    random_replace_probability: float = 0.1,
+    word_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hide tokens of a (B, T) batch BERT-style and return ``(inputs, labels)``."""
+    _check_probability("mask_probability", mask_probability)
+    _check_probability("mask_replace_probability", mask_replace_probability)
+    _check_probability("random_replace_probability", random_replace_probability)
+    if mask_replace_probability + random_replace_probability > 1.0 + 1e-9:
+        raise ValueError("mask_replace_probability + random_replace_probability must not exceed 1")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (B, T); got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype != torch.long:
+        raise ValueError(f"input_ids must be torch.long; got {input_ids.dtype}")
+
+    if input_ids.numel() == 0:
+        return input_ids.clone(), torch.full_like(input_ids, IGNORE_INDEX)
+
+    # Draws happen on the batch's device, so the generator must live on that device too.
+    device = input_ids.device
+    special_mask = _special_positions(input_ids, special_ids)
+    if word_ids is not None:
+        if word_ids.shape != input_ids.shape:
+            raise ValueError(f"word_ids shape {tuple(word_ids.shape)} differs from input_ids {tuple(input_ids.shape)}")
+        # -1 marks specials/padding in word_ids; treat them exactly like special tokens.
+        special_mask = special_mask | (word_ids < 0)
+        chosen = _choose_whole_words(word_ids, mask_probability, generator) & ~special_mask
+    else:
+        draws = torch.rand(input_ids.shape, generator=generator, device=device)
+        chosen = (draws < mask_probability) & ~special_mask
+
+    # One uniform draw per token decides its fate: [0, p_mask) -> [MASK], [p_mask, p_mask + p_rand) ->
+    # random token, the rest -> unchanged. Same distribution as HF's chained Bernoullis, fewer draws.
+    fate = torch.rand(input_ids.shape, generator=generator, device=device)
+    to_mask_token = chosen & (fate < mask_replace_probability)
+    to_random_token = (
+        chosen & (fate >= mask_replace_probability) & (fate < mask_replace_probability + random_replace_probability)
+    )
+
+    inputs = input_ids.clone()
+    inputs[to_mask_token] = mask_token_id
+    num_random = int(to_random_token.sum())
+    if num_random > 0:
+        pool = _random_replacement_pool(input_ids, special_ids, special_mask, mask_token_id, vocab_size)
+        picks = torch.randint(len(pool), (num_random,), generator=generator, device=device)
+        inputs[to_random_token] = pool.to(device)[picks]
+
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[chosen] = input_ids[chosen]
+    return inputs, labels
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over chosen positions (labels != -100); zero, still differentiable, if none."""
+    flat_logits = logits.reshape(-1, logits.size(-1))
+    flat_labels = labels.reshape(-1)
+    if not bool((flat_labels != IGNORE_INDEX).any()):
+        # cross_entropy would return NaN on an all-ignored batch; a zero keeps the step harmless.
+        return flat_logits.sum() * 0.0
+    return F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE_INDEX)
+
+
+def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of chosen positions (labels != -100) whose argmax prediction equals the label; 0.0 if none."""
+    chosen = labels != IGNORE_INDEX
+    num_chosen = int(chosen.sum())
+    if num_chosen == 0:
+        # 0.0 rather than NaN: metrics end up in JSON, which has no NaN.
+        return 0.0
+    predictions = logits.argmax(dim=-1)
+    return float((predictions[chosen] == labels[chosen]).sum()) / num_chosen
+
+
+def _check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1]; got {value}")
+
+
+def _special_positions(input_ids: torch.Tensor, special_ids: Collection[int] | torch.Tensor) -> torch.Tensor:
+    """Bool (B, T) mask of positions that must never be chosen."""
+    if isinstance(special_ids, torch.Tensor):
+        if special_ids.shape != input_ids.shape:
+            raise ValueError(
+                f"special mask shape {tuple(special_ids.shape)} differs from input_ids {tuple(input_ids.shape)}"
+            )
+        return special_ids.to(device=input_ids.device, dtype=torch.bool)
+    ids = torch.tensor(sorted(special_ids), dtype=torch.long, device=input_ids.device)
+    return torch.isin(input_ids, ids)
+
+
+def _choose_whole_words(word_ids: torch.Tensor, mask_probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Draw once per (row, word) and spread the decision to every piece of that word."""
+    batch_size = word_ids.size(0)
+    valid = word_ids >= 0
+    # Word ids are only unique within a row, so key each word by (row, word id).
+    width = int(word_ids.max().clamp(min=0)) + 1
+    rows = torch.arange(batch_size, device=word_ids.device).unsqueeze(1)
+    keys = rows * width + word_ids.clamp(min=0)
+    # unique() sorts, so the draw order (hence the result) depends only on the ids, not on layout.
+    unique_keys, inverse = torch.unique(keys[valid], return_inverse=True)
+    word_chosen = torch.rand(len(unique_keys), generator=generator, device=word_ids.device) < mask_probability
+    chosen = torch.zeros_like(valid)
+    chosen[valid] = word_chosen[inverse]
+    return chosen
+
+
+def _random_replacement_pool(
+    input_ids: torch.Tensor,
+    special_ids: Collection[int] | torch.Tensor,
+    special_mask: torch.Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+) -> torch.Tensor:
+    """Ids a random replacement may take: the vocabulary less specials and the mask token."""
+    # A random [CLS]/[PAD] in the middle of text would teach the model nonsense, so exclude specials.
+    # Given only a positional mask, the special ids known are those seen at special positions.
+    if isinstance(special_ids, torch.Tensor):
+        excluded = set(input_ids[special_mask].unique().tolist())
+    else:
+        excluded = set(special_ids)
+    excluded.add(mask_token_id)
+    allowed = torch.ones(vocab_size, dtype=torch.bool)
+    excluded_in_range = [i for i in excluded if 0 <= i < vocab_size]
+    if excluded_in_range:
+        allowed[torch.tensor(excluded_in_range, dtype=torch.long)] = False
+    pool = allowed.nonzero().squeeze(1)
+    if len(pool) == 0:
+        raise ValueError("no non-special token ids left to draw random replacements from")
+    return pool

@@ -1,0 +1,140 @@
+"""The `selfsup` command: run the whole service, or one of its processes, and manage keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from selfsup.settings import get_settings
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from storage import migrate
+
+    if args.downgrade:
+        migrate.downgrade(revision=args.downgrade)
+    else:
+        migrate.upgrade(revision=args.revision)
+    print(f"database at {_safe_url()} is at revision {args.downgrade or args.revision}", file=sys.stderr)
+    return 0
+
+
+def _safe_url() -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(get_settings().resolved_database_url).render_as_string(hide_password=True)
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from storage import crud, migrate
+    from storage.db import session_scope
+
+    migrate.upgrade()
+    with session_scope() as session:
+        tenant = crud.get_or_create_tenant(session=session, name=args.tenant)
+        key = crud.create_api_key(session=session, tenant=tenant)
+    print(key)
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.celery_app import get_celery
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = set(queues) - {"cpu", "gpu"}
+    if unknown or not queues:
+        print(f"--queues takes cpu, gpu or cpu,gpu (got {args.queues!r})", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    argv = [
+        "worker",
+        "--queues",
+        ",".join(queues),
+        "--hostname",
+        f"{'+'.join(queues)}@%h-%i",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    # Training runs one job per worker process; ingest may use several processes.
+    if "gpu" in queues or settings.worker_cpu_concurrency == 1:
+        argv += ["--pool", "solo"]
+    else:
+        argv += ["--pool", "prefork", "--concurrency", str(settings.worker_cpu_concurrency)]
+    if args.beat:
+        settings.resolved_home.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", "--schedule", str(settings.resolved_home / "celerybeat-schedule")]
+    get_celery().worker_main(argv)
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from selfsup.supervisor import Supervisor
+
+    settings = get_settings()
+    return Supervisor(settings, host=args.host or settings.api_host, port=args.port or settings.api_port).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="selfsup", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="migrate, start the broker (unless SELFSUP_REDIS_URL), workers and API")
+    up.add_argument("--host", default=None, help="default 127.0.0.1 (SELFSUP_API_HOST)")
+    up.add_argument("--port", type=int, default=None, help="default 8000 (SELFSUP_API_PORT)")
+    up.set_defaults(run=_up)
+
+    migrate = sub.add_parser("migrate", help="apply the database migrations")
+    migrate.add_argument("--revision", default="head")
+    migrate.add_argument("--downgrade", metavar="REVISION", default=None, help="revert to REVISION (base = empty)")
+    migrate.set_defaults(run=_migrate)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a tenant if needed and print a new API key")
+    create.add_argument("--tenant", required=True)
+    create.set_defaults(run=_keys_create)
+
+    api = sub.add_parser("api", help="run the HTTP API alone")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+    api.set_defaults(run=_api)
+
+    worker = sub.add_parser("worker", help="run a Celery worker alone")
+    worker.add_argument("--queues", default="cpu,gpu", help="cpu (ingest, tokenization), gpu (training), or both")
+    worker.add_argument("--beat", action="store_true", help="also run the periodic reconciler")
+    worker.set_defaults(run=_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `selfsup` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

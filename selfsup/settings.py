@@ -1,0 +1,69 @@
+"""The one typed settings object that the API, the workers and the command line all import."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """selfsup's configuration, read from `SELFSUP_*` environment variables (and `.env`)."""
+
+    model_config = SettingsConfigDict(env_prefix="SELFSUP_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    home: Path = Field(default=Path("selfsup-data"), description="Data directory of the embedded default.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home.")
+    redis_url: str | None = Field(default=None, description="Broker URL; default an embedded Valkey server.")
+    blob_dir: Path | None = Field(default=None, description="Blob store folder; default home/blobs.")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
+    validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+
+    torch_threads: int | None = Field(default=None, ge=1, description="torch threads in a training worker.")
+    lease_seconds: float = Field(default=60.0, gt=0, description="How long a trainer owns a job unheard.")
+    control_interval_seconds: float = Field(
+        default=1.0, gt=0, description="How often a trainer flushes metrics, renews its lease, reads cancel."
+    )
+    reconcile_interval_seconds: float = Field(default=15.0, gt=0)
+    broker_visibility_timeout: int = Field(default=3600, gt=0)
+    worker_cpu_concurrency: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production_defaults(self) -> Settings:
+        if self.environment == "production":
+            missing = [n for n in ("database_url", "redis_url") if getattr(self, n) is None]
+            if missing:
+                names = ", ".join(f"SELFSUP_{n.upper()}" for n in missing)
+                raise ValueError(f"production needs {names}: the embedded SQLite and broker are for one machine")
+        return self
+
+    @property
+    def resolved_home(self) -> Path:
+        """The data directory as an absolute path."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, SQLite in the data directory unless configured."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_home / 'selfsup.db'}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        """The blob store folder."""
+        return (self.blob_dir or self.resolved_home / "blobs").expanduser().resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

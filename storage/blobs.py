@@ -1,0 +1,144 @@
+"""The blob store: corpora, tokenized arrays and checkpoints, addressed by `/`-separated keys.
+
+`BlobStore` is the small interface an object store can implement later; `LocalBlobStore` keeps blobs
+in a folder. Every write lands under a temporary name, is fsynced, then renamed into place, so a
+reader never sees a half-written blob.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from selfsup.settings import get_settings
+
+
+class BlobStore(Protocol):
+    """What selfsup needs from storage for files."""
+
+    def writer(self, key: str) -> contextmanager[BinaryIO]:  # type: ignore[valid-type]
+        """A file to write `key` into; it appears only when the block exits without error."""
+
+    def open(self, key: str) -> BinaryIO:
+        """Read `key`."""
+
+    def local_path(self, key: str) -> Path:
+        """A local file holding `key` (memory-mapped by trainers)."""
+
+    def exists(self, key: str) -> bool:
+        """Whether `key` is stored."""
+
+    def size(self, key: str) -> int:
+        """The size of `key` in bytes."""
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every blob under `prefix`."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalBlobStore:
+    """Blobs as files under one folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """The file behind `key`; refuses keys that would escape the store."""
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid blob key: {key!r}")
+        return self.root / key
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        """Write `key` atomically: temporary file, fsync, rename, fsync the folder."""
+        final = self.path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".tmp-{uuid.uuid4().hex}-{final.name}")
+        try:
+            with open(tmp, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def open(self, key: str) -> BinaryIO:
+        """Read `key`."""
+        return open(self.path(key), "rb")
+
+    def local_path(self, key: str) -> Path:
+        """The file itself."""
+        return self.path(key)
+
+    def exists(self, key: str) -> bool:
+        """Whether `key` is stored."""
+        return self.path(key).is_file()
+
+    def size(self, key: str) -> int:
+        """The size of `key` in bytes."""
+        return self.path(key).stat().st_size
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove the folder or file under `prefix`."""
+        target = self.path(prefix.rstrip("/"))
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+
+    @contextmanager
+    def staging_dir(self, prefix: str) -> Iterator[Path]:
+        """A scratch folder that becomes `prefix` atomically on success (used for checkpoints).
+
+        If `prefix` already exists (another writer won a race), the staged copy is discarded.
+        """
+        final = self.path(prefix.rstrip("/"))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".tmp-{uuid.uuid4().hex}-{final.name}")
+        tmp.mkdir()
+        try:
+            yield tmp
+            for folder, _dirs, files in os.walk(tmp):
+                for name in files:
+                    with open(os.path.join(folder, name), "rb") as fh:
+                        os.fsync(fh.fileno())
+                _fsync_dir(Path(folder))
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+            _fsync_dir(final.parent)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def corpus_upload_key(corpus_id: str) -> str:
+    """Blob key of a corpus's bytes as uploaded."""
+    return f"corpora/{corpus_id}/upload"
+
+
+def corpus_split_key(corpus_id: str, split: str) -> str:
+    """Blob key of one split (`train`, `validation`) of an ingested corpus, as JSONL."""
+    return f"corpora/{corpus_id}/{split}.jsonl"
+
+
+def get_blob_store() -> LocalBlobStore:
+    """The configured blob store."""
+    return LocalBlobStore(get_settings().resolved_blob_dir)

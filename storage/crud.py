@@ -1,0 +1,470 @@
+"""Database access for the API and the workers: keyword-only functions that take the session.
+
+Routes and tasks call these; nothing else writes SQL. Tenant scoping happens here, so a query
+can never forget it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.tables import (
+    ApiKey,
+    Checkpoint,
+    Corpus,
+    Event,
+    Job,
+    JobCorpus,
+    Metric,
+    Tenant,
+    TokenizedDataset,
+    utcnow,
+)
+
+ACTIVE_JOB_STATUSES = ("queued", "running")
+FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
+
+Row = TypeVar("Row", Corpus, Job)
+
+
+def hash_api_key(key: str) -> str:
+    """The stored form of an API key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+# --- tenants and keys -------------------------------------------------------------------------
+
+
+def get_or_create_tenant(*, session: Session, name: str) -> Tenant:
+    """The tenant called `name`, created if it does not exist."""
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def create_api_key(*, session: Session, tenant: Tenant) -> str:
+    """A new API key for `tenant`; only its hash is stored, so this is the one time it is seen."""
+    key = "ss_" + secrets.token_urlsafe(32)
+    session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_api_key(key), prefix=key[:10]))
+    session.flush()
+    return key
+
+
+def tenant_for_key(*, session: Session, key: str) -> Tenant | None:
+    """The tenant owning an unrevoked key, or None."""
+    return session.scalar(
+        select(Tenant)
+        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
+    )
+
+
+# --- paging -----------------------------------------------------------------------------------
+
+
+def encode_cursor(row: Corpus | Job) -> str:
+    """An opaque cursor pointing just after `row` in newest-first order."""
+    raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The position a cursor names; ValueError when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, row_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(row_id)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("cursor is not valid: pass the next_cursor value of a previous page") from exc
+
+
+def _page(
+    session: Session, model: type[Row], filters: Sequence[Any], *, limit: int, cursor: str | None
+) -> tuple[list[Row], str | None]:
+    query = select(model).where(*filters)
+    if cursor:
+        created, row_id = decode_cursor(cursor)
+        query = query.where(or_(model.created_at < created, and_(model.created_at == created, model.id < row_id)))
+    rows = list(session.scalars(query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+# --- corpora ----------------------------------------------------------------------------------
+
+
+def create_corpus(
+    *,
+    session: Session,
+    tenant: Tenant,
+    corpus_id: str,
+    name: str,
+    fmt: str,
+    compression: str | None,
+    size_bytes: int,
+    sha256: str,
+) -> Corpus:
+    """Record an upload whose bytes are already stored; ingest will fill in the rest."""
+    corpus = Corpus(
+        id=corpus_id,
+        tenant_id=tenant.id,
+        name=name,
+        format=fmt,
+        compression=compression,
+        size_bytes=size_bytes,
+        sha256=sha256,
+        status="processing",
+    )
+    session.add(corpus)
+    session.flush()
+    return corpus
+
+
+def get_corpus(*, session: Session, tenant: Tenant, corpus_id: str) -> Corpus | None:
+    """One of the tenant's corpora, or None (another tenant's id looks the same as a missing one)."""
+    return session.scalar(select(Corpus).where(Corpus.id == corpus_id, Corpus.tenant_id == tenant.id))
+
+
+def list_corpora(
+    *, session: Session, tenant: Tenant, limit: int, cursor: str | None
+) -> tuple[list[Corpus], str | None]:
+    """A page of the tenant's corpora, newest first."""
+    return _page(session, Corpus, [Corpus.tenant_id == tenant.id], limit=limit, cursor=cursor)
+
+
+def corpus_in_use(*, session: Session, corpus_id: str) -> list[str]:
+    """Ids of queued or running jobs that read the corpus."""
+    return list(
+        session.scalars(
+            select(Job.id)
+            .join(JobCorpus, JobCorpus.job_id == Job.id)
+            .where(JobCorpus.corpus_id == corpus_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+        )
+    )
+
+
+def delete_corpus(*, session: Session, corpus: Corpus) -> None:
+    """Remove a corpus row (its blobs are removed by the caller)."""
+    session.delete(corpus)
+    session.flush()
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def request_fingerprint(body: Any) -> str:
+    """A stable hash of a request body, to tell a repeated request from a different one."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def find_job_by_idempotency_key(*, session: Session, tenant: Tenant, key: str) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created, if any."""
+    return session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
+
+
+def create_job(
+    *,
+    session: Session,
+    tenant: Tenant,
+    spec: dict[str, Any],
+    name: str,
+    corpus_ids: Sequence[str],
+    max_steps: int,
+    idempotency_key: str | None,
+    request_sha256: str | None,
+) -> Job:
+    """Record a queued job and the corpora it reads. Raises IntegrityError on an idempotency race."""
+    job = Job(
+        tenant_id=tenant.id,
+        name=name,
+        spec=spec,
+        max_steps=max_steps,
+        idempotency_key=idempotency_key,
+        request_sha256=request_sha256,
+        status="queued",
+    )
+    session.add(job)
+    session.flush()
+    for position, corpus_id in enumerate(corpus_ids):
+        session.add(JobCorpus(job_id=job.id, corpus_id=corpus_id, position=position))
+    add_event(session=session, job_id=job.id, type="queued", message="job queued")
+    session.flush()
+    return job
+
+
+def get_job(*, session: Session, tenant: Tenant, job_id: str) -> Job | None:
+    """One of the tenant's jobs, or None."""
+    return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id))
+
+
+def list_jobs(
+    *, session: Session, tenant: Tenant, status: str | None, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """A page of the tenant's jobs, newest first, optionally of one status."""
+    filters: list[Any] = [Job.tenant_id == tenant.id]
+    if status:
+        filters.append(Job.status == status)
+    return _page(session, Job, filters, limit=limit, cursor=cursor)
+
+
+def job_corpora(*, session: Session, job_id: str) -> list[Corpus]:
+    """The corpora a job reads, in the order its spec lists them."""
+    return list(
+        session.scalars(
+            select(Corpus)
+            .join(JobCorpus, JobCorpus.corpus_id == Corpus.id)
+            .where(JobCorpus.job_id == job_id)
+            .order_by(JobCorpus.position)
+        )
+    )
+
+
+def queued_jobs_reading(*, session: Session, corpus_id: str) -> list[Job]:
+    """Queued jobs that wait on a corpus."""
+    return list(
+        session.scalars(
+            select(Job)
+            .join(JobCorpus, JobCorpus.job_id == Job.id)
+            .where(JobCorpus.corpus_id == corpus_id, Job.status == "queued")
+        )
+    )
+
+
+def finish_job(*, session: Session, job_id: str, status: str, message: str, error: str | None = None) -> bool:
+    """Move an active job to a final status (once); returns False if it had already finished."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+        .values(status=status, error=error, finished_at=now, lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    add_event(session=session, job_id=job_id, type=status if status != "succeeded" else "finished", message=message)
+    session.flush()
+    return True
+
+
+def request_cancel(*, session: Session, job: Job) -> str:
+    """Cancel a queued job now, or ask its trainer to stop; returns the status after the request."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "queued", Job.lease_owner.is_(None))
+        .values(status="cancelled", finished_at=now, cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        add_event(session=session, job_id=job.id, type="cancelled", message="cancelled before it started")
+    else:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status.in_(ACTIVE_JOB_STATUSES))
+            .values(cancel_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        add_event(session=session, job_id=job.id, type="cancel_requested", message="cancel requested")
+    session.flush()
+    session.refresh(job)
+    return job.status
+
+
+# --- leases -----------------------------------------------------------------------------------
+
+
+def claim_job(*, session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+    """Take the job's lease if it is free or expired; exactly one caller can win."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_(ACTIVE_JOB_STATUSES),
+            Job.cancel_requested.is_(False),
+            or_(Job.lease_owner.is_(None), Job.lease_expires_at < now, Job.lease_owner == owner),
+        )
+        .values(
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            status="running",
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+def renew_lease(
+    *,
+    session: Session,
+    job_id: str,
+    owner: str,
+    lease_seconds: float,
+    step: int,
+    tokens_seen: int,
+    latest_metrics: dict[str, float],
+) -> Job | None:
+    """Extend the lease and publish progress; None when the lease was lost to another worker."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        .values(
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            step=step,
+            tokens_seen=tokens_seen,
+            latest_metrics=latest_metrics,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def release_lease(*, session: Session, job_id: str, owner: str) -> None:
+    """Give the lease up (the job stays active for another worker)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# --- events and metrics -----------------------------------------------------------------------
+
+
+def add_event(*, session: Session, job_id: str, type: str, message: str) -> None:
+    """Append an event to a job's history."""
+    session.add(Event(job_id=job_id, type=type, message=message))
+
+
+def list_events(*, session: Session, job_id: str, after_id: int | None = None) -> list[Event]:
+    """A job's events, oldest first."""
+    query = select(Event).where(Event.job_id == job_id)
+    if after_id is not None:
+        query = query.where(Event.id > after_id)
+    return list(session.scalars(query.order_by(Event.id)))
+
+
+def write_metrics(*, session: Session, job_id: str, rows: Sequence[tuple[int, str, float, datetime]]) -> None:
+    """Store a batch of (step, name, value, time); a value for an existing (step, name) replaces it."""
+    if not rows:
+        return
+    latest: dict[tuple[int, str], tuple[float, datetime]] = {}
+    for step, name, value, time in rows:
+        latest[(step, name)] = (value, time)
+    session.execute(delete(Metric).where(Metric.job_id == job_id, tuple_(Metric.step, Metric.name).in_(list(latest))))
+    session.execute(
+        Metric.__table__.insert(),
+        [
+            {"job_id": job_id, "step": step, "name": name, "value": value, "time": time}
+            for (step, name), (value, time) in latest.items()
+        ],
+    )
+
+
+def delete_metrics_after(*, session: Session, job_id: str, step: int) -> None:
+    """Forget metrics past `step` (a resumed job replays those steps)."""
+    session.execute(delete(Metric).where(Metric.job_id == job_id, Metric.step > step))
+
+
+def list_metrics(
+    *, session: Session, job_id: str, name: str | None, after_step: int | None, limit: int
+) -> list[Metric]:
+    """A job's metrics in step order."""
+    query = select(Metric).where(Metric.job_id == job_id)
+    if name:
+        query = query.where(Metric.name == name)
+    if after_step is not None:
+        query = query.where(Metric.step > after_step)
+    return list(session.scalars(query.order_by(Metric.step, Metric.name).limit(limit)))
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def next_checkpoint_version(*, session: Session, job_id: str) -> int:
+    """The version the job's next checkpoint gets."""
+    current = session.scalar(select(func.max(Checkpoint.version)).where(Checkpoint.job_id == job_id))
+    return (current or 0) + 1
+
+
+def add_checkpoint(*, session: Session, checkpoint: Checkpoint) -> Checkpoint:
+    """Record a checkpoint whose files are complete."""
+    session.add(checkpoint)
+    session.flush()
+    return checkpoint
+
+
+def list_checkpoints(*, session: Session, job_id: str) -> list[Checkpoint]:
+    """A job's checkpoints, oldest first."""
+    return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.version)))
+
+
+def get_checkpoint(*, session: Session, tenant: Tenant, checkpoint_id: str) -> Checkpoint | None:
+    """One of the tenant's checkpoints, or None."""
+    return session.scalar(
+        select(Checkpoint)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Checkpoint.id == checkpoint_id, Job.tenant_id == tenant.id)
+    )
+
+
+def checkpoint_aliases(checkpoints: Sequence[Checkpoint]) -> dict[str, list[str]]:
+    """`latest`, `final` and `best` (lowest val_loss) for a job's checkpoints, by checkpoint id."""
+    aliases: dict[str, list[str]] = {c.id: [] for c in checkpoints}
+    if not checkpoints:
+        return aliases
+    aliases[max(checkpoints, key=lambda c: c.version).id].append("latest")
+    for c in checkpoints:
+        if c.is_final:
+            aliases[c.id].append("final")
+    scored = [c for c in checkpoints if c.val_loss is not None]
+    if scored:
+        aliases[min(scored, key=lambda c: (c.val_loss, -c.version)).id].append("best")
+    return aliases
+
+
+def prunable_checkpoints(*, checkpoints: Sequence[Checkpoint], keep_last: int) -> list[Checkpoint]:
+    """Checkpoints beyond the newest `keep_last`, never `best` or `final`."""
+    aliases = checkpoint_aliases(checkpoints)
+    ordered = sorted(checkpoints, key=lambda c: c.version)
+    old = ordered[:-keep_last] if len(ordered) > keep_last else []
+    return [c for c in old if not ({"best", "final"} & set(aliases[c.id]))]
+
+
+# --- tokenized datasets -----------------------------------------------------------------------
+
+
+def get_dataset(*, session: Session, key: str) -> TokenizedDataset | None:
+    """A stored tokenization, if this (corpora, tokenizer) pair was tokenized before."""
+    return session.get(TokenizedDataset, key)
+
+
+def add_dataset(*, session: Session, dataset: TokenizedDataset) -> TokenizedDataset:
+    """Record a tokenization; if another worker recorded the same key first, return theirs."""
+    try:
+        with session.begin_nested():
+            session.add(dataset)
+        return dataset
+    except IntegrityError:
+        existing = session.get(TokenizedDataset, dataset.key)
+        assert existing is not None
+        return existing

@@ -1,0 +1,60 @@
+"""The Celery application. Light to import: the API uses it to enqueue without loading torch.
+
+A Celery message is only a wake-up call carrying an id; the database says what to do.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from selfsup.broker import broker_url
+from selfsup.settings import get_settings
+
+CPU_QUEUE = "cpu"
+GPU_QUEUE = "gpu"
+
+INGEST_CORPUS = "selfsup.ingest_corpus"
+PREPARE_JOB = "selfsup.prepare_job"
+TRAIN_JOB = "selfsup.train_job"
+RECONCILE = "selfsup.reconcile"
+
+TASK_QUEUES = {INGEST_CORPUS: CPU_QUEUE, PREPARE_JOB: CPU_QUEUE, TRAIN_JOB: GPU_QUEUE, RECONCILE: CPU_QUEUE}
+
+
+def make_celery() -> Celery:
+    """A Celery app configured from the settings."""
+    settings = get_settings()
+    app = Celery("selfsup", broker=broker_url(settings), include=["workers.tasks"])
+    app.conf.update(
+        task_default_queue=CPU_QUEUE,
+        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        task_ignore_result=True,
+        # Ack after the task ran, and requeue if the worker process dies: a lost message would
+        # otherwise be a lost job. A second delivery is harmless because the database holds the lease.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval_seconds},
+        },
+    )
+    return app
+
+
+_app: Celery | None = None
+
+
+def get_celery() -> Celery:
+    """The process-wide Celery app."""
+    global _app
+    if _app is None:
+        _app = make_celery()
+    return _app
+
+
+def enqueue(task_name: str, *args: str) -> None:
+    """Wake a worker for `task_name` on its queue."""
+    get_celery().send_task(task_name, args=list(args), queue=TASK_QUEUES[task_name])

@@ -1,0 +1,96 @@
+"""The ingest task body: turn an uploaded blob into train/validation splits and mark the corpus."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from selfsup.settings import Settings
+from storage import crud
+from storage.blobs import LocalBlobStore, corpus_split_key, corpus_upload_key
+from storage.db import session_scope
+from storage.tables import Corpus
+from workers.celery_app import PREPARE_JOB, enqueue
+from workers.ingest import IngestError, read_jsonl_texts, rebalance_tiny_split, split_corpus
+
+log = logging.getLogger(__name__)
+
+
+def ingest(corpus_id: str, *, settings: Settings, store: LocalBlobStore) -> str:
+    """Ingest one corpus; idempotent, so a second delivery redoes the same work or nothing."""
+    with session_scope() as session:
+        corpus = session.get(Corpus, corpus_id)
+        if corpus is None or corpus.status != "processing":
+            return "nothing to do"
+        fmt = corpus.format
+    try:
+        with (
+            store.open(corpus_upload_key(corpus_id)) as raw,
+            store.writer(corpus_split_key(corpus_id, "train")) as train_out,
+            store.writer(corpus_split_key(corpus_id, "validation")) as validation_out,
+        ):
+            stats = split_corpus(
+                raw,
+                fmt=fmt,
+                validation_fraction=settings.validation_fraction,
+                train_out=train_out,
+                validation_out=validation_out,
+            )
+        if stats.train_documents == 0 or stats.validation_documents == 0:
+            stats.train_documents, stats.validation_documents = _rebalance(store, corpus_id, settings)
+    except IngestError as exc:
+        return _fail(corpus_id, str(exc))
+    except FileNotFoundError:
+        return _fail(corpus_id, "the uploaded bytes are missing from storage (the upload did not complete)")
+    except Exception as exc:
+        log.exception("ingest of %s failed", corpus_id)
+        return _fail(corpus_id, f"internal error during ingest: {type(exc).__name__}: {exc}")
+
+    with session_scope() as session:
+        corpus = session.get(Corpus, corpus_id)
+        if corpus is None:  # deleted meanwhile
+            store.delete_prefix(f"corpora/{corpus_id}")
+            return "deleted during ingest"
+        corpus.status = "ready"
+        corpus.documents = stats.documents
+        corpus.characters = stats.characters
+        corpus.train_documents = stats.train_documents
+        corpus.validation_documents = stats.validation_documents
+        corpus.ingest_report = {"dropped": stats.dropped}
+        waiting = [job.id for job in crud.queued_jobs_reading(session=session, corpus_id=corpus_id)]
+    for job_id in waiting:
+        enqueue(PREPARE_JOB, job_id)
+    return f"ready: {stats.documents} documents, {stats.characters} characters"
+
+
+def _rebalance(store: LocalBlobStore, corpus_id: str, settings: Settings) -> tuple[int, int]:
+    splits = {}
+    for split in ("train", "validation"):
+        with store.open(corpus_split_key(corpus_id, split)) as fh:
+            splits[split] = list(read_jsonl_texts(fh))
+    train, validation = rebalance_tiny_split(
+        splits["train"], splits["validation"], validation_fraction=settings.validation_fraction
+    )
+    for split, docs in (("train", train), ("validation", validation)):
+        with store.writer(corpus_split_key(corpus_id, split)) as out:
+            for doc in docs:
+                out.write((json.dumps({"text": doc}, ensure_ascii=False) + "\n").encode("utf-8"))
+    return len(train), len(validation)
+
+
+def _fail(corpus_id: str, reason: str) -> str:
+    with session_scope() as session:
+        corpus = session.get(Corpus, corpus_id)
+        if corpus is None:
+            return "deleted during ingest"
+        corpus.status = "failed"
+        corpus.error = reason
+        for job in crud.queued_jobs_reading(session=session, corpus_id=corpus_id):
+            crud.finish_job(
+                session=session,
+                job_id=job.id,
+                status="failed",
+                message=f"failed: corpus {corpus.name} ({corpus_id}) failed: {reason}",
+                error=f"corpus {corpus.name} ({corpus_id}) failed: {reason}",
+            )
+    return f"failed: {reason}"

@@ -1,0 +1,85 @@
+"""The prepare task body: make sure a queued job's tokenized data exists, then wake a trainer."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import update
+
+from selfsup.spec import JobSpec
+from storage import crud
+from storage.blobs import LocalBlobStore
+from storage.db import session_scope
+from storage.tables import Job
+from workers.celery_app import TRAIN_JOB, enqueue
+from workers.datasets import build_dataset, dataset_key
+
+log = logging.getLogger(__name__)
+
+
+def prepare(job_id: str, *, store: LocalBlobStore) -> str:
+    """Tokenize (or reuse) the job's data; fail the job with a reason if its corpora cannot serve it."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != "queued":
+            return "nothing to do"
+        if job.dataset_key:
+            return "already prepared"
+        corpora = crud.job_corpora(session=session, job_id=job_id)
+        failed = [c for c in corpora if c.status == "failed"]
+        if failed:
+            reason = f"corpus {failed[0].name} ({failed[0].id}) failed: {failed[0].error}"
+            crud.finish_job(session=session, job_id=job.id, status="failed", message=f"failed: {reason}", error=reason)
+            return "failed: corpus failed"
+        if len(corpora) < len(job.spec["corpus_ids"]):
+            reason = "a corpus of this job was deleted before training started"
+            crud.finish_job(session=session, job_id=job.id, status="failed", message=f"failed: {reason}", error=reason)
+            return "failed: corpus deleted"
+        if any(c.status != "ready" for c in corpora):
+            return "waiting for corpus ingest"
+        spec = JobSpec.model_validate(job.spec)
+        tokenizer_spec = spec.tokenizer.model_dump(mode="json")  # type: ignore[union-attr]
+        key = dataset_key([c.sha256 for c in corpora], tokenizer_spec)
+        dataset = crud.get_dataset(session=session, key=key)
+
+    if dataset is None:
+        try:
+            built = build_dataset(store=store, key=key, corpora=corpora, tokenizer_spec=tokenizer_spec)
+        except Exception as exc:
+            log.exception("tokenizing for job %s failed", job_id)
+            _fail(job_id, f"tokenization failed: {type(exc).__name__}: {exc}")
+            return "failed: tokenization"
+        with session_scope() as session:
+            dataset = crud.add_dataset(session=session, dataset=built)
+
+    window = spec.model.context_length + 1
+    problem = None
+    if dataset.train_tokens < window:
+        problem = f"the training split has {dataset.train_tokens} tokens"
+    elif dataset.validation_tokens < window:
+        problem = f"the validation split has {dataset.validation_tokens} tokens"
+    if problem:
+        _fail(
+            job_id,
+            f"{problem}, fewer than model.context_length + 1 = {window}; "
+            "upload more text or lower model.context_length",
+        )
+        return "failed: too little data"
+    with session_scope() as session:
+        # Only the delivery that records the dataset wakes a trainer, so duplicates enqueue nothing.
+        won = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", Job.dataset_key.is_(None))
+            .values(dataset_key=key)
+        ).rowcount
+    if not won:  # type: ignore[truthy-function]
+        return "already prepared"
+    enqueue(TRAIN_JOB, job_id)
+    return f"dataset {key[:12]} ready ({dataset.train_tokens} train tokens); trainer woken"
+
+
+def _fail(job_id: str, reason: str) -> None:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is not None:
+            crud.finish_job(session=session, job_id=job.id, status="failed", message=f"failed: {reason}", error=reason)

@@ -1,0 +1,110 @@
+"""Celery tasks. Each takes an id, loads its row, and treats the database as the truth."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from celery.signals import worker_init
+from sqlalchemy import select
+
+from selfsup.settings import get_settings
+from storage.blobs import get_blob_store
+from storage.db import session_scope
+from storage.tables import Corpus, Job, utcnow
+from workers.celery_app import INGEST_CORPUS, PREPARE_JOB, RECONCILE, TRAIN_JOB, enqueue, get_celery
+
+log = logging.getLogger("selfsup.tasks")
+app = get_celery()
+
+
+def selfsup_task(name: str, **options: Any) -> Callable[[Callable[..., str]], Any]:
+    """Register a task under a stable name, with logging of what it did and how it ended."""
+
+    def decorate(fn: Callable[..., str]) -> Any:
+        @functools.wraps(fn)
+        def run(*args: Any) -> str:
+            log.info("%s%s: start", name, args)
+            outcome = fn(*args)
+            log.info("%s%s: %s", name, args, outcome)
+            return outcome
+
+        return app.task(name=name, **options)(run)
+
+    return decorate
+
+
+@worker_init.connect
+def _prepare_worker(**_: Any) -> None:
+    # Pay torch's and transformers' import cost when the worker starts, not inside the first job.
+    import torch
+
+    import workers.corpus_ingest
+    import workers.prepare
+    import workers.run_job  # noqa: F401
+
+    threads = get_settings().torch_threads
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def worker_identity() -> str:
+    """Who holds a lease: host and process, unique among live workers."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@selfsup_task(INGEST_CORPUS)
+def ingest_corpus(corpus_id: str) -> str:
+    """Decode, split and count an uploaded corpus, then wake the jobs that wait for it."""
+    from workers.corpus_ingest import ingest
+
+    return ingest(corpus_id, settings=get_settings(), store=get_blob_store())
+
+
+@selfsup_task(PREPARE_JOB)
+def prepare_job(job_id: str) -> str:
+    """Tokenize a queued job's corpora (or reuse an earlier tokenization), then hand it to a trainer."""
+    from workers.prepare import prepare
+
+    return prepare(job_id, store=get_blob_store())
+
+
+@selfsup_task(TRAIN_JOB)
+def train_job(job_id: str) -> str:
+    """Train a job under a lease; a delivery for a job someone else holds does nothing."""
+    from workers.run_job import train_job as run
+
+    return run(job_id, owner=worker_identity(), settings=get_settings(), store=get_blob_store())
+
+
+@selfsup_task(RECONCILE)
+def reconcile() -> str:
+    """Re-enqueue work the broker may have lost: stale queued jobs, expired leases, stuck ingests."""
+    settings = get_settings()
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.lease_seconds)
+    to_prepare: list[str] = []
+    to_train: list[str] = []
+    with session_scope() as session:
+        for job in session.scalars(select(Job).where(Job.status == "queued", Job.updated_at < stale)):
+            job.updated_at = now
+            (to_train if job.dataset_key else to_prepare).append(job.id)
+        expired = list(session.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now)))
+        corpora = list(session.scalars(select(Corpus).where(Corpus.status == "processing", Corpus.updated_at < stale)))
+        for corpus in corpora:
+            corpus.updated_at = now
+    for job_id in to_prepare:
+        enqueue(PREPARE_JOB, job_id)
+    for job_id in to_train + [job.id for job in expired]:
+        enqueue(TRAIN_JOB, job_id)
+    for corpus in corpora:
+        enqueue(INGEST_CORPUS, corpus.id)
+    return (
+        f"requeued {len(to_prepare)} to prepare, {len(to_train)} to train, {len(expired)} with expired leases, "
+        f"{len(corpora)} ingests"
+    )

@@ -1,0 +1,212 @@
+"""The training core: manufacture a batch, predict, take the loss, update. No database, no Celery.
+
+`Trainer` owns the model, the optimizer and the data, and declares the state it can save, so a
+resumed job is the same job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.build import SpecialTokenIds, build_causal_lm
+from models.causal_lm import (
+    causal_lm_loss,
+    gather_windows,
+    manufacture_causal_lm_batch,
+    sample_window_offsets,
+)
+from selfsup.spec import JobSpec
+from workers.optim import configure_optimizer, learning_rate_at
+
+# A stream of the batch RNG reserved for the fixed validation windows, apart from every training step.
+_VALIDATION_STREAM = 2**62
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient stopped being finite; the job fails instead of saving NaNs."""
+
+
+@dataclass(frozen=True)
+class TokenArrays:
+    """The tokenized splits, memory-mapped."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    vocab_size: int
+    special: SpecialTokenIds
+
+    @classmethod
+    def open(cls, folder: Path, *, dtype: str, vocab_size: int, special: SpecialTokenIds) -> TokenArrays:
+        """Memory-map `train.bin` and `validation.bin` in `folder`."""
+        return cls(
+            train=np.memmap(folder / "train.bin", dtype=dtype, mode="r"),
+            validation=np.memmap(folder / "validation.bin", dtype=dtype, mode="r"),
+            vocab_size=vocab_size,
+            special=special,
+        )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step measured."""
+
+    loss: float
+    grad_norm: float
+    learning_rate: float
+
+
+def pick_device() -> torch.device:
+    """A CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to autocast to bf16: `auto` means on a CUDA GPU that supports it, never on the CPU."""
+    if precision == "bf16":
+        return True
+    return precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+class Trainer:
+    """One job's model, optimizer and data, stepped one optimizer update at a time."""
+
+    def __init__(self, spec: JobSpec, data: TokenArrays, *, device: torch.device, compile: bool = False) -> None:
+        self.spec = spec
+        self.data = data
+        self.device = device
+        training = spec.training
+        self.window = spec.model.context_length + 1
+        seed_everything(training.seed)
+        self.model = build_causal_lm(spec.model, vocab_size=data.vocab_size, special=data.special).to(device)
+        self.model.train()
+        self.optimizer = configure_optimizer(self.model, training, device)
+        self.bf16 = use_bf16(training.precision, device)
+        # Forward through the compiled module, save the plain one (no `_orig_mod.` prefixes).
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.step = 0
+        self.tokens_seen = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast when the precision asks for it, else nothing."""
+        if self.bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (inputs, labels) of one micro-batch: a pure function of the seed and the step."""
+        rng = np.random.default_rng([self.spec.training.seed, step, micro_step])
+        offsets = sample_window_offsets(
+            len(self.data.train), window=self.window, count=self.spec.training.batch_size, rng=rng
+        )
+        windows = gather_windows(self.data.train, offsets, self.window).to(self.device, non_blocking=True)
+        return manufacture_causal_lm_batch(windows)
+
+    def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Predict, then score the prediction against the manufactured labels."""
+        with self.autocast():
+            logits = self.forward(input_ids=inputs, use_cache=False).logits
+        return causal_lm_loss(logits, labels)
+
+    def train_step(self) -> StepResult:
+        """Forward, loss, backward, clip, check, update: one optimizer step."""
+        training = self.spec.training
+        lr = learning_rate_at(self.step, training)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for micro_step in range(training.grad_accum_steps):
+            loss = self.loss(*self.batch(self.step, micro_step))
+            (loss / training.grad_accum_steps).backward()
+            loss_sum += loss.item()
+        loss_value = loss_sum / training.grad_accum_steps
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"training diverged: the loss is {loss_value} at step {self.step + 1}")
+        max_norm = training.grad_clip if training.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(f"training diverged: the gradient norm is {grad_norm} at step {self.step + 1}")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += self.spec.tokens_per_step
+        return StepResult(loss=loss_value, grad_norm=grad_norm, learning_rate=lr)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss on the same fixed validation windows every time."""
+        evaluation, batch_size = self.spec.evaluation, self.spec.training.batch_size
+        rng = np.random.default_rng([self.spec.training.seed, _VALIDATION_STREAM])
+        offsets = sample_window_offsets(
+            len(self.data.validation), window=self.window, count=evaluation.batches * batch_size, rng=rng
+        )
+        self.model.eval()
+        losses = []
+        for start in range(0, len(offsets), batch_size):
+            windows = gather_windows(self.data.validation, offsets[start : start + batch_size], self.window)
+            losses.append(self.loss(*manufacture_causal_lm_batch(windows.to(self.device))).item())
+        self.model.train()
+        return float(np.mean(losses))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the weights that a resumed run needs to continue bit for bit."""
+        state: dict[str, Any] = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "python": _python_rng_state(),
+                "numpy": _numpy_rng_state(),
+                "torch": torch.get_rng_state(),
+            },
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved state (the weights are loaded separately, from the checkpoint)."""
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        _set_python_rng_state(rng["python"])
+        _set_numpy_rng_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (model init and dropout draw from these)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# RNG states are stored as tensors and plain lists so `torch.load(weights_only=True)` can read them back.
+def _python_rng_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, torch.tensor(internal, dtype=torch.int64), gauss]
+
+
+def _set_python_rng_state(state: list[Any]) -> None:
+    version, internal, gauss = state
+    random.setstate((int(version), tuple(int(x) for x in internal.tolist()), gauss))
+
+
+def _numpy_rng_state() -> list[Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _set_numpy_rng_state(state: list[Any]) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
