@@ -122,64 +122,69 @@ async def receive_upload(
     )
 
 
+class _MultipartFile:
+    """Callbacks for python-multipart's streaming parser that send the `file` field into a sink."""
+
+    def __init__(self, sink: _Sink) -> None:
+        self.sink = sink
+        self.headers: dict[bytes, bytes] = {}
+        self.header_field = b""
+        self.header_value = b""
+        self.in_file = False
+        self.seen = False
+        self.filename: str | None = None
+        self.content_type = ""
+
+    def on_part_begin(self) -> None:
+        self.headers = {}
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.header_field.lower()] = self.header_value
+        self.header_field, self.header_value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        _, disposition = parse_options_header(self.headers.get(b"content-disposition", b""))
+        self.in_file = disposition.get(b"name") == b"file" and not self.seen
+        if self.in_file:
+            self.seen = True
+            filename = disposition.get(b"filename")
+            self.filename = filename.decode("utf-8", "replace") if filename else None
+            self.content_type = self.headers.get(b"content-type", b"").decode("latin-1")
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.in_file:
+            self.sink.write(data[start:end])
+
+    def on_part_end(self) -> None:
+        self.in_file = False
+
+
 async def _receive_multipart(request: Request, boundary: bytes | None, sink: _Sink) -> tuple[str | None, str]:
     if not boundary:
         raise ApiError(400, "multipart/form-data without a boundary parameter")
-    state: dict[str, object] = {"headers": {}, "field": b"", "value": b"", "in_file": False, "seen": False}
-    result: dict[str, str | None] = {"filename": None, "type": ""}
-
-    def on_part_begin() -> None:
-        state["headers"] = {}
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] = bytes(state["field"]) + data[start:end]  # type: ignore[arg-type]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] = bytes(state["value"]) + data[start:end]  # type: ignore[arg-type]
-
-    def on_header_end() -> None:
-        headers = state["headers"]
-        assert isinstance(headers, dict)
-        headers[bytes(state["field"]).lower()] = bytes(state["value"])  # type: ignore[arg-type]
-        state["field"], state["value"] = b"", b""
-
-    def on_headers_finished() -> None:
-        headers = state["headers"]
-        assert isinstance(headers, dict)
-        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
-        is_file = disposition.get(b"name") == b"file" and not state["seen"]
-        state["in_file"] = is_file
-        if is_file:
-            state["seen"] = True
-            filename = disposition.get(b"filename")
-            result["filename"] = filename.decode("utf-8", "replace") if filename else None
-            result["type"] = headers.get(b"content-type", b"").decode("latin-1")
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        if state["in_file"]:
-            sink.write(data[start:end])
-
-    def on_part_end() -> None:
-        state["in_file"] = False
-
-    parser = MultipartParser(
-        boundary,
-        callbacks={
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
+    part = _MultipartFile(sink)
+    names = (
+        "on_part_begin",
+        "on_header_field",
+        "on_header_value",
+        "on_header_end",
+        "on_headers_finished",
+        "on_part_data",
+        "on_part_end",
     )
+    parser = MultipartParser(boundary, callbacks={name: getattr(part, name) for name in names})  # type: ignore[arg-type]
     try:
         async for chunk in _body(request):
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:
         raise ApiError(400, f"malformed multipart/form-data body: {exc}") from exc
-    if not state["seen"]:
+    if not part.seen:
         raise ApiError(422, "multipart upload without a field named `file`: send the corpus as the `file` field")
-    return result["filename"], result["type"] or ""
+    return part.filename, part.content_type

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -246,13 +247,13 @@ def queued_jobs_reading(*, session: Session, corpus_id: str) -> list[Job]:
 def finish_job(*, session: Session, job_id: str, status: str, message: str, error: str | None = None) -> bool:
     """Move an active job to a final status (once); returns False if it had already finished."""
     now = utcnow()
-    result = session.execute(
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
         .where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES))
         .values(status=status, error=error, finished_at=now, lease_owner=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:
         return False
     add_event(session=session, job_id=job_id, type=status if status != "succeeded" else "finished", message=message)
     session.flush()
@@ -262,13 +263,13 @@ def finish_job(*, session: Session, job_id: str, status: str, message: str, erro
 def request_cancel(*, session: Session, job: Job) -> str:
     """Cancel a queued job now, or ask its trainer to stop; returns the status after the request."""
     now = utcnow()
-    result = session.execute(
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
         .where(Job.id == job.id, Job.status == "queued", Job.lease_owner.is_(None))
         .values(status="cancelled", finished_at=now, cancel_requested=True)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount == 1:  # type: ignore[attr-defined]
+    if result.rowcount == 1:
         add_event(session=session, job_id=job.id, type="cancelled", message="cancelled before it started")
     else:
         session.execute(
@@ -289,7 +290,7 @@ def request_cancel(*, session: Session, job: Job) -> str:
 def claim_job(*, session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
     """Take the job's lease if it is free or expired; exactly one caller can win."""
     now = utcnow()
-    result = session.execute(
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
         .where(
             Job.id == job_id,
@@ -306,7 +307,7 @@ def claim_job(*, session: Session, job_id: str, owner: str, lease_seconds: float
         )
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return result.rowcount == 1
 
 
 def renew_lease(
@@ -321,7 +322,7 @@ def renew_lease(
 ) -> Job | None:
     """Extend the lease and publish progress; None when the lease was lost to another worker."""
     now = utcnow()
-    result = session.execute(
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
         .values(
@@ -332,7 +333,7 @@ def renew_lease(
         )
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:
         return None
     return session.get(Job, job_id, populate_existing=True)
 
@@ -372,7 +373,7 @@ def write_metrics(*, session: Session, job_id: str, rows: Sequence[tuple[int, st
         latest[(step, name)] = (value, time)
     session.execute(delete(Metric).where(Metric.job_id == job_id, tuple_(Metric.step, Metric.name).in_(list(latest))))
     session.execute(
-        Metric.__table__.insert(),
+        insert(Metric),
         [
             {"job_id": job_id, "step": step, "name": name, "value": value, "time": time}
             for (step, name), (value, time) in latest.items()

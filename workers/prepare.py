@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.engine import CursorResult
 
 from selfsup.spec import JobSpec
 from storage import crud
@@ -67,12 +69,12 @@ def prepare(job_id: str, *, store: LocalBlobStore) -> str:
         return "failed: too little data"
     with session_scope() as session:
         # Only the delivery that records the dataset wakes a trainer, so duplicates enqueue nothing.
-        won = session.execute(
+        result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
             update(Job)
             .where(Job.id == job_id, Job.status == "queued", Job.dataset_key.is_(None))
             .values(dataset_key=key)
-        ).rowcount
-    if not won:  # type: ignore[truthy-function]
+        )
+    if result.rowcount != 1:
         return "already prepared"
     enqueue(TRAIN_JOB, job_id)
     return f"dataset {key[:12]} ready ({dataset.train_tokens} train tokens); trainer woken"

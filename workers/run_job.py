@@ -283,7 +283,7 @@ def _train(
             result = trainer.train_step()
             step = trainer.step
             window_tokens += spec.tokens_per_step
-            if step % LOG_EVERY_STEPS == 0 or step == max_steps:
+            if step % LOG_EVERY_STEPS == 0 or step == 1 or step == max_steps:
                 # Throughput over the window, leaving out evaluation and checkpoint time.
                 elapsed = time.perf_counter() - window_start - excluded
                 control.record(

@@ -78,7 +78,7 @@ def write_token_array(
     tokenizer: PreTrainedTokenizerFast, documents: Iterable[str], path: Path, *, batch_docs: int = 256
 ) -> int:
     """Encode documents into a flat array file, each document followed by end-of-text; returns the count."""
-    eos = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    eos = int(tokenizer.convert_tokens_to_ids(END_OF_TEXT))  # type: ignore[arg-type]
     dtype = token_dtype(len(tokenizer))
     backend: Tokenizer = tokenizer.backend_tokenizer
     total = 0

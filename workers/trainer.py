@@ -85,7 +85,8 @@ class Trainer:
         training = spec.training
         self.window = spec.model.context_length + 1
         seed_everything(training.seed)
-        self.model = build_causal_lm(spec.model, vocab_size=data.vocab_size, special=data.special).to(device)
+        self.model = build_causal_lm(spec.model, vocab_size=data.vocab_size, special=data.special)
+        self.model.to(device)  # type: ignore[arg-type]
         self.model.train()
         self.optimizer = configure_optimizer(self.model, training, device)
         self.bf16 = use_bf16(training.precision, device)
@@ -203,10 +204,10 @@ def _set_python_rng_state(state: list[Any]) -> None:
 
 
 def _numpy_rng_state() -> list[Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    return [name, torch.from_numpy(np.asarray(keys).astype(np.int64)), int(pos), int(has_gauss), float(cached)]
 
 
 def _set_numpy_rng_state(state: list[Any]) -> None:
     name, keys, pos, has_gauss, cached = state
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state((str(name), keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))

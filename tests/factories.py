@@ -1,0 +1,89 @@
+"""Test data: corpus slices of the shared sample, job specs, and helpers that drive the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.service import wait_until
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
+
+
+def shakespeare_slice(n_bytes: int = 120_000) -> bytes:
+    """The first `n_bytes` of tiny Shakespeare, cut at a line end."""
+    data = SHAKESPEARE.read_bytes()[:n_bytes]
+    return data[: data.rfind(b"\n") + 1]
+
+
+def small_job_spec(corpus_id: str, **overrides: Any) -> dict[str, Any]:
+    """A job that trains a tiny GPT-2 for a few dozen steps with two checkpoints."""
+    spec: dict[str, Any] = {
+        "name": "tiny-char",
+        "corpus_ids": [corpus_id],
+        "objective": {"type": "causal_lm"},
+        "tokenizer": {"type": "char"},
+        "model": {"family": "gpt2", "layers": 2, "heads": 2, "width": 64, "context_length": 32},
+        "training": {"max_steps": 40, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 5},
+        "evaluation": {"every_steps": 20, "batches": 4},
+        "checkpointing": {"every_steps": 20, "keep_last": 3},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(spec.get(section), dict):
+            spec[section] = {**spec[section], **values}
+        else:
+            spec[section] = values
+    return spec
+
+
+def upload_corpus(
+    client: httpx.Client, data: bytes, *, name: str = "shakespeare.txt", content_type: str = "text/plain"
+) -> dict[str, Any]:
+    """POST the bytes as a corpus and return the 201 body."""
+    response = client.post("/v1/corpora", params={"name": name}, content=data, headers={"Content-Type": content_type})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def wait_for_corpus(client: httpx.Client, corpus_id: str, timeout: float = 120) -> dict[str, Any]:
+    """Poll a corpus until ingest finished (ready or failed)."""
+
+    def finished() -> dict[str, Any] | None:
+        body = client.get(f"/v1/corpora/{corpus_id}").json()
+        return body if body["status"] != "processing" else None
+
+    return wait_until(finished, timeout=timeout, what=f"corpus {corpus_id} ingest")  # type: ignore[no-any-return]
+
+
+def ready_corpus(client: httpx.Client, data: bytes | None = None) -> dict[str, Any]:
+    """Upload a corpus and wait until it is ready."""
+    corpus = upload_corpus(client, data if data is not None else shakespeare_slice())
+    corpus = wait_for_corpus(client, corpus["id"])
+    assert corpus["status"] == "ready", corpus
+    return corpus
+
+
+def submit_job(client: httpx.Client, spec: dict[str, Any]) -> dict[str, Any]:
+    """POST a job spec and return the 201 body."""
+    response = client.post("/v1/jobs", json=spec)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def wait_for_job(
+    client: httpx.Client,
+    job_id: str,
+    *,
+    statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+    timeout: float = 300,
+) -> dict[str, Any]:
+    """Poll a job until it reaches one of `statuses`."""
+
+    def reached() -> dict[str, Any] | None:
+        body = client.get(f"/v1/jobs/{job_id}").json()
+        return body if body["status"] in statuses else None
+
+    return wait_until(reached, timeout=timeout, interval=0.3, what=f"job {job_id} to reach {statuses}")  # type: ignore[no-any-return]

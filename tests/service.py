@@ -1,0 +1,128 @@
+"""Start the real service (`selfsup up`: broker, Celery workers, API) for tests, and talk to it over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+SELFSUP = [sys.executable, "-m", "selfsup.cli"]
+
+# Small and fast: tight control loop and leases, a low upload limit to exercise 413.
+TEST_SETTINGS = {
+    "SELFSUP_MAX_UPLOAD_BYTES": str(3_000_000),
+    "SELFSUP_CONTROL_INTERVAL_SECONDS": "0.2",
+    "SELFSUP_LEASE_SECONDS": "10",
+    "SELFSUP_RECONCILE_INTERVAL_SECONDS": "2",
+    "SELFSUP_TORCH_THREADS": "1",
+}
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy and return it; fail (never hang) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Service:
+    """A running selfsup and API keys for two tenants."""
+
+    base_url: str
+    home: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def client(self, tenant: str = "alice") -> httpx.Client:
+        """An HTTP client authenticated as `tenant`."""
+        headers = {"Authorization": f"Bearer {self.keys[tenant]}"} if tenant in self.keys else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
+
+    def create_key(self, tenant: str) -> str:
+        """`selfsup keys create --tenant NAME`, as a user runs it."""
+        out = subprocess.run(
+            [*SELFSUP, "keys", "create", "--tenant", tenant], env=self.env, cwd=REPO, capture_output=True, check=True
+        )
+        key = out.stdout.decode().strip()
+        assert key.startswith("ss_") and "\n" not in key, out
+        self.keys[tenant] = key
+        return key
+
+    def log(self) -> str:
+        """What the service printed so far (for failure messages)."""
+        return self.log_path.read_text(errors="replace")[-20_000:]
+
+    def stop(self) -> None:
+        """Ctrl-C, as a user stops it; kill only if it does not stop in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_service(home: Path, extra_env: dict[str, str] | None = None) -> Service:
+    """Run `selfsup up` in the background and wait until its API is ready."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFSUP_")}
+    env.update(TEST_SETTINGS)
+    env.update({"SELFSUP_HOME": str(home), "PYTHONUNBUFFERED": "1"})
+    env.update(extra_env or {})
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "service.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [*SELFSUP, "up", "--port", str(port)],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    service = Service(base_url=f"http://127.0.0.1:{port}", home=home, env=env, process=process, log_path=log_path)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"selfsup up exited with {process.returncode}:\n{service.log()}")
+        try:
+            return httpx.get(f"{service.base_url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, timeout=120, interval=0.5, what="selfsup up to become ready")
+        # Workers log "ready" once they consume; wait for both so the first task is not raced.
+        wait_until(lambda: service.log().count(" ready.") >= 2, timeout=120, what="both Celery workers")
+        service.create_key("alice")
+        service.create_key("bob")
+    except BaseException:
+        service.stop()
+        raise
+    return service
