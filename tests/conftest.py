@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,21 +31,34 @@ def _require(service: str, error: Exception) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test session, dropped afterwards."""
+def make_postgres_database() -> Iterator[Callable[[], str]]:
+    """Creates fresh, empty PostgreSQL databases on demand; drops them all at the end of the session."""
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"selfsup_test_{secrets.token_hex(4)}"
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"selfsup_test_{secrets.token_hex(4)}"
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:  # noqa: BLE001 - any connection failure means "PostgreSQL missing"
+            _require("PostgreSQL", exc)
+        created.append(name)
+        return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - any connection failure means "PostgreSQL missing"
-        _require("PostgreSQL", exc)
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        yield create
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for name in created:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_database(make_postgres_database: Callable[[], str]) -> str:
+    """A fresh PostgreSQL database for one test."""
+    return make_postgres_database()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,366 @@
+"""Training throughput: the real service against a plain PyTorch loop doing the same work.
+
+One command, from the repository root:
+
+    .venv/bin/python bench/train_throughput.py [--steps 300] [--threads 2] [--repeat 1] [--out FILE]
+
+Each repetition starts `selfsup up` on the embedded default in a fresh temporary SELFSUP_HOME, uploads
+tiny Shakespeare, trains a small character-level GPT-2 for `--steps` steps, reads the job's
+`tokens_per_second` series, stops the service, and then runs a plain `transformers` loop of the same
+shape in this process on the same token array, so the two never compete for the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from models.build import build_causal_lm  # noqa: E402
+from models.causal_lm import gather_windows, sample_window_offsets  # noqa: E402
+from selfsup.spec import JobSpec  # noqa: E402
+from tests.factories import SHAKESPEARE, submit_job, upload_corpus, wait_for_corpus  # noqa: E402
+from tests.service import Service, start_service, wait_until  # noqa: E402
+from workers.datasets import special_token_ids  # noqa: E402
+from workers.optim import configure_optimizer, learning_rate_at  # noqa: E402
+
+WARMUP_STEPS_EXCLUDED = 50
+POLL_INTERVAL_SECONDS = 2.0  # slow polling, so the benchmark's own HTTP requests barely cost the trainer CPU
+JOB_TIMEOUT_SECONDS = 3600.0
+
+
+def job_spec(corpus_id: str, steps: int) -> dict[str, Any]:
+    """The benchmark job: a character-level GPT-2 in fp32, one evaluation batch and one checkpoint at the end."""
+    return {
+        "name": "bench-train-throughput",
+        "corpus_ids": [corpus_id],
+        "objective": {"type": "causal_lm"},
+        "tokenizer": {"type": "char"},
+        "model": {"family": "gpt2", "layers": 4, "heads": 4, "width": 128, "context_length": 64},
+        "training": {
+            "max_steps": steps,
+            "batch_size": 12,
+            "grad_accum_steps": 1,
+            "precision": "fp32",
+            "learning_rate": 1e-3,
+            "min_learning_rate": 1e-4,
+            "warmup_steps": min(100, steps),
+            "betas": [0.9, 0.99],
+            "weight_decay": 0.1,
+            "grad_clip": 1.0,
+            "seed": 1337,
+        },
+        "evaluation": {"every_steps": 100_000, "batches": 1},
+        "checkpointing": {"every_steps": 100_000, "keep_last": 1},
+    }
+
+
+def service_env(threads: int) -> dict[str, str]:
+    """Production-like settings (the test defaults are tuned for speed of tests, not for throughput)."""
+    return {
+        "SELFSUP_TORCH_THREADS": str(threads),
+        "SELFSUP_CONTROL_INTERVAL_SECONDS": "1.0",
+        "SELFSUP_LEASE_SECONDS": "60",
+        "SELFSUP_RECONCILE_INTERVAL_SECONDS": "15",
+        "SELFSUP_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),
+    }
+
+
+@dataclass
+class ServiceResult:
+    """What one service run measured."""
+
+    job_id: str
+    steady_tokens_per_second: float
+    steady_steps: int
+    steady_seconds: float
+    window_rates: list[float]
+    end_to_end_seconds: float
+    end_to_end_tokens_per_second: float
+    final_train_loss: float | None
+    vocab_size: int
+    queued_to_finished_seconds: float
+
+
+@dataclass
+class PlainResult:
+    """What one plain-loop run measured."""
+
+    tokens_per_second: float
+    steps_timed: int
+    seconds: float
+    final_train_loss: float
+
+
+@dataclass
+class Repetition:
+    """One service run and the plain loop after it."""
+
+    service: ServiceResult
+    plain: PlainResult
+
+    @property
+    def ratio(self) -> float:
+        """Service steady-state throughput over the plain loop's."""
+        return self.service.steady_tokens_per_second / self.plain.tokens_per_second
+
+
+def steady_state(points: list[dict[str, Any]], *, tokens_per_step: int, skip_steps: int) -> tuple[float, int, float]:
+    """Token-weighted throughput (total tokens / total time) over the metric windows after `skip_steps`.
+
+    The service records `tokens_per_second` at step 1, then every 10 steps; each value covers the steps
+    since the previous record. Returns (tokens per second, steps covered, seconds covered).
+    """
+    points = sorted(points, key=lambda p: p["step"])
+    total_tokens, total_seconds, total_steps, previous = 0.0, 0.0, 0, 0
+    for point in points:
+        step, rate = int(point["step"]), float(point["value"])
+        steps_in_window = step - previous
+        previous = step
+        if step - steps_in_window < skip_steps:  # the window starts inside the warm-up
+            continue
+        if rate <= 0:
+            raise RuntimeError(f"non-positive tokens_per_second {rate} at step {step}")
+        tokens = steps_in_window * tokens_per_step
+        total_tokens += tokens
+        total_seconds += tokens / rate
+        total_steps += steps_in_window
+    if total_seconds == 0:
+        raise RuntimeError(f"no tokens_per_second windows after step {skip_steps}: {points}")
+    return total_tokens / total_seconds, total_steps, total_seconds
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def run_service(home: Path, *, steps: int, threads: int) -> tuple[ServiceResult, np.ndarray, dict[str, Any]]:
+    """Train the benchmark job on a fresh service; return its figures, the train tokens and the dataset meta.
+
+    The train tokens are copied out of the service's home before the service stops, so the plain loop
+    trains on exactly the array the service trained on.
+    """
+    service: Service = start_service(home, extra_env=service_env(threads))
+    try:
+        with service.client("alice") as client:
+            corpus = upload_corpus(client, SHAKESPEARE.read_bytes(), name="tinyshakespeare.txt")
+            corpus = wait_for_corpus(client, corpus["id"], timeout=600)
+            if corpus["status"] != "ready":
+                raise RuntimeError(f"corpus ingest failed: {corpus}")
+            job = submit_job(client, job_spec(corpus["id"], steps))
+            job_id = job["id"]
+
+            def finished() -> dict[str, Any] | None:
+                body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+                return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+            job = wait_until(
+                finished, timeout=JOB_TIMEOUT_SECONDS, interval=POLL_INTERVAL_SECONDS, what=f"job {job_id}"
+            )
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('error')}\n{service.log()}")
+            response = client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "tokens_per_second"})
+            response.raise_for_status()
+            rates = response.json()["data"]
+        meta, tokens = _read_dataset(home)
+    finally:
+        service.stop()
+
+    spec = JobSpec.model_validate(job["spec"])
+    tokens_per_step = spec.tokens_per_step
+    steady, steady_steps, steady_seconds = steady_state(
+        rates, tokens_per_step=tokens_per_step, skip_steps=WARMUP_STEPS_EXCLUDED
+    )
+    started, done = _parse_time(job["started_at"]), _parse_time(job["finished_at"])
+    end_to_end = (done - started).total_seconds()
+    result = ServiceResult(
+        job_id=job_id,
+        steady_tokens_per_second=steady,
+        steady_steps=steady_steps,
+        steady_seconds=steady_seconds,
+        window_rates=[float(p["value"]) for p in sorted(rates, key=lambda p: p["step"])],
+        end_to_end_seconds=end_to_end,
+        end_to_end_tokens_per_second=steps * tokens_per_step / end_to_end,
+        final_train_loss=job["metrics"].get("train_loss"),
+        vocab_size=int(meta["vocab_size"]),
+        queued_to_finished_seconds=(done - _parse_time(job["created_at"])).total_seconds(),
+    )
+    return result, tokens, meta
+
+
+def _read_dataset(home: Path) -> tuple[dict[str, Any], np.ndarray]:
+    """The one tokenized dataset under the service's blob store: its meta.json and a copy of train.bin."""
+    folders = sorted((home / "blobs" / "datasets").glob("*/meta.json"))
+    if len(folders) != 1:
+        raise RuntimeError(f"expected one tokenized dataset under {home}, found {folders}")
+    folder = folders[0].parent
+    meta: dict[str, Any] = json.loads(folders[0].read_text())
+    tokens = np.fromfile(folder / "train.bin", dtype=meta["dtype"])
+    if len(tokens) != meta["train_tokens"]:
+        raise RuntimeError(f"train.bin holds {len(tokens)} tokens, meta.json says {meta['train_tokens']}")
+    return meta, tokens
+
+
+def run_plain(tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: int) -> PlainResult:
+    """The same model, optimizer and batches in a bare loop; times steps after the warm-up exclusion."""
+    torch.set_num_threads(threads)
+    spec = JobSpec.model_validate(job_spec("cor_bench", steps))
+    training, context = spec.training, spec.model.context_length
+    window = context + 1
+    torch.manual_seed(training.seed)
+    model = build_causal_lm(spec.model, vocab_size=int(meta["vocab_size"]), special=special_token_ids(meta))
+    model.train()
+    device = torch.device("cpu")
+    optimizer = configure_optimizer(model, training, device)
+    rng = np.random.default_rng(training.seed)
+    timed_from = 0.0
+    loss_value = math.nan
+    for step in range(steps):
+        if step == WARMUP_STEPS_EXCLUDED:
+            timed_from = time.perf_counter()
+        lr = learning_rate_at(step, training)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        offsets = sample_window_offsets(len(tokens), window=window, count=training.batch_size, rng=rng)
+        batch = gather_windows(tokens, offsets, window)
+        x, y = batch[:, :-1], batch[:, 1:]
+        logits = model(input_ids=x, use_cache=False).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+    seconds = time.perf_counter() - timed_from
+    steps_timed = steps - WARMUP_STEPS_EXCLUDED
+    return PlainResult(
+        tokens_per_second=steps_timed * spec.tokens_per_step / seconds,
+        steps_timed=steps_timed,
+        seconds=seconds,
+        final_train_loss=loss_value,
+    )
+
+
+def machine(threads: int) -> dict[str, Any]:
+    """Where the numbers came from."""
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": threads,
+    }
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """A small plain-text table of the figures."""
+    rows: list[tuple[str, str]] = []
+    first = WARMUP_STEPS_EXCLUDED + 1
+    for i, rep in enumerate(report["repetitions"], start=1):
+        tag = f" [{i}]" if len(report["repetitions"]) > 1 else ""
+        service, plain = rep["service"], rep["plain"]
+        losses = f"{service['final_train_loss']:.3f} / {plain['final_train_loss']:.3f}"
+        rows += [
+            (f"service tokens/s, steady (steps {first}+){tag}", f"{service['steady_tokens_per_second']:,.0f}"),
+            (f"service tokens/s, end to end{tag}", f"{service['end_to_end_tokens_per_second']:,.0f}"),
+            (f"service end-to-end seconds{tag}", f"{service['end_to_end_seconds']:.1f}"),
+            (f"plain loop tokens/s (steps {first}+){tag}", f"{plain['tokens_per_second']:,.0f}"),
+            (f"ratio service/plain, steady{tag}", f"{rep['ratio']:.3f}"),
+            (f"final train_loss service / plain{tag}", losses),
+        ]
+    if len(report["repetitions"]) > 1:
+        rows.append(("median ratio service/plain", f"{report['median_ratio']:.3f}"))
+    m = report["machine"]
+    rows += [
+        ("machine", m["platform"]),
+        ("cpu", f"{m['cpu']} (nproc {m['nproc']})"),
+        ("torch / threads", f"{m['torch']} / {m['threads']}"),
+        ("steps", str(report["steps"])),
+        ("load avg before / after", f"{report['loadavg_before']} / {report['loadavg_after']}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the repetitions, print the table and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run (default 300)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, service and plain loop (default 2)")
+    parser.add_argument("--repeat", type=int, default=1, help="service + plain-loop repetitions (default 1)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/...-<date>.json)")
+    args = parser.parse_args(argv)
+    if args.steps <= WARMUP_STEPS_EXCLUDED + 10:
+        parser.error(f"--steps must exceed {WARMUP_STEPS_EXCLUDED + 10}; the first {WARMUP_STEPS_EXCLUDED} are warm-up")
+    if args.repeat < 1 or args.threads < 1:
+        parser.error("--repeat and --threads must be at least 1")
+    out: Path = args.out or REPO / "bench" / "results" / f"train_throughput-{datetime.now():%Y%m%d-%H%M%S}.json"
+
+    loadavg_before = [round(x, 2) for x in os.getloadavg()]
+    repetitions: list[Repetition] = []
+    for i in range(args.repeat):
+        print(f"[{i + 1}/{args.repeat}] service: {args.steps} steps on {args.threads} threads ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix="selfsup-bench-") as tmp:
+            service, tokens, meta = run_service(Path(tmp) / "home", steps=args.steps, threads=args.threads)
+        print(f"[{i + 1}/{args.repeat}] plain loop ...", flush=True)
+        plain = run_plain(tokens, meta, steps=args.steps, threads=args.threads)
+        repetitions.append(Repetition(service=service, plain=plain))
+        print(
+            f"[{i + 1}/{args.repeat}] service {service.steady_tokens_per_second:,.0f} tok/s, "
+            f"plain {plain.tokens_per_second:,.0f} tok/s, ratio {repetitions[-1].ratio:.3f}",
+            flush=True,
+        )
+
+    report: dict[str, Any] = {
+        "benchmark": "train_throughput",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "steps": args.steps,
+        "warmup_steps_excluded": WARMUP_STEPS_EXCLUDED,
+        "job_spec": job_spec("<corpus>", args.steps),
+        "machine": machine(args.threads),
+        "loadavg_before": loadavg_before,
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "repetitions": [{**asdict(r), "ratio": r.ratio} for r in repetitions],
+        "median_ratio": statistics.median(r.ratio for r in repetitions),
+        "median_service_steady_tokens_per_second": statistics.median(
+            r.service.steady_tokens_per_second for r in repetitions
+        ),
+        "median_plain_tokens_per_second": statistics.median(r.plain.tokens_per_second for r in repetitions),
+    }
+    print()
+    print(render_table(report))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
