@@ -107,6 +107,8 @@ class PlainResult:
     tokens_per_second: float
     steps_timed: int
     seconds: float
+    cpu_seconds: float
+    cpu_utilization: float
     final_train_loss: float
 
 
@@ -231,11 +233,11 @@ def run_plain(tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: 
     device = torch.device("cpu")
     optimizer = configure_optimizer(model, training, device)
     rng = np.random.default_rng(training.seed)
-    timed_from = 0.0
+    timed_from = cpu_from = 0.0
     loss_value = math.nan
     for step in range(steps):
         if step == WARMUP_STEPS_EXCLUDED:
-            timed_from = time.perf_counter()
+            timed_from, cpu_from = time.perf_counter(), time.process_time()
         lr = learning_rate_at(step, training)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -250,11 +252,14 @@ def run_plain(tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: 
         optimizer.zero_grad(set_to_none=True)
         loss_value = loss.item()
     seconds = time.perf_counter() - timed_from
+    cpu_seconds = time.process_time() - cpu_from
     steps_timed = steps - WARMUP_STEPS_EXCLUDED
     return PlainResult(
         tokens_per_second=steps_timed * spec.tokens_per_step / seconds,
         steps_timed=steps_timed,
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        cpu_utilization=cpu_seconds / (seconds * threads),
         final_train_loss=loss_value,
     )
 
@@ -281,7 +286,7 @@ def machine(threads: int) -> dict[str, Any]:
 def render_table(report: dict[str, Any]) -> str:
     """A small plain-text table of the figures."""
     rows: list[tuple[str, str]] = []
-    first = WARMUP_STEPS_EXCLUDED + 1
+    first, threads = WARMUP_STEPS_EXCLUDED + 1, report["machine"]["threads"]
     for i, rep in enumerate(report["repetitions"], start=1):
         tag = f" [{i}]" if len(report["repetitions"]) > 1 else ""
         service, plain = rep["service"], rep["plain"]
@@ -291,6 +296,7 @@ def render_table(report: dict[str, Any]) -> str:
             (f"service tokens/s, end to end{tag}", f"{service['end_to_end_tokens_per_second']:,.0f}"),
             (f"service end-to-end seconds{tag}", f"{service['end_to_end_seconds']:.1f}"),
             (f"plain loop tokens/s (steps {first}+){tag}", f"{plain['tokens_per_second']:,.0f}"),
+            (f"plain loop CPU use of {threads} threads{tag}", f"{plain['cpu_utilization']:.0%}"),
             (f"ratio service/plain, steady{tag}", f"{rep['ratio']:.3f}"),
             (f"final train_loss service / plain{tag}", losses),
         ]

@@ -244,12 +244,17 @@ def queued_jobs_reading(*, session: Session, corpus_id: str) -> list[Job]:
     )
 
 
-def finish_job(*, session: Session, job_id: str, status: str, message: str, error: str | None = None) -> bool:
-    """Move an active job to a final status (once); returns False if it had already finished."""
+def finish_job(
+    *, session: Session, job_id: str, status: str, message: str, error: str | None = None, owner: str | None = None
+) -> bool:
+    """Move an active job to a final status (once; only by `owner` if given); False if that did not happen."""
     now = utcnow()
+    conditions = [Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)]
+    if owner is not None:
+        conditions.append(Job.lease_owner == owner)
     result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+        .where(*conditions)
         .values(status=status, error=error, finished_at=now, lease_owner=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
@@ -338,14 +343,18 @@ def renew_lease(
     return session.get(Job, job_id, populate_existing=True)
 
 
-def release_lease(*, session: Session, job_id: str, owner: str) -> None:
-    """Give the lease up (the job stays active for another worker)."""
-    session.execute(
+def requeue_job(*, session: Session, job_id: str, owner: str, message: str) -> bool:
+    """Hand a running job back to the queue (its lease released) for another worker to resume."""
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        .values(status="queued", lease_owner=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount != 1:
+        return False
+    add_event(session=session, job_id=job_id, type="released", message=message)
+    return True
 
 
 # --- events and metrics -----------------------------------------------------------------------

@@ -86,12 +86,12 @@ def embedded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servi
 
 @pytest.fixture(scope="session")
 def postgres_service(
-    tmp_path_factory: pytest.TempPathFactory, postgres_database: str, redis_url: str
+    tmp_path_factory: pytest.TempPathFactory, make_postgres_database: Callable[[], str], redis_url: str
 ) -> Iterator[Service]:
     """selfsup up against this machine's PostgreSQL and Redis."""
     service = start_service(
         tmp_path_factory.mktemp("postgres") / "home",
-        {"SELFSUP_DATABASE_URL": postgres_database, "SELFSUP_REDIS_URL": redis_url},
+        {"SELFSUP_DATABASE_URL": make_postgres_database(), "SELFSUP_REDIS_URL": redis_url},
     )
     try:
         yield service

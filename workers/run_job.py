@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,9 +27,10 @@ from storage.blobs import LocalBlobStore
 from storage.checkpoints import lineage_json, load_resume_state, verify_files, write_checkpoint
 from storage.db import session_scope
 from storage.tables import Checkpoint, Corpus, Job, TokenizedDataset, utcnow
+from workers.celery_app import TRAIN_JOB, enqueue
 from workers.datasets import TOKENIZER_DIR, dataset_meta, special_token_ids
 from workers.model_card import render_model_card
-from workers.trainer import TokenArrays, Trainer, TrainingDiverged, pick_device
+from workers.trainer import StepResult, TokenArrays, Trainer, TrainingDiverged, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,6 @@ class JobControl:
     job_id: str
     owner: str
     settings: Settings
-    tokens_per_step: int
-    max_steps: int
     pending: list[tuple[int, str, float, datetime]] = field(default_factory=list)
     latest: dict[str, float] = field(default_factory=dict)
     last_flush: float = field(default_factory=time.monotonic)
@@ -197,8 +197,10 @@ def _save_checkpoint(
     return checkpoint
 
 
-def train_job(job_id: str, *, owner: str, settings: Settings, store: LocalBlobStore) -> str:
-    """Claim and train a job to its end; returns what happened (for the log)."""
+def train_job(
+    job_id: str, *, owner: str, settings: Settings, store: LocalBlobStore, should_stop: Callable[[], bool]
+) -> str:
+    """Claim and train a job to its end (or until `should_stop()`); returns what happened, for the log."""
     with session_scope() as session:
         if not crud.claim_job(session=session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds):
             return "not claimed: finished, cancelled, or held by a live lease elsewhere"
@@ -206,150 +208,187 @@ def train_job(job_id: str, *, owner: str, settings: Settings, store: LocalBlobSt
         assert job is not None
         corpora = crud.job_corpora(session=session, job_id=job_id)
         dataset = crud.get_dataset(session=session, key=job.dataset_key or "")
-    if dataset is None:
-        _fail(job, owner, "internal error: the job was started before its tokenized data existed")
-        return "failed: no dataset"
-    spec = JobSpec.model_validate(job.spec)
+    run = JobRun(job, corpora, dataset, owner=owner, settings=settings, store=store, should_stop=should_stop)
     try:
-        return _train(job, spec, corpora, dataset, owner=owner, settings=settings, store=store)
+        return run.run()
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; stopping without writing", job_id)
         return "lease lost"
     except TrainingDiverged as exc:
-        _fail(job, owner, str(exc))
+        run.finish("failed", f"failed: {exc}", error=str(exc))
         return "diverged"
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        _fail(job, owner, f"{type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}: {exc}"
+        run.finish("failed", f"failed: {reason}", error=reason)
         return "failed"
 
 
-def _fail(job: Job, owner: str, reason: str) -> None:
-    with session_scope() as session:
-        crud.finish_job(session=session, job_id=job.id, status="failed", message=f"failed: {reason}", error=reason)
+class JobRun:
+    """One claimed job being trained: the loop, with logging, evaluation, checkpoints and interruptions."""
 
+    def __init__(
+        self,
+        job: Job,
+        corpora: list[Corpus],
+        dataset: TokenizedDataset | None,
+        *,
+        owner: str,
+        settings: Settings,
+        store: LocalBlobStore,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.job = job
+        self.spec = JobSpec.model_validate(job.spec)
+        self.corpora = corpora
+        self.dataset = dataset
+        self.owner = owner
+        self.store = store
+        self.should_stop = should_stop
+        self.control = JobControl(job_id=job.id, owner=owner, settings=settings)
+        self.started = time.monotonic()
+        self.last_checkpoint_step: int | None = None
+        # Throughput is measured over each logging window, leaving out evaluation and checkpoint time.
+        self.window_start, self.window_tokens, self.excluded = time.perf_counter(), 0, 0.0
 
-def _train(
-    job: Job,
-    spec: JobSpec,
-    corpora: list[Corpus],
-    dataset: TokenizedDataset,
-    *,
-    owner: str,
-    settings: Settings,
-    store: LocalBlobStore,
-) -> str:
-    meta = dataset_meta(store, dataset)
-    data = TokenArrays.open(
-        store.local_path(dataset.blob_prefix),
-        dtype=meta["dtype"],
-        vocab_size=meta["vocab_size"],
-        special=special_token_ids(meta),
-    )
-    device = pick_device()
-    trainer = Trainer(spec, data, device=device)
-    resumed = _resume_from_checkpoint(trainer, store, job)
-    with session_scope() as session:
-        if resumed is not None:
-            crud.delete_metrics_after(session=session, job_id=job.id, step=trainer.step)
-            crud.add_event(
-                session=session,
-                job_id=job.id,
-                type="resumed",
-                message=f"resumed from checkpoint v{resumed.version} at step {trainer.step} on {owner}",
-            )
-        else:
-            crud.add_event(
-                session=session,
-                job_id=job.id,
-                type="started",
-                message=f"training started on {owner} ({device.type}, "
-                f"{'bf16' if trainer.bf16 else 'fp32'}, {count_parameters(trainer.model):,} parameters)",
-            )
+    def run(self) -> str:
+        """Train from the newest good checkpoint (or from scratch) to `max_steps`."""
+        if self.dataset is None:
+            raise RuntimeError("the job was started before its tokenized data existed")
+        self.trainer = self._build_trainer(self.dataset)
+        self._resume_or_start()
+        max_steps = self.spec.training.max_steps
+        try:
+            while self.trainer.step < max_steps:
+                result = self.trainer.train_step()
+                self._after_step(result)
+                interrupted = self._interruption()
+                if interrupted:
+                    return interrupted
+            self.control.flush(step=self.trainer.step, tokens_seen=self.trainer.tokens_seen)
+        except StopRequested:
+            self.finish("cancelled", f"cancelled at step {self.trainer.step}")
+            return "cancelled"
+        self.finish("succeeded", f"finished {max_steps} steps, {self.trainer.tokens_seen:,} tokens")
+        return "succeeded"
 
-    training, max_steps = spec.training, spec.training.max_steps
-    control = JobControl(
-        job_id=job.id,
-        owner=owner,
-        settings=settings,
-        tokens_per_step=spec.tokens_per_step,
-        max_steps=max_steps,
-        latest=dict(job.latest_metrics or {}) if resumed is not None else {},
-    )
-    started = time.monotonic()
-    window_start, window_tokens, excluded = time.perf_counter(), 0, 0.0
-    try:
-        while trainer.step < max_steps:
-            result = trainer.train_step()
-            step = trainer.step
-            window_tokens += spec.tokens_per_step
-            if step % LOG_EVERY_STEPS == 0 or step == 1 or step == max_steps:
-                # Throughput over the window, leaving out evaluation and checkpoint time.
-                elapsed = time.perf_counter() - window_start - excluded
-                control.record(
-                    step,
-                    {
-                        "train_loss": result.loss,
-                        "learning_rate": result.learning_rate,
-                        "grad_norm": result.grad_norm,
-                        "tokens_per_second": window_tokens / elapsed if elapsed > 0 else 0.0,
-                    },
-                )
-                window_start, window_tokens, excluded = time.perf_counter(), 0, 0.0
-                if control.due():
-                    control.flush(step=step, tokens_seen=trainer.tokens_seen)
-            checkpoint_now = step % spec.checkpointing.every_steps == 0 or step == max_steps
-            val_loss = None
-            if step % spec.evaluation.every_steps == 0 or checkpoint_now:
-                paused = time.perf_counter()
-                val_loss = trainer.evaluate()
-                control.record(step, {"val_loss": val_loss})
-                control.flush(step=step, tokens_seen=trainer.tokens_seen)
-                with session_scope() as session:
-                    crud.add_event(
-                        session=session,
-                        job_id=job.id,
-                        type="evaluation",
-                        message=f"step {step}: val_loss {val_loss:.4f}",
-                    )
-                excluded += time.perf_counter() - paused
-            if checkpoint_now:
-                paused = time.perf_counter()
-                _save_checkpoint(
-                    trainer=trainer,
-                    store=store,
-                    job=job,
-                    spec=spec,
-                    corpora=corpora,
-                    dataset=dataset,
-                    metrics=dict(control.latest),
-                    val_loss=val_loss,
-                    final=step == max_steps,
-                )
-                excluded += time.perf_counter() - paused
-            if training.max_runtime_seconds and time.monotonic() - started > training.max_runtime_seconds:
-                control.flush(step=step, tokens_seen=trainer.tokens_seen)
-                _fail(
-                    job,
-                    owner,
-                    f"exceeded training.max_runtime_seconds ({training.max_runtime_seconds:g}s) at step {step}",
-                )
-                return "timed out"
-        control.flush(step=trainer.step, tokens_seen=trainer.tokens_seen)
-    except StopRequested:
+    def finish(self, status: str, message: str, *, error: str | None = None) -> None:
+        """End the job (only while this worker still holds it)."""
         with session_scope() as session:
             crud.finish_job(
-                session=session,
-                job_id=job.id,
-                status="cancelled",
-                message=f"cancelled at step {trainer.step}",
+                session=session, job_id=self.job.id, status=status, message=message, error=error, owner=self.owner
             )
-        return "cancelled"
-    with session_scope() as session:
-        crud.finish_job(
-            session=session,
-            job_id=job.id,
-            status="succeeded",
-            message=f"finished {max_steps} steps, {trainer.tokens_seen:,} tokens",
+
+    def _build_trainer(self, dataset: TokenizedDataset) -> Trainer:
+        meta = dataset_meta(self.store, dataset)
+        data = TokenArrays.open(
+            self.store.local_path(dataset.blob_prefix),
+            dtype=meta["dtype"],
+            vocab_size=meta["vocab_size"],
+            special=special_token_ids(meta),
         )
-    return "succeeded"
+        return Trainer(self.spec, data, device=pick_device())
+
+    def _resume_or_start(self) -> None:
+        resumed = _resume_from_checkpoint(self.trainer, self.store, self.job)
+        with session_scope() as session:
+            if resumed is None:
+                trainer = self.trainer
+                crud.add_event(
+                    session=session,
+                    job_id=self.job.id,
+                    type="started",
+                    message=f"training started on {self.owner} ({trainer.device.type}, "
+                    f"{'bf16' if trainer.bf16 else 'fp32'}, {count_parameters(trainer.model):,} parameters)",
+                )
+                return
+            # Steps after the checkpoint will be replayed: their metrics are replaced, never duplicated.
+            crud.delete_metrics_after(session=session, job_id=self.job.id, step=self.trainer.step)
+            self.control.latest = dict(resumed.metrics)
+            crud.add_event(
+                session=session,
+                job_id=self.job.id,
+                type="resumed",
+                message=f"resumed from checkpoint v{resumed.version} at step {self.trainer.step} on {self.owner}",
+            )
+
+    def _after_step(self, result: StepResult) -> None:
+        step, max_steps = self.trainer.step, self.spec.training.max_steps
+        self.window_tokens += self.spec.tokens_per_step
+        if step % LOG_EVERY_STEPS == 0 or step == 1 or step == max_steps:
+            elapsed = time.perf_counter() - self.window_start - self.excluded
+            self.control.record(
+                step,
+                {
+                    "train_loss": result.loss,
+                    "learning_rate": result.learning_rate,
+                    "grad_norm": result.grad_norm,
+                    "tokens_per_second": self.window_tokens / elapsed if elapsed > 0 else 0.0,
+                },
+            )
+            self.window_start, self.window_tokens, self.excluded = time.perf_counter(), 0, 0.0
+            if self.control.due():
+                self.control.flush(step=step, tokens_seen=self.trainer.tokens_seen)
+        checkpoint_due = step % self.spec.checkpointing.every_steps == 0 or step == max_steps
+        val_loss = None
+        if step % self.spec.evaluation.every_steps == 0 or checkpoint_due:
+            val_loss = self._evaluate()
+        if checkpoint_due:
+            self._checkpoint(val_loss=val_loss, final=step == max_steps)
+
+    def _evaluate(self) -> float:
+        paused = time.perf_counter()
+        step = self.trainer.step
+        val_loss = self.trainer.evaluate()
+        self.control.record(step, {"val_loss": val_loss})
+        self.control.flush(step=step, tokens_seen=self.trainer.tokens_seen)
+        with session_scope() as session:
+            crud.add_event(
+                session=session, job_id=self.job.id, type="evaluation", message=f"step {step}: val_loss {val_loss:.4f}"
+            )
+        self.excluded += time.perf_counter() - paused
+        return val_loss
+
+    def _checkpoint(self, *, val_loss: float | None, final: bool) -> None:
+        paused = time.perf_counter()
+        assert self.dataset is not None
+        _save_checkpoint(
+            trainer=self.trainer,
+            store=self.store,
+            job=self.job,
+            spec=self.spec,
+            corpora=self.corpora,
+            dataset=self.dataset,
+            metrics=dict(self.control.latest),
+            val_loss=val_loss,
+            final=final,
+        )
+        self.last_checkpoint_step = self.trainer.step
+        self.excluded += time.perf_counter() - paused
+
+    def _interruption(self) -> str | None:
+        """Stop between steps when the worker shuts down or the time budget is spent."""
+        step = self.trainer.step
+        if step >= self.spec.training.max_steps:
+            return None
+        limit = self.spec.training.max_runtime_seconds
+        over_time = limit is not None and time.monotonic() - self.started > limit
+        if not (over_time or self.should_stop()):
+            return None
+        if self.last_checkpoint_step != step:
+            self._checkpoint(val_loss=None, final=False)
+        self.control.flush(step=step, tokens_seen=self.trainer.tokens_seen)
+        if over_time:
+            reason = f"exceeded training.max_runtime_seconds ({limit:g}s) at step {step}; checkpoint saved"
+            self.finish("failed", f"failed: {reason}", error=reason)
+            return "timed out"
+        # The worker is shutting down (a deploy, a preemption): hand the job to another worker.
+        with session_scope() as session:
+            crud.requeue_job(
+                session=session,
+                job_id=self.job.id,
+                owner=self.owner,
+                message=f"released at step {step}: worker {self.owner} is shutting down",
+            )
+        enqueue(TRAIN_JOB, self.job.id)
+        return "released for worker shutdown"

@@ -6,11 +6,12 @@ import functools
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_shutting_down
 from sqlalchemy import select
 
 from selfsup.settings import get_settings
@@ -37,6 +38,15 @@ def selfsup_task(name: str, **options: Any) -> Callable[[Callable[..., str]], An
         return app.task(name=name, **options)(run)
 
     return decorate
+
+
+# Set when the worker begins a warm shutdown (SIGTERM): the trainer stops at its next step boundary.
+SHUTTING_DOWN = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    SHUTTING_DOWN.set()
 
 
 @worker_init.connect
@@ -79,7 +89,13 @@ def train_job(job_id: str) -> str:
     """Train a job under a lease; a delivery for a job someone else holds does nothing."""
     from workers.run_job import train_job as run
 
-    return run(job_id, owner=worker_identity(), settings=get_settings(), store=get_blob_store())
+    return run(
+        job_id,
+        owner=worker_identity(),
+        settings=get_settings(),
+        store=get_blob_store(),
+        should_stop=SHUTTING_DOWN.is_set,
+    )
 
 
 @selfsup_task(RECONCILE)
