@@ -83,7 +83,12 @@ class TrainingSpec(StrictModel):
     grad_clip: float = Field(default=1.0, ge=0.0, description="Max global gradient norm; 0 disables clipping.")
     seed: int = Field(default=1337, ge=0, le=2**63 - 1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    max_runtime_seconds: float | None = Field(default=None, gt=0)
+    max_runtime_seconds: float | None = Field(
+        default=None, gt=0, description="Checkpoint and fail the job once it has trained this long."
+    )
+    max_restarts: int = Field(
+        default=3, ge=0, le=100, description="Resumes after crashes before the job fails with the last error."
+    )
 
     @model_validator(mode="after")
     def _consistent_schedule(self) -> TrainingSpec:
