@@ -38,6 +38,10 @@ def job_public(job: Job) -> JobPublic:
         finished_at=job.finished_at,
         eta_seconds=eta,
         cancel_requested=job.cancel_requested,
+        pause_requested=job.pause_requested,
+        worker=job.lease_owner,
+        restarts=job.restarts,
+        last_error=job.last_error,
     )
 
 

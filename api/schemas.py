@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 CorpusStatus = Literal["processing", "ready", "failed"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 
 
 class CorpusPublic(BaseModel):
@@ -54,6 +54,10 @@ class JobPublic(BaseModel):
     finished_at: datetime | None = None
     eta_seconds: float | None = Field(default=None, description="Estimated seconds to finish, while running.")
     cancel_requested: bool = False
+    pause_requested: bool = False
+    worker: str | None = Field(default=None, description="The worker (host:pid) training it now, if any.")
+    restarts: int = Field(default=0, description="Resumes after a crash or a lost worker.")
+    last_error: str | None = Field(default=None, description="The error of the last crash, if any.")
 
 
 class JobsPage(BaseModel):

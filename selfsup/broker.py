@@ -55,9 +55,9 @@ class EmbeddedBroker:
         return f"redis://{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> str:
-        """Start the server and wait until it answers PING; returns its URL."""
+        """Start the server (on its previous port, after a restart) and wait until it answers PING."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port(self.host)
+        self.port = self.port or _free_port(self.host)
         log = open(self.dir / "valkey.log", "ab")
         self.process = subprocess.Popen(
             [

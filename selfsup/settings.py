@@ -28,13 +28,17 @@ class Settings(BaseSettings):
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
 
     torch_threads: int | None = Field(default=None, ge=1, description="torch threads in a training worker.")
-    lease_seconds: float = Field(default=60.0, gt=0, description="How long a trainer owns a job unheard.")
+    lease_seconds: float = Field(default=30.0, gt=0, description="How long a trainer owns a job unheard.")
     control_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often a trainer flushes metrics, renews its lease, reads cancel."
     )
-    reconcile_interval_seconds: float = Field(default=15.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=10.0, gt=0)
     broker_visibility_timeout: int = Field(default=3600, gt=0)
     worker_cpu_concurrency: int = Field(default=1, ge=1)
+    orphan_seconds: float = Field(
+        default=3600.0, gt=0, description="Temporary blobs untouched this long (broken uploads) are removed."
+    )
+    fault_injection: str | None = Field(default=None, description="Tests only: see workers/faults.py.")
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Settings:
@@ -43,6 +47,8 @@ class Settings(BaseSettings):
             if missing:
                 names = ", ".join(f"SELFSUP_{n.upper()}" for n in missing)
                 raise ValueError(f"production needs {names}: the embedded SQLite and broker are for one machine")
+            if self.fault_injection:
+                raise ValueError("SELFSUP_FAULT_INJECTION crashes workers on purpose; it is for tests only")
         return self
 
     @property

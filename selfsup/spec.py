@@ -1,7 +1,8 @@
 """The job spec: what a client submits to `POST /v1/jobs`, validated field by field.
 
 Every section refuses unknown fields, and everything but `corpus_ids` and `objective` has a default,
-so `{"corpus_ids": [...], "objective": {"type": "causal_lm"}}` is a complete job.
+so `{"corpus_ids": [...], "objective": {"type": "masked_lm"}}` is a complete job: the objective picks
+the model family, and the family picks the tokenizer and its special tokens.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+ModelFamily = Literal["gpt2", "llama", "bert", "roberta", "t5"]
+SpecialTokens = Literal["gpt2", "bert", "roberta", "t5"]
 
 
 class StrictModel(BaseModel):
@@ -23,13 +28,67 @@ class CausalLMObjective(StrictModel):
     type: Literal["causal_lm"]
 
 
-Objective = Annotated[CausalLMObjective, Field(discriminator="type")]
+class MaskedLMObjective(StrictModel):
+    """BERT's recipe: hide some tokens and predict them from both sides."""
+
+    type: Literal["masked_lm"]
+    mask_probability: float = Field(
+        default=0.15, ge=0.01, le=0.8, description="Share of the non-special tokens chosen for prediction."
+    )
+    mask_replace_probability: float = Field(
+        default=0.8, ge=0.0, le=1.0, description="Share of the chosen tokens replaced by the mask token."
+    )
+    random_replace_probability: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="Share of the chosen tokens replaced by a random token."
+    )
+    whole_word: bool = Field(default=False, description="Choose whole words: all pieces of a word together.")
+
+    @model_validator(mode="after")
+    def _replacements_fit(self) -> MaskedLMObjective:
+        total = self.mask_replace_probability + self.random_replace_probability
+        if total > 1.0 + 1e-9:
+            raise ValueError(
+                f"mask_replace_probability + random_replace_probability is {total:g}; it must not exceed 1 "
+                "(BERT uses 0.8 and 0.1, leaving 0.1 of the chosen tokens unchanged)"
+            )
+        return self
+
+
+class SpanCorruptionObjective(StrictModel):
+    """T5's recipe: drop spans of tokens, each replaced by one sentinel, and predict what they hid."""
+
+    type: Literal["span_corruption"]
+    noise_density: float = Field(default=0.15, ge=0.01, le=0.5, description="Share of the tokens dropped.")
+    mean_span_length: float = Field(default=3.0, ge=1.0, le=32.0, description="Mean length of a dropped span.")
+
+
+class ContrastiveObjective(StrictModel):
+    """Unsupervised SimCSE: one sentence encoded twice, dropout the only augmentation, in-batch negatives."""
+
+    type: Literal["contrastive"]
+    temperature: float = Field(default=0.05, ge=0.001, le=10.0, description="Cosine similarity is divided by it.")
+    pooling: Literal["cls", "mean"] = Field(
+        default="cls", description="Sentence embedding: the first position's state, or the mean over tokens."
+    )
+
+
+Objective = Annotated[
+    CausalLMObjective | MaskedLMObjective | SpanCorruptionObjective | ContrastiveObjective,
+    Field(discriminator="type"),
+]
+
+_SPECIAL_TOKENS_DESCRIPTION = (
+    "Which family's special tokens the vocabulary carries (gpt2: <|endoftext|>; bert: [PAD] [UNK] [CLS] [SEP] "
+    "[MASK]; roberta: <s> <pad> </s> <unk> <mask>; t5: <pad> </s> <unk> and the sentinels <extra_id_0> … "
+    "<extra_id_99>). Default: the model family's."
+)
 
 
 class CharTokenizerSpec(StrictModel):
     """One token per character seen in the training split, plus the special tokens."""
 
     type: Literal["char"]
+    special_tokens: SpecialTokens | None = Field(default=None, description=_SPECIAL_TOKENS_DESCRIPTION)
 
 
 class BPETokenizerSpec(StrictModel):
@@ -37,22 +96,79 @@ class BPETokenizerSpec(StrictModel):
 
     type: Literal["bpe"]
     vocab_size: int = Field(default=4096, ge=300, le=262_144, description="Including the special tokens.")
+    special_tokens: SpecialTokens | None = Field(default=None, description=_SPECIAL_TOKENS_DESCRIPTION)
 
 
-TokenizerSpec = Annotated[CharTokenizerSpec | BPETokenizerSpec, Field(discriminator="type")]
+class WordPieceTokenizerSpec(StrictModel):
+    """WordPiece (BERT style, cased): words split at whitespace and punctuation, pieces after the first marked ##."""
 
-DEFAULT_TOKENIZER_BY_FAMILY: dict[str, dict[str, object]] = {"gpt2": {"type": "bpe", "vocab_size": 4096}}
+    type: Literal["wordpiece"]
+    vocab_size: int = Field(default=4096, ge=200, le=262_144, description="Including the special tokens.")
+    special_tokens: SpecialTokens | None = Field(default=None, description=_SPECIAL_TOKENS_DESCRIPTION)
+
+
+class UnigramTokenizerSpec(StrictModel):
+    """Unigram language model (SentencePiece/T5 style): whitespace becomes ▁, pieces may span it."""
+
+    type: Literal["unigram"]
+    vocab_size: int = Field(default=4096, ge=300, le=262_144, description="Including the special tokens.")
+    special_tokens: SpecialTokens | None = Field(default=None, description=_SPECIAL_TOKENS_DESCRIPTION)
+
+
+TokenizerSpec = Annotated[
+    CharTokenizerSpec | BPETokenizerSpec | WordPieceTokenizerSpec | UnigramTokenizerSpec,
+    Field(discriminator="type"),
+]
+
+DEFAULT_FAMILY_BY_OBJECTIVE: dict[str, ModelFamily] = {
+    "causal_lm": "gpt2",
+    "masked_lm": "bert",
+    "span_corruption": "t5",
+    "contrastive": "bert",
+}
+FAMILIES_BY_OBJECTIVE: dict[str, tuple[ModelFamily, ...]] = {
+    "causal_lm": ("gpt2", "llama"),
+    "masked_lm": ("bert", "roberta"),
+    "span_corruption": ("t5",),
+    "contrastive": ("bert", "roberta"),
+}
+DEFAULT_TOKENIZER_BY_FAMILY: dict[str, dict[str, object]] = {
+    "gpt2": {"type": "bpe", "vocab_size": 4096},
+    "llama": {"type": "bpe", "vocab_size": 4096},
+    "bert": {"type": "wordpiece", "vocab_size": 4096},
+    "roberta": {"type": "bpe", "vocab_size": 4096},
+    "t5": {"type": "unigram", "vocab_size": 4096},
+}
+SPECIAL_TOKENS_BY_FAMILY: dict[str, SpecialTokens] = {
+    "gpt2": "gpt2",
+    "llama": "gpt2",
+    "bert": "bert",
+    "roberta": "roberta",
+    "t5": "t5",
+}
+# The sentinel tokens a `t5` vocabulary carries, as in transformers' T5 tokenizers.
+T5_SENTINELS = 100
+# Contrastive training without dropout would compare two identical encodings: SimCSE's default.
+CONTRASTIVE_DEFAULT_DROPOUT = 0.1
+_TOKENIZER_CLASSES: dict[str, type[StrictModel]] = {
+    "char": CharTokenizerSpec,
+    "bpe": BPETokenizerSpec,
+    "wordpiece": WordPieceTokenizerSpec,
+    "unigram": UnigramTokenizerSpec,
+}
 
 
 class ModelSpec(StrictModel):
     """The architecture's shape; weights always start from a random init."""
 
-    family: Literal["gpt2"] = "gpt2"
+    family: ModelFamily = Field(default="gpt2", description="Default: the objective's (see the README).")
     layers: int = Field(default=4, ge=1, le=96)
     heads: int = Field(default=4, ge=1, le=128)
     width: int = Field(default=128, ge=8, le=16_384)
     context_length: int = Field(default=64, ge=4, le=32_768)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description=f"Default 0, or {CONTRASTIVE_DEFAULT_DROPOUT} for contrastive."
+    )
 
     @model_validator(mode="after")
     def _width_divides_into_heads(self) -> ModelSpec:
@@ -60,6 +176,11 @@ class ModelSpec(StrictModel):
             raise ValueError(
                 f"width ({self.width}) must be a multiple of heads ({self.heads}), "
                 f"for example width {self.heads * max(1, round(self.width / self.heads))}"
+            )
+        if self.family == "llama" and (self.width // self.heads) % 2:
+            raise ValueError(
+                f"llama's rotary positions need an even head width; width / heads is {self.width // self.heads}, "
+                f"so try width {self.width + self.heads} or another number of heads"
             )
         return self
 
@@ -118,7 +239,10 @@ class CheckpointingSpec(StrictModel):
 
 
 # The `type` values of each tagged section, so error paths can leave the tag out.
-UNION_TAGS: dict[str, set[str]] = {"objective": {"causal_lm"}, "tokenizer": {"char", "bpe"}}
+UNION_TAGS: dict[str, set[str]] = {
+    "objective": {"causal_lm", "masked_lm", "span_corruption", "contrastive"},
+    "tokenizer": {"char", "bpe", "wordpiece", "unigram"},
+}
 
 
 class JobSpec(StrictModel):
@@ -152,18 +276,123 @@ class JobSpec(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _fill_family_defaults(self) -> JobSpec:
-        if self.tokenizer is None:
-            default = DEFAULT_TOKENIZER_BY_FAMILY[self.model.family]
-            self.tokenizer = (CharTokenizerSpec if default["type"] == "char" else BPETokenizerSpec).model_validate(
-                default
-            )
+    def _fill_defaults_and_check_the_combination(self) -> JobSpec:
         if len(set(self.corpus_ids)) != len(self.corpus_ids):
             raise ValueError("corpus_ids must not repeat an id")
+        objective = self.objective.type
+        if "family" not in self.model.model_fields_set:
+            self.model.family = DEFAULT_FAMILY_BY_OBJECTIVE[objective]
+        if objective == "contrastive" and "dropout" not in self.model.model_fields_set:
+            self.model.dropout = CONTRASTIVE_DEFAULT_DROPOUT
+        family = self.model.family
+        if self.tokenizer is None:
+            default = DEFAULT_TOKENIZER_BY_FAMILY[family]
+            self.tokenizer = _TOKENIZER_CLASSES[str(default["type"])].model_validate(default)  # type: ignore[assignment]
+        assert self.tokenizer is not None
+        wanted = SPECIAL_TOKENS_BY_FAMILY[family]
+        if self.tokenizer.special_tokens is None:
+            self.tokenizer.special_tokens = wanted
+        self._check_combination(wanted)
         return self
+
+    def _check_combination(self, special_tokens: SpecialTokens) -> None:
+        objective, family = self.objective, self.model.family
+        families = FAMILIES_BY_OBJECTIVE[objective.type]
+        if family not in families:
+            raise _invalid(
+                "model.family",
+                f"objective {objective.type} trains the {_either(families)}, not {family}; "
+                f"leave model.family out to get {DEFAULT_FAMILY_BY_OBJECTIVE[objective.type]}",
+            )
+        assert self.tokenizer is not None
+        if self.tokenizer.special_tokens != special_tokens:
+            raise _invalid(
+                "tokenizer.special_tokens",
+                f"the {family} family needs the {special_tokens} special tokens, not "
+                f"{self.tokenizer.special_tokens}; leave tokenizer.special_tokens out to get them",
+            )
+        if isinstance(objective, ContrastiveObjective):
+            if self.training.batch_size < 2:
+                raise _invalid(
+                    "training.batch_size",
+                    f"contrastive needs a batch_size of at least 2 for in-batch negatives, not "
+                    f"{self.training.batch_size}; SimCSE uses 64",
+                )
+            if self.model.dropout <= 0:
+                raise _invalid(
+                    "model.dropout",
+                    "contrastive (unsupervised SimCSE) needs model.dropout above 0: dropout is what makes the "
+                    f"two encodings of a sentence differ; SimCSE uses {CONTRASTIVE_DEFAULT_DROPOUT}",
+                )
+        if isinstance(objective, SpanCorruptionObjective):
+            spans = span_corruption_spans(
+                self.model.context_length, objective.noise_density, objective.mean_span_length
+            )
+            if spans > T5_SENTINELS:
+                raise _invalid(
+                    "objective.mean_span_length",
+                    f"noise_density {objective.noise_density:g} and mean_span_length {objective.mean_span_length:g} "
+                    f"cut {spans} spans from a window of model.context_length {self.model.context_length}, but the "
+                    f"vocabulary has {T5_SENTINELS} sentinels; raise mean_span_length, lower noise_density or "
+                    "shorten model.context_length",
+                )
 
     @property
     def tokens_per_step(self) -> int:
-        """Training tokens consumed by one optimizer step."""
+        """Training tokens consumed by one optimizer step.
+
+        causal_lm and masked_lm: every position of every window. span_corruption: the raw text tokens a
+        window covers (more than context_length, since dropped spans shrink to one sentinel).
+        contrastive: the token budget, context_length per sentence; sentences are mostly shorter.
+        """
         t = self.training
-        return t.batch_size * t.grad_accum_steps * self.model.context_length
+        return t.batch_size * t.grad_accum_steps * self.tokens_per_sequence
+
+    @property
+    def tokens_per_sequence(self) -> int:
+        """Text tokens one training example reads (see `tokens_per_step`)."""
+        objective = self.objective
+        if isinstance(objective, SpanCorruptionObjective):
+            return span_corruption_raw_length(
+                self.model.context_length, objective.noise_density, objective.mean_span_length
+            )
+        return self.model.context_length
+
+
+def span_corruption_spans(inputs_length: int, noise_density: float, mean_span_length: float) -> int:
+    """Noise spans (each needs a sentinel) in the raw window whose corrupted input fits `inputs_length`."""
+    raw = span_corruption_raw_length(inputs_length, noise_density, mean_span_length)
+    return _span_counts(raw, noise_density, mean_span_length)[1]
+
+
+def span_corruption_raw_length(inputs_length: int, noise_density: float, mean_span_length: float) -> int:
+    """Longest raw window whose corrupted input (kept tokens, sentinels, EOS) fits `inputs_length`.
+
+    The arithmetic of `models.span_corruption.span_corruption_window_length`, repeated here without
+    torch so the API can validate specs; a unit test checks that the two agree.
+    """
+    window = max(inputs_length - 1, 0)
+    while True:
+        noise, spans = _span_counts(window + 1, noise_density, mean_span_length)
+        if window + 1 - noise + spans + 1 > inputs_length:
+            return window
+        window += 1
+
+
+def _span_counts(length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
+    if length < 2:
+        return 0, 0
+    noise = min(max(round(length * noise_density), 1), length - 1)
+    spans = min(max(round(noise / mean_span_length), 1), noise, length - noise)
+    return noise, spans
+
+
+def _either(families: tuple[str, ...]) -> str:
+    if len(families) == 1:
+        return f"family {families[0]}"
+    return "families " + ", ".join(families[:-1]) + f" or {families[-1]}"
+
+
+def _invalid(field: str, reason: str) -> PydanticCustomError:
+    """A cross-field error that names the field to fix (`api.errors` puts `field` in the 422's details)."""
+    return PydanticCustomError("invalid_combination", "{reason}", {"field": field, "reason": reason})

@@ -104,11 +104,9 @@ class Supervisor:
 
     def _watch(self, env: dict[str, str]) -> None:
         if self.broker is not None and not self.broker.alive():
+            # Same port, same append-only file: queued messages survive and clients reconnect.
             _say("embedded broker exited; starting it again")
             self.broker.start()
-            env["SELFSUP_REDIS_URL"] = self.broker.url
-            for child in self.children:  # they hold the old address
-                self._terminate(child)
         now = time.monotonic()
         for child in self.children:
             code = child.exited()

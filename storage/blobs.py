@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -102,8 +103,8 @@ class LocalBlobStore:
             target.unlink(missing_ok=True)
 
     @contextmanager
-    def staging_dir(self, prefix: str) -> Iterator[Path]:
-        """A scratch folder that becomes `prefix` atomically on success (used for checkpoints).
+    def staging_dir(self, prefix: str, *, before_rename: Callable[[], None] | None = None) -> Iterator[Path]:
+        """A scratch folder that becomes `prefix` atomically on success (used for checkpoints, datasets).
 
         If `prefix` already exists (another writer won a race), the staged copy is discarded.
         """
@@ -118,6 +119,8 @@ class LocalBlobStore:
                     with open(os.path.join(folder, name), "rb") as fh:
                         os.fsync(fh.fileno())
                 _fsync_dir(Path(folder))
+            if before_rename is not None:
+                before_rename()
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -127,6 +130,30 @@ class LocalBlobStore:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def sweep_orphans(self, prefix: str, *, older_than: float) -> list[str]:
+        """Remove temporary files and folders under `prefix` untouched for `older_than` seconds.
+
+        They are what a writer killed mid-write (an API process during an upload, a trainer during a
+        checkpoint) leaves behind; a live writer keeps touching its file, so it is never swept.
+        """
+        root = self.path(prefix.rstrip("/"))
+        if not root.exists():
+            return []
+        cutoff = time.time() - older_than
+        removed = []
+        for path in list(root.rglob(".tmp-*")):
+            try:
+                if path.stat().st_mtime > cutoff:
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(str(path.relative_to(self.root)))
+            except FileNotFoundError:
+                continue
+        return removed
 
 
 def corpus_upload_key(corpus_id: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import shutil
 import tarfile
 from collections.abc import Callable, Iterator
@@ -31,8 +32,13 @@ def sha256_file(path: Path) -> str:
 
 
 def checkpoint_prefix(job_id: str, version: int) -> str:
-    """The blob prefix of a job's checkpoint version."""
-    return f"checkpoints/{job_id}/v{version:06d}"
+    """A fresh blob prefix for a job's checkpoint version (unique, so two writers never share one)."""
+    return f"checkpoints/{job_id}/v{version:06d}-{secrets.token_hex(4)}"
+
+
+def job_checkpoints_prefix(job_id: str) -> str:
+    """The blob prefix under which all of a job's checkpoints live."""
+    return f"checkpoints/{job_id}"
 
 
 @dataclass
@@ -44,11 +50,11 @@ class WrittenCheckpoint:
     resume_files: list[dict[str, Any]]
 
 
-def _manifest(folder: Path, root: Path) -> list[dict[str, Any]]:
+def _manifest(folder: Path, root: Path, *, exclude: str | None = None) -> list[dict[str, Any]]:
     return [
-        {"name": str(p.relative_to(root)), "size_bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(folder.iterdir())
-        if p.is_file()
+        {"name": p.relative_to(root).as_posix(), "size_bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not (exclude and p.relative_to(root).parts[0] == exclude)
     ]
 
 
@@ -61,14 +67,13 @@ def write_checkpoint(
     tokenizer_dir: Path,
     text_files: dict[str, str],
     resume_state: dict[str, Any],
+    before_rename: Callable[[], None] | None = None,
 ) -> WrittenCheckpoint:
-    """Write one checkpoint atomically and return its manifest."""
+    """Write one checkpoint atomically and return its manifest (record it in the database after this)."""
     import torch  # here, not at the top: the API imports this module and never needs torch
 
     prefix = checkpoint_prefix(job_id, version)
-    # A folder left by an attempt that died before recording it in the database is stale: replace it.
-    store.delete_prefix(prefix)
-    with store.staging_dir(prefix) as staging:
+    with store.staging_dir(prefix, before_rename=before_rename) as staging:
         save_model(staging)
         for item in tokenizer_dir.iterdir():
             if item.is_file():
@@ -78,7 +83,7 @@ def write_checkpoint(
         resume = staging / RESUME_DIR
         resume.mkdir()
         torch.save(resume_state, resume / RESUME_STATE_FILE)
-        files = _manifest(staging, staging)
+        files = _manifest(staging, staging, exclude=RESUME_DIR)
         resume_files = _manifest(resume, staging)
     return WrittenCheckpoint(prefix=prefix, files=files, resume_files=resume_files)
 

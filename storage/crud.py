@@ -32,7 +32,7 @@ from storage.tables import (
     utcnow,
 )
 
-ACTIVE_JOB_STATUSES = ("queued", "running")
+ACTIVE_JOB_STATUSES = ("queued", "running", "paused")
 FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
 
 Row = TypeVar("Row", Corpus, Job)
@@ -252,6 +252,8 @@ def finish_job(
     conditions = [Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)]
     if owner is not None:
         conditions.append(Job.lease_owner == owner)
+    if status == "succeeded":  # a job whose cancel was accepted never ends as succeeded
+        conditions.append(Job.cancel_requested.is_(False))
     result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
         .where(*conditions)
@@ -265,17 +267,28 @@ def finish_job(
     return True
 
 
-def request_cancel(*, session: Session, job: Job) -> str:
-    """Cancel a queued job now, or ask its trainer to stop; returns the status after the request."""
-    now = utcnow()
-    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+def _idle_update(job_id: str, *statuses: str) -> Any:
+    """An UPDATE of a job in one of `statuses` that no trainer holds."""
+    return (
         update(Job)
-        .where(Job.id == job.id, Job.status == "queued", Job.lease_owner.is_(None))
-        .values(status="cancelled", finished_at=now, cancel_requested=True)
+        .where(Job.id == job_id, Job.status.in_(statuses), Job.lease_owner.is_(None))
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount == 1:
-        add_event(session=session, job_id=job.id, type="cancelled", message="cancelled before it started")
+
+
+def _rowcount(session: Session, statement: Any) -> int:
+    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
+    return result.rowcount
+
+
+def request_cancel(*, session: Session, job: Job) -> str:
+    """Cancel a queued or paused job now, or ask its trainer to stop; returns the status after the request."""
+    now = utcnow()
+    if _rowcount(
+        session,
+        _idle_update(job.id, "queued", "paused").values(status="cancelled", finished_at=now, cancel_requested=True),
+    ):
+        add_event(session=session, job_id=job.id, type="cancelled", message=f"cancelled while {job.status}")
     else:
         session.execute(
             update(Job)
@@ -289,30 +302,132 @@ def request_cancel(*, session: Session, job: Job) -> str:
     return job.status
 
 
+def request_pause(*, session: Session, job: Job) -> str:
+    """Pause a queued job now, or ask its trainer to checkpoint and stop at the next step boundary."""
+    if _rowcount(session, _idle_update(job.id, "queued").values(status="paused")):
+        add_event(session=session, job_id=job.id, type="paused", message="paused before it started")
+    else:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "running")
+            .values(pause_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        add_event(session=session, job_id=job.id, type="pause_requested", message="pause requested")
+    session.flush()
+    session.refresh(job)
+    return job.status
+
+
+def resume_paused(*, session: Session, job: Job) -> bool:
+    """Queue a paused job again; False if it was not paused."""
+    if not _rowcount(session, _idle_update(job.id, "paused").values(status="queued", pause_requested=False)):
+        return False
+    add_event(session=session, job_id=job.id, type="resume_requested", message="queued again after a pause")
+    session.flush()
+    session.refresh(job)
+    return True
+
+
+def mark_paused(*, session: Session, job_id: str, owner: str, step: int) -> bool:
+    """The trainer saved a checkpoint and lets go of a job whose pause was requested."""
+    done = _rowcount(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        .values(status="paused", pause_requested=False, lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False),
+    )
+    if done:
+        add_event(session=session, job_id=job_id, type="paused", message=f"paused at step {step}; checkpoint saved")
+    return bool(done)
+
+
 # --- leases -----------------------------------------------------------------------------------
 
 
 def claim_job(*, session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
-    """Take the job's lease if it is free or expired; exactly one caller can win."""
+    """Take a queued job's lease; exactly one caller can win, whatever the broker delivers."""
     now = utcnow()
-    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status.in_(ACTIVE_JOB_STATUSES),
-            Job.cancel_requested.is_(False),
-            or_(Job.lease_owner.is_(None), Job.lease_expires_at < now, Job.lease_owner == owner),
+    return bool(
+        _rowcount(
+            session,
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == "queued",
+                Job.lease_owner.is_(None),
+                Job.cancel_requested.is_(False),
+            )
+            .values(
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                status="running",
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now),
+            )
+            .execution_options(synchronize_session=False),
         )
-        .values(
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            status="running",
-            attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, now),
-        )
-        .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+
+
+def requeue_after_crash(*, session: Session, job: Job, owner: str | None, error: str) -> str:
+    """A trainer died or raised: queue the job to resume, or fail it once `max_restarts` is spent.
+
+    `owner` guards against acting on a job someone else holds now (None: the lease is known to be dead).
+    Returns "requeued", "failed", or "skipped" when the job was not in the expected state.
+    """
+    max_restarts = int(job.spec.get("training", {}).get("max_restarts", 3))
+    held = Job.lease_owner == owner if owner is not None else Job.lease_owner == job.lease_owner
+    base = (
+        update(Job).where(Job.id == job.id, Job.status == "running", held).execution_options(synchronize_session=False)
+    )
+    if job.restarts < max_restarts:
+        values = {
+            "status": "queued",
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "last_error": error,
+            "restarts": Job.restarts + 1,
+        }
+        if not _rowcount(session, base.values(**values)):
+            return "skipped"
+        add_event(
+            session=session,
+            job_id=job.id,
+            type="crashed",
+            message=f"{error}; resuming (restart {job.restarts + 1} of {max_restarts})",
+        )
+        return "requeued"
+    reason = f"gave up after {max_restarts} restarts; last error: {error}"
+    final: dict[str, Any] = {
+        "status": "failed",
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "last_error": error,
+        "error": reason,
+        "finished_at": utcnow(),
+    }
+    if not _rowcount(session, base.values(**final)):
+        return "skipped"
+    add_event(session=session, job_id=job.id, type="failed", message=f"failed: {reason}")
+    return "failed"
+
+
+def lock_job_lease(*, session: Session, job_id: str, owner: str) -> bool:
+    """Lock the job row for this transaction and tell whether `owner` still holds its lease."""
+    holder = session.scalar(select(Job.lease_owner).where(Job.id == job_id).with_for_update())
+    return holder == owner
+
+
+def expired_leases(*, session: Session) -> list[Job]:
+    """Running jobs whose trainer stopped renewing its lease."""
+    return list(session.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < utcnow())))
+
+
+def running_jobs_of(*, session: Session, owner_prefix: str) -> list[Job]:
+    """Running jobs whose lease owner starts with `owner_prefix` (one host's workers)."""
+    return list(session.scalars(select(Job).where(Job.status == "running", Job.lease_owner.startswith(owner_prefix))))
 
 
 def renew_lease(
@@ -414,6 +529,11 @@ def next_checkpoint_version(*, session: Session, job_id: str) -> int:
     """The version the job's next checkpoint gets."""
     current = session.scalar(select(func.max(Checkpoint.version)).where(Checkpoint.job_id == job_id))
     return (current or 0) + 1
+
+
+def delete_checkpoint(*, session: Session, checkpoint_id: str) -> None:
+    """Forget a checkpoint (its files are removed by the caller)."""
+    session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
 
 
 def add_checkpoint(*, session: Session, checkpoint: Checkpoint) -> Checkpoint:

@@ -24,11 +24,18 @@ from selfsup.settings import Settings
 from selfsup.spec import JobSpec
 from storage import crud
 from storage.blobs import LocalBlobStore
-from storage.checkpoints import lineage_json, load_resume_state, verify_files, write_checkpoint
+from storage.checkpoints import (
+    job_checkpoints_prefix,
+    lineage_json,
+    load_resume_state,
+    verify_files,
+    write_checkpoint,
+)
 from storage.db import session_scope
 from storage.tables import Checkpoint, Corpus, Job, TokenizedDataset, utcnow
 from workers.celery_app import TRAIN_JOB, enqueue
 from workers.datasets import TOKENIZER_DIR, dataset_meta, special_token_ids
+from workers.faults import Faults
 from workers.model_card import render_model_card
 from workers.trainer import StepResult, TokenArrays, Trainer, TrainingDiverged, pick_device
 
@@ -43,6 +50,10 @@ class LeaseLost(RuntimeError):
 
 class StopRequested(RuntimeError):
     """The job was cancelled between steps."""
+
+
+class PauseRequested(RuntimeError):
+    """The job was asked to pause: checkpoint, then let go of it."""
 
 
 @dataclass
@@ -87,28 +98,49 @@ class JobControl:
         self.last_flush = time.monotonic()
         if job.cancel_requested:
             raise StopRequested("cancelled")
+        if job.pause_requested:
+            raise PauseRequested("paused")
 
 
 def _resume_from_checkpoint(trainer: Trainer, store: LocalBlobStore, job: Job) -> Checkpoint | None:
-    """Load the newest checkpoint whose files all match their sha256; skip corrupt ones with an event."""
+    """Load the newest checkpoint whose files all match their sha256.
+
+    A corrupt or incomplete one is removed (so it is never downloaded either) with an event saying why,
+    and the one before it is tried. Folders that no row names (a write killed before it was recorded)
+    are removed too.
+    """
     with session_scope() as session:
         checkpoints = crud.list_checkpoints(session=session, job_id=job.id)
+    _remove_unrecorded_checkpoints(store, job.id, {c.blob_prefix for c in checkpoints})
     for checkpoint in reversed(checkpoints):
         folder = store.local_path(checkpoint.blob_prefix)
         problem = verify_files(folder, checkpoint.files + checkpoint.resume_files)
         if problem:
             with session_scope() as session:
+                crud.delete_checkpoint(session=session, checkpoint_id=checkpoint.id)
                 crud.add_event(
                     session=session,
                     job_id=job.id,
                     type="checkpoint_skipped",
-                    message=f"checkpoint v{checkpoint.version} (step {checkpoint.step}) is unusable: {problem}",
+                    message=f"checkpoint v{checkpoint.version} (step {checkpoint.step}) is unusable and was "
+                    f"removed: {problem}",
                 )
+            store.delete_prefix(checkpoint.blob_prefix)
             continue
         load_model(trainer.model, str(folder / "model.safetensors"), strict=False, device=str(trainer.device))
         trainer.load_state_dict(load_resume_state(folder))
         return checkpoint
     return None
+
+
+def _remove_unrecorded_checkpoints(store: LocalBlobStore, job_id: str, recorded: set[str]) -> None:
+    folder = store.local_path(job_checkpoints_prefix(job_id))
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        prefix = f"{job_checkpoints_prefix(job_id)}/{child.name}"
+        if prefix not in recorded:
+            store.delete_prefix(prefix)
 
 
 def _save_checkpoint(
@@ -122,6 +154,8 @@ def _save_checkpoint(
     metrics: dict[str, float],
     val_loss: float | None,
     final: bool,
+    owner: str,
+    faults: Faults,
 ) -> Checkpoint:
     with session_scope() as session:
         version = crud.next_checkpoint_version(session=session, job_id=job.id)
@@ -164,8 +198,13 @@ def _save_checkpoint(
         tokenizer_dir=store.local_path(f"{dataset.blob_prefix}/{TOKENIZER_DIR}"),
         text_files={"README.md": render_model_card(lineage), "selfsup.json": lineage_json(lineage)},
         resume_state=trainer.state_dict(),
+        before_rename=lambda: faults.before_checkpoint_rename(version),
     )
     with session_scope() as session:
+        if not crud.lock_job_lease(session=session, job_id=job.id, owner=owner):
+            session.rollback()
+            store.delete_prefix(written.prefix)
+            raise LeaseLost(f"lease on {job.id} lost while saving checkpoint v{version}")
         checkpoint = crud.add_checkpoint(
             session=session,
             checkpoint=Checkpoint(
@@ -214,14 +253,20 @@ def train_job(
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; stopping without writing", job_id)
         return "lease lost"
-    except TrainingDiverged as exc:
+    except TrainingDiverged as exc:  # deterministic: running it again would diverge again
         run.finish("failed", f"failed: {exc}", error=str(exc))
         return "diverged"
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        reason = f"{type(exc).__name__}: {exc}"
-        run.finish("failed", f"failed: {reason}", error=reason)
-        return "failed"
+    except Exception as exc:  # possibly transient (disk, database, device): resume, up to max_restarts
+        log.exception("job %s crashed", job_id)
+        error = f"{type(exc).__name__}: {exc}"
+        with session_scope() as session:
+            job_row = session.get(Job, job_id)
+            outcome = (
+                crud.requeue_after_crash(session=session, job=job_row, owner=owner, error=error) if job_row else ""
+            )
+        if outcome == "requeued":
+            enqueue(TRAIN_JOB, job_id)
+        return f"crashed ({error}): {outcome}"
 
 
 class JobRun:
@@ -246,6 +291,9 @@ class JobRun:
         self.store = store
         self.should_stop = should_stop
         self.control = JobControl(job_id=job.id, owner=owner, settings=settings)
+        self.faults = Faults.parse(
+            settings.fault_injection, job_id=job.id, marker_dir=settings.resolved_home / "faults"
+        )
         self.started = time.monotonic()
         self.last_checkpoint_step: int | None = None
         # Throughput is measured over each logging window, leaving out evaluation and checkpoint time.
@@ -261,6 +309,7 @@ class JobRun:
         try:
             while self.trainer.step < max_steps:
                 result = self.trainer.train_step()
+                self.faults.after_step(self.trainer.step)
                 self._after_step(result)
                 interrupted = self._interruption()
                 if interrupted:
@@ -269,13 +318,18 @@ class JobRun:
         except StopRequested:
             self.finish("cancelled", f"cancelled at step {self.trainer.step}")
             return "cancelled"
-        self.finish("succeeded", f"finished {max_steps} steps, {self.trainer.tokens_seen:,} tokens")
+        except PauseRequested:
+            return self._pause()
+        if not self.finish("succeeded", f"finished {max_steps} steps, {self.trainer.tokens_seen:,} tokens"):
+            # A cancel arrived after the last step: honour it rather than report success.
+            self.finish("cancelled", f"cancelled at step {self.trainer.step}, after the last step")
+            return "cancelled"
         return "succeeded"
 
-    def finish(self, status: str, message: str, *, error: str | None = None) -> None:
-        """End the job (only while this worker still holds it)."""
+    def finish(self, status: str, message: str, *, error: str | None = None) -> bool:
+        """End the job (only while this worker still holds it); False if that did not happen."""
         with session_scope() as session:
-            crud.finish_job(
+            return crud.finish_job(
                 session=session, job_id=self.job.id, status=status, message=message, error=error, owner=self.owner
             )
 
@@ -362,9 +416,19 @@ class JobRun:
             metrics=dict(self.control.latest),
             val_loss=val_loss,
             final=final,
+            owner=self.owner,
+            faults=self.faults,
         )
         self.last_checkpoint_step = self.trainer.step
         self.excluded += time.perf_counter() - paused
+
+    def _pause(self) -> str:
+        step = self.trainer.step
+        if self.last_checkpoint_step != step:
+            self._checkpoint(val_loss=None, final=False)
+        with session_scope() as session:
+            crud.mark_paused(session=session, job_id=self.job.id, owner=self.owner, step=step)
+        return f"paused at step {step}"
 
     def _interruption(self) -> str | None:
         """Stop between steps when the worker shuts down or the time budget is spent."""

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from celery.signals import worker_init, worker_shutting_down
+from celery.signals import worker_init, worker_ready, worker_shutting_down
 from sqlalchemy import select
 
 from selfsup.settings import get_settings
+from storage import crud
 from storage.blobs import get_blob_store
 from storage.db import session_scope
 from storage.tables import Corpus, Job, utcnow
@@ -100,27 +101,69 @@ def train_job(job_id: str) -> str:
 
 @selfsup_task(RECONCILE)
 def reconcile() -> str:
-    """Re-enqueue work the broker may have lost: stale queued jobs, expired leases, stuck ingests."""
+    """Re-enqueue what the broker may have lost, resume jobs whose trainer died, sweep broken uploads."""
     settings = get_settings()
     now = utcnow()
     stale = now - timedelta(seconds=settings.lease_seconds)
     to_prepare: list[str] = []
     to_train: list[str] = []
     with session_scope() as session:
+        # Queued for a while: the broker may have lost the wake-up (restarted without persistence).
         for job in session.scalars(select(Job).where(Job.status == "queued", Job.updated_at < stale)):
             job.updated_at = now
             (to_train if job.dataset_key else to_prepare).append(job.id)
-        expired = list(session.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now)))
         corpora = list(session.scalars(select(Corpus).where(Corpus.status == "processing", Corpus.updated_at < stale)))
         for corpus in corpora:
             corpus.updated_at = now
+    to_train += _requeue_expired_leases()
     for job_id in to_prepare:
         enqueue(PREPARE_JOB, job_id)
-    for job_id in to_train + [job.id for job in expired]:
+    for job_id in to_train:
         enqueue(TRAIN_JOB, job_id)
     for corpus in corpora:
         enqueue(INGEST_CORPUS, corpus.id)
+    swept = get_blob_store().sweep_orphans("corpora", older_than=settings.orphan_seconds)
     return (
-        f"requeued {len(to_prepare)} to prepare, {len(to_train)} to train, {len(expired)} with expired leases, "
-        f"{len(corpora)} ingests"
+        f"requeued {len(to_prepare)} to prepare, {len(to_train)} to train, {len(corpora)} ingests; "
+        f"swept {len(swept)} orphaned uploads"
     )
+
+
+def _requeue_expired_leases() -> list[str]:
+    """Requeue (or fail, past max_restarts) running jobs whose lease expired; returns those to train."""
+    requeued = []
+    with session_scope() as session:
+        for job in crud.expired_leases(session=session):
+            error = (
+                f"worker {job.lease_owner} stopped renewing its lease (killed, crashed or cut off) at step {job.step}"
+            )
+            if crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error) == "requeued":
+                requeued.append(job.id)
+    return requeued
+
+
+@worker_ready.connect
+def _recover_from_dead_workers_on_this_host(**_: Any) -> None:
+    """A worker that starts on a host requeues jobs whose trainer there died, without waiting for the lease."""
+    host = socket.gethostname()
+    requeued = []
+    with session_scope() as session:
+        for job in crud.running_jobs_of(session=session, owner_prefix=f"{host}:"):
+            pid = int((job.lease_owner or ":0").rsplit(":", 1)[1] or 0)
+            if pid and _alive(pid):
+                continue
+            error = f"worker {job.lease_owner} died at step {job.step}"
+            if crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error) == "requeued":
+                requeued.append(job.id)
+    for job_id in requeued:
+        enqueue(TRAIN_JOB, job_id)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -24,7 +24,7 @@ from api.schemas import (
 from selfsup.spec import JobSpec
 from storage import crud
 from storage.tables import Job, Tenant
-from workers.celery_app import PREPARE_JOB
+from workers.celery_app import PREPARE_JOB, TRAIN_JOB
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -133,6 +133,39 @@ def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     if job.status in crud.FINISHED_JOB_STATUSES:
         raise ApiError(409, f"job {job.id} already finished ({job.status}); nothing to cancel")
     crud.request_cancel(session=session, job=job)
+    return job_public(job)
+
+
+@router.post(
+    "/{job_id}/pause",
+    status_code=202,
+    response_model=JobPublic,
+    summary="Pause a job",
+    description="A queued job pauses at once; a running one checkpoints at its next step boundary, frees its "
+    "worker and becomes `paused`. `POST /resume` continues from that checkpoint with the same final weights.",
+    responses={409: {"description": "The job is not queued or running"}},
+)
+def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    if job.status not in ("queued", "running"):
+        raise ApiError(409, f"job {job.id} is {job.status}; only a queued or running job can be paused")
+    crud.request_pause(session=session, job=job)
+    return job_public(job)
+
+
+@router.post(
+    "/{job_id}/resume",
+    status_code=202,
+    response_model=JobPublic,
+    summary="Resume a paused job",
+    responses={409: {"description": "The job is not paused"}},
+)
+def resume_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    if job.status != "paused":
+        raise ApiError(409, f"job {job.id} is {job.status}, not paused; nothing to resume")
+    if not crud.resume_paused(session=session, job=job):
+        raise ApiError(409, f"job {job.id} is still pausing; try again when its status is paused")
+    session.commit()
+    wake_worker(TRAIN_JOB if job.dataset_key else PREPARE_JOB, job.id)
     return job_public(job)
 
 

@@ -1,0 +1,61 @@
+"""Fault injection for the failure-mode tests: crash a trainer at a chosen point, on purpose.
+
+Set `SELFSUP_FAULT_INJECTION` (refused in production) to one of:
+- `raise_at_step:N`: raise after step N, every run (a job that always crashes);
+- `exit_at_step:N`: kill the worker process after step N, once per job;
+- `exit_before_checkpoint_rename:V`: kill the worker after checkpoint version V is written but before it
+  is renamed into place, once per job.
+"Once" is remembered by a marker file in the data directory, so the resumed run goes through.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class InjectedFault(RuntimeError):
+    """A crash on purpose."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The configured fault for one job, if any."""
+
+    kind: str | None
+    value: int
+    job_id: str
+    marker_dir: Path
+
+    @classmethod
+    def parse(cls, spec: str | None, *, job_id: str, marker_dir: Path) -> Faults:
+        """Read `SELFSUP_FAULT_INJECTION`."""
+        if not spec:
+            return cls(None, 0, job_id, marker_dir)
+        kind, _, value = spec.partition(":")
+        if kind not in ("raise_at_step", "exit_at_step", "exit_before_checkpoint_rename"):
+            raise ValueError(f"unknown fault {spec!r}")
+        return cls(kind, int(value or 0), job_id, marker_dir)
+
+    def _first_time(self) -> bool:
+        marker = self.marker_dir / f"{self.job_id}-{self.kind}-{self.value}"
+        if marker.exists():
+            return False
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        return True
+
+    def after_step(self, step: int) -> None:
+        """Called after every optimizer step."""
+        if step != self.value:
+            return
+        if self.kind == "raise_at_step":
+            raise InjectedFault(f"injected fault at step {step}")
+        if self.kind == "exit_at_step" and self._first_time():
+            os._exit(137)
+
+    def before_checkpoint_rename(self, version: int) -> None:
+        """Called when a checkpoint's files are written and fsynced, before the rename."""
+        if self.kind == "exit_before_checkpoint_rename" and version == self.value and self._first_time():
+            os._exit(137)
