@@ -6,6 +6,7 @@ Set `SELFSUP_FAULT_INJECTION` (refused in production) to one of:
 - `exit_before_checkpoint_rename:V`: kill the worker after checkpoint version V is written but before it
   is renamed into place, once per job.
 "Once" is remembered by a marker file in the data directory, so the resumed run goes through.
+A suffix `@NAME` limits the fault to jobs called NAME, so a clean reference job can run beside it.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ class Faults:
     marker_dir: Path
 
     @classmethod
-    def parse(cls, spec: str | None, *, job_id: str, marker_dir: Path) -> Faults:
-        """Read `SELFSUP_FAULT_INJECTION`."""
-        if not spec:
+    def parse(cls, spec: str | None, *, job_id: str, job_name: str, marker_dir: Path) -> Faults:
+        """Read `SELFSUP_FAULT_INJECTION` for one job."""
+        spec, _, only = (spec or "").partition("@")
+        if not spec or (only and only != job_name):
             return cls(None, 0, job_id, marker_dir)
         kind, _, value = spec.partition(":")
         if kind not in ("raise_at_step", "exit_at_step", "exit_before_checkpoint_rename"):

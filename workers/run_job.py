@@ -292,7 +292,7 @@ class JobRun:
         self.should_stop = should_stop
         self.control = JobControl(job_id=job.id, owner=owner, settings=settings)
         self.faults = Faults.parse(
-            settings.fault_injection, job_id=job.id, marker_dir=settings.resolved_home / "faults"
+            settings.fault_injection, job_id=job.id, job_name=job.name, marker_dir=settings.resolved_home / "faults"
         )
         self.started = time.monotonic()
         self.last_checkpoint_step: int | None = None

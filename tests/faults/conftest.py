@@ -1,0 +1,108 @@
+"""Services for the failure-mode tests: short leases and a fast reconciler, one per fault configuration."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.factories import ready_corpus, submit_job, wait_for_job
+from tests.service import Service, start_service
+
+FAST_RECOVERY = {
+    "SELFSUP_LEASE_SECONDS": "4",
+    "SELFSUP_RECONCILE_INTERVAL_SECONDS": "1",
+    "SELFSUP_CONTROL_INTERVAL_SECONDS": "0.2",
+}
+
+
+def resumable_spec(corpus_id: str, **training: Any) -> dict[str, Any]:
+    """A job long enough to interrupt, with dropout so a resume must restore the RNG to match."""
+    return {
+        "name": "resumable",
+        "corpus_ids": [corpus_id],
+        "objective": {"type": "causal_lm"},
+        "tokenizer": {"type": "char"},
+        "model": {"family": "gpt2", "layers": 2, "heads": 2, "width": 64, "context_length": 32, "dropout": 0.1},
+        "training": {"max_steps": 400, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 20, **training},
+        "evaluation": {"every_steps": 100, "batches": 2},
+        "checkpointing": {"every_steps": 25, "keep_last": 100},
+    }
+
+
+def final_weights_sha(client: httpx.Client, job_id: str) -> str:
+    """The sha256 of model.safetensors in a job's final checkpoint."""
+    checkpoints = client.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
+    final = [c for c in checkpoints if "final" in c["aliases"]]
+    assert len(final) == 1, checkpoints
+    return next(f["sha256"] for f in final[0]["files"] if f["name"] == "model.safetensors")
+
+
+def worker_pid(job: dict[str, Any]) -> int:
+    """The pid of the worker that holds a running job."""
+    assert job["worker"], job
+    return int(job["worker"].rsplit(":", 1)[1])
+
+
+def kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send a signal to a process, as an operator or the kernel would."""
+    os.kill(pid, sig)
+
+
+def event_types(client: httpx.Client, job_id: str) -> list[str]:
+    """A job's event types, oldest first."""
+    return [e["type"] for e in client.get(f"/v1/jobs/{job_id}/events").json()["data"]]
+
+
+def assert_clean_history(client: httpx.Client, job_id: str, max_steps: int) -> None:
+    """Unique, increasing checkpoint versions and one metric value per (step, name)."""
+    versions = [c["version"] for c in client.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]]
+    assert versions == sorted(set(versions)), versions
+    metrics = client.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 100_000}).json()["data"]
+    keys = [(m["step"], m["name"]) for m in metrics]
+    assert len(keys) == len(set(keys)), "a replayed step left duplicate metrics"
+    assert max(m["step"] for m in metrics) == max_steps
+
+
+@pytest.fixture(scope="module")
+def make_fault_service(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Service]]:
+    """Start services (embedded or PostgreSQL + Redis) with extra settings; all stop at module end."""
+    started: list[Service] = []
+
+    def make(backend: str, **env: str) -> Service:
+        settings = dict(FAST_RECOVERY, **env)
+        if backend == "postgres":
+            settings["SELFSUP_DATABASE_URL"] = request.getfixturevalue("make_postgres_database")()
+            settings.setdefault("SELFSUP_REDIS_URL", request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/9")
+        service = start_service(tmp_path_factory.mktemp(f"faults-{backend}") / "home", settings)
+        started.append(service)
+        return service
+
+    try:
+        yield make
+    finally:
+        for service in started:
+            service.stop()
+
+
+@pytest.fixture(scope="module", params=["embedded", "postgres"])
+def fault_service(request: pytest.FixtureRequest, make_fault_service: Callable[..., Service]) -> Service:
+    """A fast-recovering service on each backend."""
+    return make_fault_service(request.param)
+
+
+@pytest.fixture(scope="module")
+def reference(fault_service: Service) -> dict[str, Any]:
+    """The corpus and the final weights of an uninterrupted run of `resumable_spec` on this service."""
+    client = fault_service.client()
+    corpus = ready_corpus(client)
+    job = wait_for_job(client, submit_job(client, resumable_spec(corpus["id"]))["id"])
+    assert job["status"] == "succeeded", job
+    assert event_types(client, job["id"]).count("started") == 1
+    return {"corpus_id": corpus["id"], "weights": final_weights_sha(client, job["id"])}

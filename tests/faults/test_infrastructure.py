@@ -1,0 +1,247 @@
+"""Faults outside the trainer: crash loops, torn checkpoint writes, duplicate delivery, broker and API restarts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import redis
+
+from tests.factories import ready_corpus, shakespeare_slice, submit_job, wait_for_job
+from tests.faults.conftest import assert_clean_history, event_types, final_weights_sha, kill, resumable_spec
+from tests.service import REPO, SELFSUP, Service, wait_until
+
+pytestmark = pytest.mark.integration
+BACKENDS = ["embedded", "postgres"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_crash_loop_runs_max_restarts_plus_one_times_then_fails(
+    make_fault_service: Callable[..., Service], backend: str
+) -> None:
+    service = make_fault_service(backend, SELFSUP_FAULT_INJECTION="raise_at_step:30")
+    client = service.client()
+    corpus = ready_corpus(client)
+    job = submit_job(client, resumable_spec(corpus["id"], max_restarts=2))
+    done = wait_for_job(client, job["id"], timeout=180)
+    assert done["status"] == "failed", done
+    assert "gave up after 2 restarts" in done["error"] and "injected fault at step 30" in done["error"]
+    events = event_types(client, job["id"])
+    assert events.count("started") + events.count("resumed") == 3  # max_restarts + 1 runs
+    assert events.count("crashed") == 2 and events[-1] == "failed"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_usable(
+    make_fault_service: Callable[..., Service], backend: str
+) -> None:
+    service = make_fault_service(backend, SELFSUP_FAULT_INJECTION="exit_before_checkpoint_rename:3@faulty")
+    client = service.client()
+    corpus = ready_corpus(client)
+    spec = resumable_spec(corpus["id"], max_steps=150)
+    clean = submit_job(client, spec)
+    job = submit_job(client, dict(spec, name="faulty"))
+    done = wait_for_job(client, job["id"], timeout=240)
+    assert done["status"] == "succeeded" and done["restarts"] == 1, (done, service.log())
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    resumed = [e["message"] for e in events if e["type"] == "resumed"]
+    assert len(resumed) == 1 and "checkpoint v2 at step 50" in resumed[0], resumed
+    assert_clean_history(client, job["id"], 150)
+    folder = service.home / "blobs" / "checkpoints" / job["id"]
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp")], "a partial checkpoint was left behind"
+    recorded = {c["version"] for c in client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"]}
+    assert len(list(folder.iterdir())) == len(recorded)
+
+    assert wait_for_job(client, clean["id"])["status"] == "succeeded"
+    assert final_weights_sha(client, job["id"]) == final_weights_sha(client, clean["id"])
+
+
+def test_duplicate_delivery_never_runs_two_trainers(make_fault_service: Callable[..., Service]) -> None:
+    # Redis redelivers an unacknowledged message after the visibility timeout: here, after one second,
+    # to a second gpu worker while the first still trains.
+    service = make_fault_service("embedded", SELFSUP_BROKER_VISIBILITY_TIMEOUT="1")
+    extra = subprocess.Popen(
+        [*SELFSUP, "worker", "--queues", "gpu"],
+        env=service.env,
+        cwd=REPO,
+        stdout=open(service.home / "extra-worker.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        client = service.client()
+        corpus = ready_corpus(client)
+        wait_until(
+            lambda: "ready." in (service.home / "extra-worker.log").read_text(),
+            timeout=120,
+            what="the second gpu worker",
+        )
+        job = submit_job(client, resumable_spec(corpus["id"], max_steps=1500))
+        done = wait_for_job(client, job["id"], timeout=300)
+        assert done["status"] == "succeeded" and done["restarts"] == 0, done
+        events = event_types(client, job["id"])
+        assert events.count("started") == 1 and "resumed" not in events and "crashed" not in events
+        logs = service.log() + (service.home / "extra-worker.log").read_text()
+        assert logs.count(f"selfsup.train_job('{job['id']}',): not claimed") >= 1, "no redelivery happened"
+        assert_clean_history(client, job["id"], 1500)
+    finally:
+        extra.send_signal(signal.SIGTERM)
+        extra.wait(60)
+
+
+def _api_pid(service: Service) -> int:
+    port = service.base_url.rsplit(":", 1)[1]
+    out = subprocess.run(
+        ["pgrep", "-f", f"selfsup.cli api --host 127.0.0.1 --port {port}"], capture_output=True, text=True
+    )
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 1, out
+    return pids[0]
+
+
+def _wait_ready(service: Service) -> None:
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{service.base_url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, timeout=120, interval=0.3, what="the API to come back")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_killing_the_api_mid_job_and_mid_upload_loses_nothing(
+    make_fault_service: Callable[..., Service], backend: str
+) -> None:
+    service = make_fault_service(backend, SELFSUP_ORPHAN_SECONDS="2")
+    client = service.client()
+    corpus = ready_corpus(client)
+    job = submit_job(client, resumable_spec(corpus["id"], max_steps=300))
+
+    def slow_body() -> Iterator[bytes]:
+        text = shakespeare_slice(400_000)
+        for i in range(0, len(text), 16_384):
+            yield text[i : i + 16_384]
+            time.sleep(0.05)
+
+    failures: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            client.post("/v1/corpora", params={"name": "interrupted.txt"}, content=slow_body())
+        except httpx.HTTPError as exc:
+            failures.append(exc)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    uploads = service.home / "blobs" / "corpora"
+    wait_until(lambda: list(uploads.rglob(".tmp-*")), timeout=30, what="the upload to start streaming")
+    kill(_api_pid(service), signal.SIGKILL)
+    uploader.join(60)
+    assert failures, "the upload should have broken off"
+    _wait_ready(service)
+
+    done = wait_for_job(client, job["id"], timeout=240)
+    assert done["status"] == "succeeded", done
+    names = [c["name"] for c in client.get("/v1/corpora").json()["data"]]
+    assert "interrupted.txt" not in names  # nothing claims to be ready, nothing half-written
+    wait_until(lambda: not list(uploads.rglob(".tmp-*")), timeout=60, what="the reconciler to sweep the orphan")
+
+
+def _stop_machine_redis() -> None:
+    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True)
+
+
+def _start_machine_redis() -> None:
+    subprocess.run(
+        [
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "-::1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/var/lib/redis",
+            "--logfile",
+            "/var/log/redis/ci.log",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    wait_until(lambda: _pings("redis://127.0.0.1:6379"), timeout=30, what="Redis to answer")
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def machine_redis() -> Iterator[None]:
+    """This machine's Redis, restarted by the test; guaranteed running again afterwards."""
+    if not shutil.which("redis-server") or not _pings("redis://127.0.0.1:6379"):
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("this machine's Redis is required in CI")
+        pytest.skip("no local redis-server to restart")
+    try:
+        yield
+    finally:
+        if not _pings("redis://127.0.0.1:6379"):
+            _start_machine_redis()
+
+
+def _broker_outage(service: Service, stop: Callable[[], None], start: Callable[[], None]) -> None:
+    client = service.client()
+    corpus = ready_corpus(client)
+    running = submit_job(client, resumable_spec(corpus["id"], max_steps=300))
+    queued = [submit_job(client, resumable_spec(corpus["id"], max_steps=60)) for _ in range(2)]
+    wait_until(
+        lambda: client.get(f"/v1/jobs/{running['id']}").json()["step"] >= 20, timeout=120, what="training to start"
+    )
+    stop()
+    time.sleep(2)
+    start()
+    for job in [running, *queued]:
+        done = wait_for_job(client, job["id"], timeout=300)
+        assert done["status"] == "succeeded", (done, service.log()[-5000:])
+    statuses = {j["status"] for j in client.get("/v1/jobs").json()["data"]}
+    assert "queued" not in statuses
+
+
+def test_embedded_broker_restart_mid_job_and_with_jobs_queued(make_fault_service: Callable[..., Service]) -> None:
+    service = make_fault_service("embedded")
+    url = (service.home / "broker" / "url").read_text().strip()
+    port = url.rsplit(":", 1)[1].split("/")[0]
+
+    def stop() -> None:
+        out = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True)
+        for pid in out.stdout.split():
+            os.kill(int(pid), signal.SIGKILL)  # the supervisor starts it again on the same port
+
+    def start() -> None:
+        wait_until(lambda: _pings(url), timeout=60, what="the supervisor to restart the embedded broker")
+
+    _broker_outage(service, stop, start)
+
+
+def test_machine_redis_restart_mid_job_and_with_jobs_queued(
+    make_fault_service: Callable[..., Service], machine_redis: None
+) -> None:
+    # This Redis keeps nothing on disk: the queued messages are lost, and the reconciler must notice.
+    service = make_fault_service("postgres")
+    _broker_outage(service, _stop_machine_redis, _start_machine_redis)
