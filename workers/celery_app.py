@@ -5,6 +5,9 @@ A Celery message is only a wake-up call carrying an id; the database says what t
 
 from __future__ import annotations
 
+import ast
+import json
+
 from celery import Celery
 
 from selfsup.broker import broker_url
@@ -58,3 +61,27 @@ def get_celery() -> Celery:
 def enqueue(task_name: str, *args: str) -> None:
     """Wake a worker for `task_name` on its queue."""
     get_celery().send_task(task_name, args=list(args), queue=TASK_QUEUES[task_name])
+
+
+def waiting_ids(task_name: str, *, limit: int = 10_000) -> set[str]:
+    """Ids that already wait in the broker for `task_name` (so the reconciler does not pile up duplicates).
+
+    Reads the Redis list behind the task's queue; messages being worked on are not in it.
+    """
+    queue = TASK_QUEUES[task_name]
+    with get_celery().connection_for_read() as conn:
+        raw = conn.default_channel.client.lrange(queue, 0, limit - 1)
+    ids: set[str] = set()
+    for item in raw:
+        try:
+            headers = json.loads(item)["headers"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if headers.get("task") != task_name:
+            continue
+        try:
+            args = ast.literal_eval(headers.get("argsrepr") or "()")
+        except (ValueError, SyntaxError):
+            continue
+        ids.update(a for a in args if isinstance(a, str))
+    return ids

@@ -19,7 +19,7 @@ from storage import crud
 from storage.blobs import get_blob_store
 from storage.db import session_scope
 from storage.tables import Corpus, Job, utcnow
-from workers.celery_app import INGEST_CORPUS, PREPARE_JOB, RECONCILE, TRAIN_JOB, enqueue, get_celery
+from workers.celery_app import INGEST_CORPUS, PREPARE_JOB, RECONCILE, TRAIN_JOB, enqueue, get_celery, waiting_ids
 
 log = logging.getLogger("selfsup.tasks")
 app = get_celery()
@@ -116,17 +116,20 @@ def reconcile() -> str:
         for corpus in corpora:
             corpus.updated_at = now
     to_train += _requeue_expired_leases()
-    for job_id in to_prepare:
-        enqueue(PREPARE_JOB, job_id)
-    for job_id in to_train:
-        enqueue(TRAIN_JOB, job_id)
-    for corpus in corpora:
-        enqueue(INGEST_CORPUS, corpus.id)
-    swept = get_blob_store().sweep_orphans("corpora", older_than=settings.orphan_seconds)
-    return (
-        f"requeued {len(to_prepare)} to prepare, {len(to_train)} to train, {len(corpora)} ingests; "
-        f"swept {len(swept)} orphaned uploads"
-    )
+    sent = 0
+    for task, ids in ((PREPARE_JOB, to_prepare), (TRAIN_JOB, to_train), (INGEST_CORPUS, [c.id for c in corpora])):
+        # A job waiting behind a long one is still in the queue: only re-send what the broker lost.
+        waiting = waiting_ids(task) if ids else set()
+        for row_id in ids:
+            if row_id not in waiting:
+                enqueue(task, row_id)
+                sent += 1
+    store = get_blob_store()
+    swept = [
+        *store.sweep_orphans("corpora", older_than=settings.orphan_seconds),
+        *store.sweep_orphans("datasets", older_than=settings.orphan_seconds),
+    ]
+    return f"re-sent {sent} wake-ups; swept {len(swept)} orphaned temporary files"
 
 
 def _requeue_expired_leases() -> list[str]:
