@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from selfsup.processes import die_with_parent
 from selfsup.settings import Settings
 
 
@@ -83,6 +84,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             cwd=self.dir,
             start_new_session=True,  # Ctrl-C goes to selfsup, which stops the broker last
+            preexec_fn=die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout

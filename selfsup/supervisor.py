@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from selfsup.broker import EmbeddedBroker
+from selfsup.processes import die_with_parent
 from selfsup.settings import Settings
 
 STOP_GRACE_SECONDS = 60.0  # a training worker checkpoints at its next step boundary before it exits
@@ -34,7 +35,7 @@ class Child:
     started_at: float = field(default=0.0)
 
     def start(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(self.argv, env=env, start_new_session=True)
+        self.process = subprocess.Popen(self.argv, env=env, start_new_session=True, preexec_fn=die_with_parent)
         self.started_at = time.monotonic()
 
     def exited(self) -> int | None:
