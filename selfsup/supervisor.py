@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,16 @@ def _say(message: str) -> None:
     print(f"selfsup: {message}", file=sys.stderr, flush=True)
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 class Supervisor:
     """Starts, watches and stops selfsup's processes."""
 
@@ -69,6 +80,9 @@ class Supervisor:
         """Run until Ctrl-C or SIGTERM; returns the exit code."""
         from storage import migrate
 
+        if not _port_free(self.host, self.port):
+            _say(f"cannot listen on {self.host}:{self.port}: the port is in use; choose another with --port")
+            return 1
         signal.signal(signal.SIGINT, self._stop_signal)
         signal.signal(signal.SIGTERM, self._stop_signal)
         home = self.settings.resolved_home
