@@ -194,7 +194,7 @@ def _save_checkpoint(
         store=store,
         job_id=job.id,
         version=version,
-        save_model=lambda folder: trainer.model.save_pretrained(folder),
+        save_model=trainer.save_pretrained,
         tokenizer_dir=store.local_path(f"{dataset.blob_prefix}/{TOKENIZER_DIR}"),
         text_files={"README.md": render_model_card(lineage), "selfsup.json": lineage_json(lineage)},
         resume_state=trainer.state_dict(),
@@ -378,6 +378,7 @@ class JobRun:
                     "learning_rate": result.learning_rate,
                     "grad_norm": result.grad_norm,
                     "tokens_per_second": self.window_tokens / elapsed if elapsed > 0 else 0.0,
+                    **result.extra,
                 },
             )
             self.window_start, self.window_tokens, self.excluded = time.perf_counter(), 0, 0.0
@@ -394,7 +395,7 @@ class JobRun:
         paused = time.perf_counter()
         step = self.trainer.step
         val_loss = self.trainer.evaluate()
-        self.control.record(step, {"val_loss": val_loss})
+        self.control.record(step, {"val_loss": val_loss, **self.trainer.last_eval_metrics})
         self.control.flush(step=step, tokens_seen=self.trainer.tokens_seen)
         with session_scope() as session:
             crud.add_event(
