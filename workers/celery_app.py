@@ -38,7 +38,12 @@ def make_celery() -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout,
+            # Look for overdue unacknowledged messages every few seconds (kombu's default is ~100 s).
+            "unacked_restore_interval": max(1, min(10, settings.broker_visibility_timeout)),
+            "unacked_restore_throttle": 1,
+        },
         worker_hijack_root_logger=False,
         beat_schedule={
             "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval_seconds},

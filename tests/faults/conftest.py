@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.factories import ready_corpus, submit_job, wait_for_job
 from tests.service import Service, start_service
@@ -68,6 +69,16 @@ def assert_clean_history(client: httpx.Client, job_id: str, max_steps: int) -> N
     assert max(m["step"] for m in metrics) == max_steps
 
 
+_redis_databases = iter(range(8, 16))
+
+
+def next_redis_database(base_url: str) -> str:
+    """A Redis database of its own (8 to 15; 7 is the session service's), emptied first."""
+    url = f"{base_url.rsplit('/', 1)[0]}/{next(_redis_databases)}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 @pytest.fixture(scope="module")
 def make_fault_service(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
@@ -79,7 +90,8 @@ def make_fault_service(
         settings = dict(FAST_RECOVERY, **env)
         if backend == "postgres":
             settings["SELFSUP_DATABASE_URL"] = request.getfixturevalue("make_postgres_database")()
-            settings.setdefault("SELFSUP_REDIS_URL", request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/9")
+            # Each service gets its own Redis database: services sharing queues would take each other's tasks.
+            settings.setdefault("SELFSUP_REDIS_URL", next_redis_database(request.getfixturevalue("redis_url")))
         service = start_service(tmp_path_factory.mktemp(f"faults-{backend}") / "home", settings)
         started.append(service)
         return service
