@@ -67,8 +67,12 @@ def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
     """Pydantic errors as `{field, message}` pairs a client can act on."""
     details = []
     for err in errors:
-        loc = list(err.get("loc", ()))
-        details.append({"field": field_path(loc), "message": err.get("msg", "invalid"), "type": err.get("type")})
+        field = field_path(list(err.get("loc", ())))
+        # A check across sections (JobSpec's validator) has no location of its own; it names the field.
+        named = (err.get("ctx") or {}).get("field")
+        if field == "body" and isinstance(named, str):
+            field = named
+        details.append({"field": field, "message": err.get("msg", "invalid"), "type": err.get("type")})
     return details
 
 

@@ -1,46 +1,157 @@
 """Build a randomly initialised Hugging Face model from a job's model spec.
 
-The model knows nothing of training: it maps token ids to logits. Objectives and the loop live elsewhere.
+The model knows nothing of training: it maps token ids to logits (or hidden states). Objectives and the
+loop live elsewhere. Each family is a stock `transformers` class, so a saved checkpoint loads with the
+`Auto*` class a fine-tuning script uses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaModel,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from selfsup.spec import ModelSpec
 
 
 @dataclass(frozen=True)
 class SpecialTokenIds:
-    """The ids a model config needs to know about."""
+    """The ids a model config and the objectives need to know about (None where a vocabulary has none)."""
 
-    eos: int
+    eos: int  # also the separator between documents in the token arrays
     bos: int | None = None
     pad: int | None = None
     unk: int | None = None
+    cls: int | None = None
+    sep: int | None = None
+    mask: int | None = None
+    sentinels: tuple[int, ...] = ()  # `<extra_id_0>`, `<extra_id_1>`, …
+    all: tuple[int, ...] = ()  # every special id; never masked, never a random replacement
+
+    @property
+    def every(self) -> tuple[int, ...]:
+        """Every special id, including the roles above even when `all` was not given."""
+        roles = (self.eos, self.bos, self.pad, self.unk, self.cls, self.sep, self.mask, *self.sentinels)
+        return tuple(sorted({*self.all, *(i for i in roles if i is not None)}))
 
 
 def build_causal_lm(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenIds) -> PreTrainedModel:
-    """A GPT-2 family decoder of the given shape with random weights."""
-    if spec.family != "gpt2":
-        raise ValueError(f"unknown causal LM family {spec.family!r}")
-    config = GPT2Config(
+    """A decoder of the given shape with random weights: GPT-2, or Llama (rotary positions, RMSNorm, SwiGLU)."""
+    bos = special.bos if special.bos is not None else special.eos
+    pad = special.pad if special.pad is not None else special.eos
+    if spec.family == "gpt2":
+        return GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab_size,
+                n_positions=spec.context_length,
+                n_embd=spec.width,
+                n_layer=spec.layers,
+                n_head=spec.heads,
+                resid_pdrop=spec.dropout,
+                embd_pdrop=spec.dropout,
+                attn_pdrop=spec.dropout,
+                bos_token_id=bos,
+                eos_token_id=special.eos,
+                pad_token_id=pad,
+                tie_word_embeddings=True,
+            )
+        )
+    if spec.family == "llama":
+        return LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=vocab_size,
+                hidden_size=spec.width,
+                intermediate_size=swiglu_width(spec.width),
+                num_hidden_layers=spec.layers,
+                num_attention_heads=spec.heads,
+                num_key_value_heads=spec.heads,
+                max_position_embeddings=spec.context_length,
+                attention_dropout=spec.dropout,
+                rms_norm_eps=1e-5,
+                bos_token_id=bos,
+                eos_token_id=special.eos,
+                pad_token_id=pad,
+                tie_word_embeddings=True,
+            )
+        )
+    raise ValueError(f"{spec.family} is not a causal LM family")
+
+
+def build_encoder(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenIds, head: bool) -> PreTrainedModel:
+    """A BERT or RoBERTa encoder with random weights: with the masked-LM head, or bare (with its pooler)."""
+    if special.pad is None:
+        raise ValueError(f"the {spec.family} family needs a padding token in the vocabulary")
+    shape: dict[str, Any] = dict(
         vocab_size=vocab_size,
-        n_positions=spec.context_length,
-        n_embd=spec.width,
-        n_layer=spec.layers,
-        n_head=spec.heads,
-        resid_pdrop=spec.dropout,
-        embd_pdrop=spec.dropout,
-        attn_pdrop=spec.dropout,
-        bos_token_id=special.bos if special.bos is not None else special.eos,
-        eos_token_id=special.eos,
-        pad_token_id=special.pad if special.pad is not None else special.eos,
+        hidden_size=spec.width,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        intermediate_size=4 * spec.width,
+        hidden_dropout_prob=spec.dropout,
+        attention_probs_dropout_prob=spec.dropout,
+        pad_token_id=special.pad,
         tie_word_embeddings=True,
     )
-    return GPT2LMHeadModel(config)
+    if spec.family == "bert":
+        bert = BertConfig(max_position_embeddings=spec.context_length, type_vocab_size=2, **shape)
+        # The bare encoder keeps BERT's pooler, so a sequence classifier built on it finds every weight.
+        return BertForMaskedLM(bert) if head else BertModel(bert)
+    if spec.family == "roberta":
+        # RoBERTa numbers positions from pad_token_id + 1, so the table needs that many extra rows.
+        roberta = RobertaConfig(
+            max_position_embeddings=spec.context_length + special.pad + 1,
+            type_vocab_size=1,
+            bos_token_id=special.bos if special.bos is not None else special.eos,
+            eos_token_id=special.eos,
+            **shape,
+        )
+        return RobertaForMaskedLM(roberta) if head else RobertaModel(roberta, add_pooling_layer=False)
+    raise ValueError(f"{spec.family} is not an encoder family")
+
+
+def build_seq2seq(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenIds) -> PreTrainedModel:
+    """A T5 encoder-decoder with random weights (each stack `layers` deep; relative positions)."""
+    if spec.family != "t5":
+        raise ValueError(f"{spec.family} is not a sequence-to-sequence family")
+    if special.pad is None:
+        raise ValueError("the t5 family needs a padding token in the vocabulary")
+    return T5ForConditionalGeneration(
+        T5Config(  # type: ignore[call-arg]
+            vocab_size=vocab_size,
+            d_model=spec.width,
+            d_kv=spec.width // spec.heads,
+            d_ff=4 * spec.width,
+            num_layers=spec.layers,
+            num_decoder_layers=spec.layers,
+            num_heads=spec.heads,
+            dropout_rate=spec.dropout,
+            feed_forward_proj="relu",
+            pad_token_id=special.pad,
+            eos_token_id=special.eos,
+            # T5 starts decoding from the padding token; `labels=` shifts right with it.
+            decoder_start_token_id=special.pad,
+        )
+    )
+
+
+def swiglu_width(width: int) -> int:
+    """Llama's feed-forward width: about 8/3 of the model width (same parameters as a 4x MLP), rounded up to 8."""
+    return -(-(8 * width // 3) // 8) * 8
 
 
 def count_parameters(model: PreTrainedModel) -> int:

@@ -93,6 +93,35 @@ def split_into_sentences(text: str, *, min_chars: int = 20, max_chars: int = 512
     return sentences
 
 
+def sentence_spans(text: str, *, min_chars: int = 20) -> list[tuple[int, int]]:
+    """The ``(start, end)`` character spans of ``text``'s sentences, by `split_into_sentences`'s rule.
+
+    Steps 1, 2 and 5 of that rule (line breaks, sentence-ending punctuation, dropping pieces shorter than
+    ``min_chars`` once whitespace runs count as one character); each span is stripped of surrounding
+    whitespace. Long pieces are not cut here: the trainer cuts a sentence's tokens to its context length.
+    """
+    spans: list[tuple[int, int]] = []
+    for line_start, line_end in _pieces(_LINE_BREAK, text, 0, len(text)):
+        for start, end in _pieces(_SENTENCE_BREAK, text, line_start, line_end):
+            piece = text[start:end]
+            stripped = piece.lstrip()
+            start += len(piece) - len(stripped)
+            end = start + len(stripped.rstrip())
+            if len(_WHITESPACE_RUN.sub(" ", text[start:end])) >= min_chars:
+                spans.append((start, end))
+    return spans
+
+
+def _pieces(separator: re.Pattern[str], text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The spans of ``text[start:end]`` between matches of ``separator``."""
+    pieces, position = [], start
+    for match in separator.finditer(text, start, end):
+        pieces.append((position, match.start()))
+        position = match.end()
+    pieces.append((position, end))
+    return pieces
+
+
 def _cosine_similarity_matrix(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (B, H); got {tuple(z1.shape)} and {tuple(z2.shape)}")

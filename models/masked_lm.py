@@ -77,6 +77,31 @@ def manufacture_masked_lm_batch(
     return inputs, labels
 
 
+def word_ids_from_boundaries(
+    input_ids: torch.Tensor,
+    *,
+    begins_word: torch.Tensor,
+    ends_word: torch.Tensor,
+    special_ids: Collection[int],
+) -> torch.Tensor:
+    """Word index of each token of a (B, T) batch (-1 at specials), for whole-word masking.
+
+    ``begins_word[id]``: the token starts a new word (a WordPiece piece without ``##``, a byte-level or
+    unigram token that starts with whitespace). ``ends_word[id]``: the next token starts a new word (a
+    token that ends with whitespace). The first token of a row and every token after a special start
+    words too. Both tables are bool tensors indexed by token id.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (B, T); got shape {tuple(input_ids.shape)}")
+    special = torch.isin(input_ids, torch.tensor(sorted(special_ids), dtype=torch.long, device=input_ids.device))
+    starts = begins_word.to(input_ids.device)[input_ids] | special
+    after = ends_word.to(input_ids.device)[input_ids[:, :-1]] | special[:, :-1]
+    starts[:, 1:] |= after
+    starts[:, 0] = True
+    word_ids = torch.cumsum(starts.long(), dim=1) - 1
+    return word_ids.masked_fill(special, -1)
+
+
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over chosen positions (labels != -100); zero, still differentiable, if none."""
     flat_logits = logits.reshape(-1, logits.size(-1))

@@ -67,8 +67,10 @@ class ContrastiveObjective(StrictModel):
 
     type: Literal["contrastive"]
     temperature: float = Field(default=0.05, ge=0.001, le=10.0, description="Cosine similarity is divided by it.")
+    # Mean by default: from random weights the first position carries little of the sentence for a long
+    # while (SimCSE's `cls` assumes a pretrained BERT), so a `cls` run starts with a flat loss.
     pooling: Literal["cls", "mean"] = Field(
-        default="cls", description="Sentence embedding: the first position's state, or the mean over tokens."
+        default="mean", description="Sentence embedding: the mean over the tokens, or the first position's state."
     )
 
 

@@ -87,3 +87,24 @@ def wait_for_job(
         return body if body["status"] in statuses else None
 
     return wait_until(reached, timeout=timeout, interval=0.3, what=f"job {job_id} to reach {statuses}")  # type: ignore[no-any-return]
+
+
+def shakespeare_documents(n_bytes: int = 60_000, *, offset: int = 0) -> dict[str, list[str]]:
+    """The documents of a tiny Shakespeare slice, split as ingest splits them (blank lines; sha256 fraction)."""
+    from workers.ingest import is_validation
+
+    data = SHAKESPEARE.read_text()[offset : offset + n_bytes]
+    documents = [d.strip("\n") for d in data[: data.rfind("\n") + 1].split("\n\n") if d.strip()]
+    return {
+        "train": [d for d in documents if not is_validation(d, 0.1)],
+        "validation": [d for d in documents if is_validation(d, 0.1)],
+    }
+
+
+def write_shakespeare_dataset(folder: Path, tokenizer_spec: Any, n_bytes: int = 60_000) -> Any:
+    """A dataset folder (tokenizer, token arrays, sentences) of a Shakespeare slice; returns its `TokenArrays`."""
+    from workers.datasets import open_dataset, write_dataset
+
+    splits = shakespeare_documents(n_bytes)
+    write_dataset(folder, tokenizer_spec, {"shakespeare": lambda split: splits[split]})
+    return open_dataset(folder)

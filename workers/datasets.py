@@ -1,13 +1,22 @@
-"""Tokenized datasets: trained once per (corpus contents, tokenizer spec), then reused by later jobs."""
+"""Tokenized datasets: trained once per (corpus contents, tokenizer spec), then reused by later jobs.
+
+A dataset folder holds `tokenizer/` (the saved tokenizer), `train.bin` and `validation.bin` (flat
+token arrays, documents joined by the end-of-text token), `train.sentences.npy` and
+`validation.sentences.npy` (token offsets of each sentence, for contrastive training),
+`word_boundaries.npy` (which tokens begin and end words, for whole-word masking) and `meta.json`.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import TypeAdapter
 
 from models.build import SpecialTokenIds
@@ -15,22 +24,27 @@ from selfsup.spec import TokenizerSpec
 from storage.blobs import LocalBlobStore, corpus_split_key
 from storage.tables import Corpus, TokenizedDataset
 from workers.ingest import read_jsonl_texts
-from workers.tokenization import END_OF_TEXT, UNKNOWN, token_dtype, train_tokenizer, write_token_array
+from workers.tokenization import AnyTokenizerSpec, TokenArrayWriter, token_dtype, train_tokenizer, word_boundaries
+from workers.tokenization import special_token_ids as tokenizer_special_ids
+from workers.trainer import TokenArrays
 
 TOKENIZER_DIR = "tokenizer"
+WORD_BOUNDARIES_FILE = "word_boundaries.npy"
+# Bumped when the files of a dataset change, so a cached dataset never lacks what the trainer reads.
+DATASET_FORMAT = 2
 _tokenizer_spec = TypeAdapter(TokenizerSpec)
 
 
 def dataset_key(corpus_sha256s: Sequence[str], tokenizer_spec: dict[str, Any]) -> str:
     """The cache key: what the tokens depend on, and nothing else."""
-    payload = json.dumps({"corpora": list(corpus_sha256s), "tokenizer": tokenizer_spec}, sort_keys=True)
+    payload = json.dumps(
+        {"corpora": list(corpus_sha256s), "tokenizer": tokenizer_spec, "format": DATASET_FORMAT}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _documents(store: LocalBlobStore, corpora: Sequence[Corpus], split: str) -> Iterator[str]:
-    for corpus in corpora:
-        with store.open(corpus_split_key(corpus.id, split)) as fh:
-            yield from read_jsonl_texts(fh)
+# Each corpus id's documents of a split ("train" or "validation"), readable as many times as asked.
+DocumentSources = Mapping[str, Callable[[str], Iterable[str]]]
 
 
 def build_dataset(
@@ -39,38 +53,67 @@ def build_dataset(
     """Train the tokenizer on the training split and write both splits as flat token arrays."""
     spec = _tokenizer_spec.validate_python(tokenizer_spec)
     prefix = f"datasets/{key}"
+    sources = {corpus.id: functools.partial(_corpus_documents, store, corpus) for corpus in corpora}
     with store.staging_dir(prefix) as staging:
-        tokenizer = train_tokenizer(spec, _documents(store, corpora, "train"))
-        tokenizer.save_pretrained(staging / TOKENIZER_DIR)
-        _portable_tokenizer_config(staging / TOKENIZER_DIR / "tokenizer_config.json")
-        train_tokens = write_token_array(tokenizer, _documents(store, corpora, "train"), staging / "train.bin")
-        validation_tokens = write_token_array(
-            tokenizer, _documents(store, corpora, "validation"), staging / "validation.bin"
-        )
-        meta = {
-            "vocab_size": len(tokenizer),
-            "dtype": token_dtype(len(tokenizer)).name,
-            "eos_token_id": tokenizer.convert_tokens_to_ids(END_OF_TEXT),
-            "unk_token_id": tokenizer.convert_tokens_to_ids(UNKNOWN) if tokenizer.unk_token else None,
-            "train_tokens": train_tokens,
-            "validation_tokens": validation_tokens,
-        }
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        meta = write_dataset(staging, spec, sources)
     return TokenizedDataset(
         key=key,
         tokenizer_spec=tokenizer_spec,
         corpus_sha256s=[c.sha256 for c in corpora],
         vocab_size=meta["vocab_size"],
-        train_tokens=train_tokens,
-        validation_tokens=validation_tokens,
+        train_tokens=meta["train_tokens"],
+        validation_tokens=meta["validation_tokens"],
         blob_prefix=prefix,
     )
+
+
+def write_dataset(folder: Path, spec: AnyTokenizerSpec, sources: DocumentSources) -> dict[str, Any]:
+    """Write a dataset folder (see the module docstring) from each source's documents; returns its meta."""
+    tokenizer = train_tokenizer(spec, itertools.chain.from_iterable(read("train") for read in sources.values()))
+    tokenizer.save_pretrained(folder / TOKENIZER_DIR)
+    _portable_tokenizer_config(folder / TOKENIZER_DIR / "tokenizer_config.json")
+    with open(folder / WORD_BOUNDARIES_FILE, "wb") as fh:
+        np.save(fh, word_boundaries(tokenizer))
+    corpus_tokens: dict[str, dict[str, int]] = {corpus_id: {} for corpus_id in sources}
+    for split in ("train", "validation"):
+        writer = TokenArrayWriter(tokenizer, folder / f"{split}.bin", sentences_path=folder / f"{split}.sentences.npy")
+        try:
+            for corpus_id, read in sources.items():
+                corpus_tokens[corpus_id][split] = writer.add(read(split))
+        finally:
+            writer.close()
+    meta = {
+        "vocab_size": len(tokenizer),
+        "dtype": token_dtype(len(tokenizer)).name,
+        "special_tokens": spec.special_tokens or "gpt2",
+        **tokenizer_special_ids(tokenizer),
+        "train_tokens": sum(counts["train"] for counts in corpus_tokens.values()),
+        "validation_tokens": sum(counts["validation"] for counts in corpus_tokens.values()),
+        "corpus_tokens": corpus_tokens,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def open_dataset(folder: Path) -> TokenArrays:
+    """The token arrays of a dataset folder, with the special ids from its `meta.json`."""
+    meta = json.loads((folder / "meta.json").read_text())
+    return TokenArrays.open(folder, dtype=meta["dtype"], vocab_size=meta["vocab_size"], special=special_token_ids(meta))
+
+
+def _corpus_documents(store: LocalBlobStore, corpus: Corpus, split: str) -> Iterator[str]:
+    with store.open(corpus_split_key(corpus.id, split)) as fh:
+        yield from read_jsonl_texts(fh)
 
 
 def _portable_tokenizer_config(path: Path) -> None:
     # transformers 5 writes its own class name; the generic fast class loads on 4.x and 5.x alike.
     config = json.loads(path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(config.get("extra_special_tokens"), list):
+        # 5.x writes T5's sentinels as a list under this name; 4.x expects a dict there, and both
+        # read the list under its older name.
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
     path.write_text(json.dumps(config, indent=2))
 
 
@@ -81,5 +124,15 @@ def dataset_meta(store: LocalBlobStore, dataset: TokenizedDataset) -> dict[str, 
 
 
 def special_token_ids(meta: dict[str, Any]) -> SpecialTokenIds:
-    """The special ids a model config needs, from a dataset's meta."""
-    return SpecialTokenIds(eos=meta["eos_token_id"], unk=meta["unk_token_id"])
+    """The special ids a model config and the objectives need, from a dataset's meta."""
+    return SpecialTokenIds(
+        eos=meta["eos_token_id"],
+        unk=meta.get("unk_token_id"),
+        bos=meta.get("bos_token_id"),
+        pad=meta.get("pad_token_id"),
+        cls=meta.get("cls_token_id"),
+        sep=meta.get("sep_token_id"),
+        mask=meta.get("mask_token_id"),
+        sentinels=tuple(meta.get("sentinel_token_ids", ())),
+        all=tuple(meta.get("special_token_ids", (meta["eos_token_id"],))),
+    )

@@ -175,6 +175,7 @@ def _save_checkpoint(
             "key": dataset.key,
             "train_tokens": dataset.train_tokens,
             "validation_tokens": dataset.validation_tokens,
+            "corpus_tokens": dataset_meta(store, dataset).get("corpus_tokens", {}),
         },
         "checkpoint": {
             "version": version,

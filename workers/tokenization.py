@@ -2,71 +2,269 @@
 
 Every tokenizer is a Hugging Face `tokenizers` object saved with `transformers`' fast-tokenizer
 wrapper, so `AutoTokenizer.from_pretrained(dir)` loads it offline with the right special tokens.
+The algorithm (`char`, `bpe`, `wordpiece`, `unigram`) and the special tokens (a model family's
+convention, `SPECIAL_TOKEN_SETS`) are independent: any algorithm can carry any family's specials.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from selfsup.spec import BPETokenizerSpec, CharTokenizerSpec
+from models.contrastive import sentence_spans
+from selfsup.spec import (
+    T5_SENTINELS,
+    BPETokenizerSpec,
+    CharTokenizerSpec,
+    SpecialTokens,
+    UnigramTokenizerSpec,
+    WordPieceTokenizerSpec,
+)
 
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"
+METASPACE = "\u2581"
+
+AnyTokenizerSpec = CharTokenizerSpec | BPETokenizerSpec | WordPieceTokenizerSpec | UnigramTokenizerSpec
 
 
-def train_char_tokenizer(documents: Iterable[str]) -> PreTrainedTokenizerFast:
-    """One token per distinct character of the training split, plus end-of-text and unknown."""
+@dataclass(frozen=True)
+class SpecialTokenSet:
+    """A family's special tokens: their order (ids 0, 1, …), roles, and what `tokenizer(text)` adds."""
+
+    convention: SpecialTokens
+    tokens: tuple[str, ...]
+    eos: str  # also the separator between documents in the flat token arrays
+    unk: str | None
+    pad: str
+    bos: str | None = None
+    cls: str | None = None
+    sep: str | None = None
+    mask: str | None = None
+    # Appended after the learned vocabulary, `<extra_id_0>` last (highest id), as T5 does.
+    sentinels: tuple[str, ...] = ()
+    single: str = "$A"
+    pair: str = "$A $B"
+    template_tokens: tuple[str, ...] = field(default=())
+
+
+def special_token_set(convention: SpecialTokens, *, needs_unknown: bool) -> SpecialTokenSet:
+    """The special tokens of `convention`; gpt2's includes an unknown token only where the algorithm needs one."""
+    if convention == "gpt2":
+        return SpecialTokenSet(
+            convention,
+            (END_OF_TEXT, UNKNOWN) if needs_unknown else (END_OF_TEXT,),
+            eos=END_OF_TEXT,
+            bos=END_OF_TEXT,
+            pad=END_OF_TEXT,
+            unk=UNKNOWN if needs_unknown else None,
+        )
+    if convention == "bert":
+        return SpecialTokenSet(
+            convention,
+            ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+            eos="[SEP]",
+            unk="[UNK]",
+            pad="[PAD]",
+            cls="[CLS]",
+            sep="[SEP]",
+            mask="[MASK]",
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            template_tokens=("[CLS]", "[SEP]"),
+        )
+    if convention == "roberta":
+        return SpecialTokenSet(
+            convention,
+            ("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
+            eos="</s>",
+            unk="<unk>",
+            pad="<pad>",
+            bos="<s>",
+            cls="<s>",
+            sep="</s>",
+            mask="<mask>",
+            single="<s> $A </s>",
+            pair="<s> $A </s> </s> $B </s>",
+            template_tokens=("<s>", "</s>"),
+        )
+    return SpecialTokenSet(
+        convention,
+        ("<pad>", "</s>", "<unk>"),
+        eos="</s>",
+        unk="<unk>",
+        pad="<pad>",
+        sentinels=tuple(f"<extra_id_{i}>" for i in reversed(range(T5_SENTINELS))),
+        single="$A </s>",
+        pair="$A </s> $B </s>",
+        template_tokens=("</s>",),
+    )
+
+
+def train_char_tokenizer(
+    documents: Iterable[str], *, special_tokens: SpecialTokens = "gpt2"
+) -> PreTrainedTokenizerFast:
+    """One token per distinct character of the training split, after the special tokens."""
+    specials = special_token_set(special_tokens, needs_unknown=True)
     alphabet: set[str] = set()
     for doc in documents:
         alphabet.update(doc)
-    vocab = {END_OF_TEXT: 0, UNKNOWN: 1}
+    vocab = {token: i for i, token in enumerate(specials.tokens)}
     for ch in sorted(alphabet):
         vocab[ch] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNKNOWN))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=specials.unk))
     # Split into single characters (newlines included) and glue them back without spaces.
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    tok.add_special_tokens([END_OF_TEXT, UNKNOWN])
-    return _wrap(tok, unk=UNKNOWN)
+    return _finish(tok, specials)
 
 
-def train_bpe_tokenizer(documents: Iterable[str], *, vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE, GPT-2 style: no unknown token, every byte sequence encodes."""
+def train_bpe_tokenizer(
+    documents: Iterable[str], *, vocab_size: int, special_tokens: SpecialTokens = "gpt2"
+) -> PreTrainedTokenizerFast:
+    """Byte-level BPE, GPT-2 style: no unknown token is ever needed, every byte sequence encodes."""
+    specials = special_token_set(special_tokens, needs_unknown=False)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[END_OF_TEXT],
+        vocab_size=vocab_size - len(specials.sentinels),
+        special_tokens=list(specials.tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(documents, trainer=trainer)
-    return _wrap(tok, unk=None)
+    return _finish(tok, specials)
 
 
-def _wrap(tok: Tokenizer, *, unk: str | None) -> PreTrainedTokenizerFast:
+def train_wordpiece_tokenizer(
+    documents: Iterable[str], *, vocab_size: int, special_tokens: SpecialTokens = "bert"
+) -> PreTrainedTokenizerFast:
+    """WordPiece, BERT style but cased: split at whitespace and punctuation; later pieces start with ##."""
+    specials = special_token_set(special_tokens, needs_unknown=True)
+    tok = Tokenizer(models.WordPiece(unk_token=specials.unk))  # type: ignore[arg-type]
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size - len(specials.sentinels),
+        special_tokens=list(specials.tokens),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tok.train_from_iterator(documents, trainer=trainer)
+    return _finish(tok, specials)
+
+
+def train_unigram_tokenizer(
+    documents: Iterable[str], *, vocab_size: int, special_tokens: SpecialTokens = "t5"
+) -> PreTrainedTokenizerFast:
+    """Unigram LM, SentencePiece/T5 style: whitespace runs become one ▁, which starts the next piece."""
+    specials = special_token_set(special_tokens, needs_unknown=True)
+    tok = Tokenizer(models.Unigram())
+    # Like T5's SentencePiece model: NFKC, and any run of whitespace (newlines too) is one space.
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size - len(specials.sentinels),
+        special_tokens=list(specials.tokens),
+        unk_token=specials.unk,
+        show_progress=False,
+    )
+    tok.train_from_iterator(documents, trainer=trainer)
+    return _finish(tok, specials)
+
+
+def _finish(tok: Tokenizer, specials: SpecialTokenSet) -> PreTrainedTokenizerFast:
+    """Register the specials, add the family's template, and wrap for `transformers`."""
+    tok.add_special_tokens(list(specials.tokens))
+    if specials.sentinels:
+        tok.add_special_tokens(list(specials.sentinels))
+    if specials.template_tokens:
+        tok.post_processor = processors.TemplateProcessing(
+            single=specials.single,
+            pair=specials.pair,
+            special_tokens=[(t, tok.token_to_id(t)) for t in specials.template_tokens],
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token=END_OF_TEXT,
-        eos_token=END_OF_TEXT,
-        pad_token=END_OF_TEXT,
-        unk_token=unk,
+        bos_token=specials.bos,
+        eos_token=specials.eos,
+        pad_token=specials.pad,
+        unk_token=specials.unk,
+        cls_token=specials.cls,
+        sep_token=specials.sep,
+        mask_token=specials.mask,
+        additional_special_tokens=list(specials.sentinels) or None,
         model_max_length=1_000_000,
         clean_up_tokenization_spaces=False,
     )
 
 
-def train_tokenizer(spec: CharTokenizerSpec | BPETokenizerSpec, documents: Iterable[str]) -> PreTrainedTokenizerFast:
-    """Train the tokenizer the spec asks for on `documents`."""
+def train_tokenizer(spec: AnyTokenizerSpec, documents: Iterable[str]) -> PreTrainedTokenizerFast:
+    """Train the tokenizer the spec asks for on `documents` (special tokens: the spec's, else gpt2's)."""
+    convention: SpecialTokens = spec.special_tokens or "gpt2"
     if isinstance(spec, CharTokenizerSpec):
-        return train_char_tokenizer(documents)
-    return train_bpe_tokenizer(documents, vocab_size=spec.vocab_size)
+        return train_char_tokenizer(documents, special_tokens=convention)
+    if isinstance(spec, BPETokenizerSpec):
+        return train_bpe_tokenizer(documents, vocab_size=spec.vocab_size, special_tokens=convention)
+    if isinstance(spec, WordPieceTokenizerSpec):
+        return train_wordpiece_tokenizer(documents, vocab_size=spec.vocab_size, special_tokens=convention)
+    return train_unigram_tokenizer(documents, vocab_size=spec.vocab_size, special_tokens=convention)
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, object]:
+    """The ids of each special role, for a dataset's `meta.json` (None where the convention has none)."""
+
+    def id_of(token: object) -> int | None:
+        return int(tokenizer.convert_tokens_to_ids(str(token))) if token else None  # type: ignore[arg-type]
+
+    sentinels = [t for t in tokenizer.all_special_tokens if t.startswith("<extra_id_")]
+    sentinels.sort(key=lambda t: int(t[len("<extra_id_") : -1]))
+    return {
+        "eos_token_id": id_of(tokenizer.eos_token),
+        "unk_token_id": id_of(tokenizer.unk_token),
+        "pad_token_id": id_of(tokenizer.pad_token),
+        "bos_token_id": id_of(tokenizer.bos_token),
+        "cls_token_id": id_of(tokenizer.cls_token),
+        "sep_token_id": id_of(tokenizer.sep_token),
+        "mask_token_id": id_of(tokenizer.mask_token),
+        "sentinel_token_ids": [id_of(t) for t in sentinels],
+        "special_token_ids": sorted({int(i) for i in tokenizer.all_special_ids}),
+    }
+
+
+def word_boundaries(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
+    """A (2, vocab) bool table: row 0, the token begins a word; row 1, a word ends after it.
+
+    WordPiece marks continuations with `##`; unigram marks word starts with `▁` (whitespace always
+    opens the next piece). Byte-level BPE and characters keep whitespace in the token's surface
+    (`Ġ`, `Ċ`, a space): a token that starts with whitespace begins a word, one that ends with
+    whitespace ends it. Special tokens are words of their own.
+    """
+    backend: Tokenizer = tokenizer.backend_tokenizer
+    vocab = backend.get_vocab(with_added_tokens=True)
+    table = np.ones((2, len(tokenizer)), dtype=bool)
+    special = set(tokenizer.all_special_tokens)
+    kind = type(backend.model).__name__
+    byte_decoder = decoders.ByteLevel()
+    for token, index in vocab.items():
+        if token in special or index >= table.shape[1]:
+            continue
+        if kind == "WordPiece":
+            table[0, index], table[1, index] = not token.startswith("##"), False
+        elif kind == "Unigram":
+            table[0, index], table[1, index] = token.startswith(METASPACE), False
+        else:
+            surface = byte_decoder.decode([token]) if kind == "BPE" else token
+            table[0, index], table[1, index] = surface[:1].isspace(), surface[-1:].isspace()
+    return table
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -74,25 +272,80 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
+class TokenArrayWriter:
+    """Appends encoded documents to a flat token array file, each document followed by end-of-text.
+
+    With `sentences_path`, also records the `(start, end)` token offsets into the flat array of each
+    sentence (by `models.contrastive.sentence_spans`), saved on `close()` as an int64 `.npy` array of
+    shape (n, 2): the sentences contrastive training draws from.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, path: Path, *, sentences_path: Path | None = None) -> None:
+        self.eos = int(tokenizer.convert_tokens_to_ids(tokenizer.eos_token or END_OF_TEXT))  # type: ignore[arg-type]
+        self.dtype = token_dtype(len(tokenizer))
+        self.backend: Tokenizer = tokenizer.backend_tokenizer
+        self.sentences_path = sentences_path
+        self.sentences: list[np.ndarray] = []
+        self.total = 0
+        self.file = open(path, "wb")
+
+    def add(self, documents: Iterable[str], *, batch_docs: int = 256) -> int:
+        """Encode and append `documents`; returns the number of tokens written."""
+        written = 0
+        # Text that spells a special token ("[MASK]", "<extra_id_0>") is text, not the token.
+        self.backend.encode_special_tokens = True
+        try:
+            for chunk in _batched(documents, batch_docs):
+                encodings = self.backend.encode_batch(chunk, add_special_tokens=False)
+                ids: list[int] = []
+                for doc, enc in zip(chunk, encodings, strict=True):
+                    if self.sentences_path is not None:
+                        self.sentences.append(_sentence_token_spans(doc, enc.offsets) + (self.total + len(ids)))
+                    ids.extend(enc.ids)
+                    ids.append(self.eos)
+                arr = np.asarray(ids, dtype=self.dtype)
+                self.file.write(arr.tobytes())
+                self.total += arr.size
+                written += arr.size
+        finally:
+            self.backend.encode_special_tokens = False
+        return written
+
+    def close(self) -> None:
+        """Finish the array file (and write the sentence offsets)."""
+        self.file.close()
+        if self.sentences_path is not None:
+            spans = np.concatenate(self.sentences) if self.sentences else np.zeros((0, 2), dtype=np.int64)
+            with open(self.sentences_path, "wb") as fh:
+                np.save(fh, spans.astype(np.int64))
+
+
 def write_token_array(
-    tokenizer: PreTrainedTokenizerFast, documents: Iterable[str], path: Path, *, batch_docs: int = 256
+    tokenizer: PreTrainedTokenizerFast, documents: Iterable[str], path: Path, *, sentences_path: Path | None = None
 ) -> int:
     """Encode documents into a flat array file, each document followed by end-of-text; returns the count."""
-    eos = int(tokenizer.convert_tokens_to_ids(END_OF_TEXT))  # type: ignore[arg-type]
-    dtype = token_dtype(len(tokenizer))
-    backend: Tokenizer = tokenizer.backend_tokenizer
-    total = 0
-    with open(path, "wb") as fh:
-        for chunk in _batched(documents, batch_docs):
-            encodings = backend.encode_batch(chunk, add_special_tokens=False)
-            ids: list[int] = []
-            for enc in encodings:
-                ids.extend(enc.ids)
-                ids.append(eos)
-            arr = np.asarray(ids, dtype=dtype)
-            fh.write(arr.tobytes())
-            total += arr.size
-    return total
+    writer = TokenArrayWriter(tokenizer, path, sentences_path=sentences_path)
+    try:
+        writer.add(documents)
+    finally:
+        writer.close()
+    return writer.total
+
+
+def _sentence_token_spans(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """Token `(start, end)` index pairs of `text`'s sentences: the tokens overlapping each sentence."""
+    spans = sentence_spans(text)
+    if not spans or not offsets:
+        return np.zeros((0, 2), dtype=np.int64)
+    starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
+    ends = np.fromiter((o[1] for o in offsets), dtype=np.int64, count=len(offsets))
+    chars = np.asarray(spans, dtype=np.int64)
+    # A token belongs to a sentence if it ends after the sentence starts and starts before it ends
+    # (a byte-level token such as "ĠHow" starts at the space before the sentence).
+    first = np.searchsorted(ends, chars[:, 0], side="right")
+    last = np.searchsorted(starts, chars[:, 1], side="left")
+    token_spans = np.stack([first, last], axis=1)
+    return token_spans[token_spans[:, 1] > token_spans[:, 0]]
 
 
 def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -1,7 +1,8 @@
 """The training core: manufacture a batch, predict, take the loss, update. No database, no Celery.
 
 `Trainer` owns the model, the optimizer and the data, and declares the state it can save, so a
-resumed job is the same job.
+resumed job is the same job. What differs between objectives (the model family, how a batch is cut
+and corrupted, the loss and its metrics) is the job's `Pretext` (`workers/objectives.py`).
 """
 
 from __future__ import annotations
@@ -9,21 +10,17 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.build import SpecialTokenIds, build_causal_lm
-from models.causal_lm import (
-    causal_lm_loss,
-    gather_windows,
-    manufacture_causal_lm_batch,
-    sample_window_offsets,
-)
+from models.build import SpecialTokenIds
 from selfsup.spec import JobSpec
+from workers.objectives import make_pretext
 from workers.optim import configure_optimizer, learning_rate_at
 
 # A stream of the batch RNG reserved for the fixed validation windows, apart from every training step.
@@ -36,21 +33,34 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class TokenArrays:
-    """The tokenized splits, memory-mapped."""
+    """The tokenized splits, memory-mapped, with what the objectives need to know about the vocabulary."""
 
     train: np.ndarray
     validation: np.ndarray
     vocab_size: int
     special: SpecialTokenIds
+    # (n, 2) token offsets of each sentence into the split's array (contrastive draws from them).
+    train_sentences: np.ndarray | None = None
+    validation_sentences: np.ndarray | None = None
+    # (2, vocab_size) bool: which tokens begin a word, and after which a new word begins (whole-word masking).
+    word_boundaries: np.ndarray | None = None
 
     @classmethod
     def open(cls, folder: Path, *, dtype: str, vocab_size: int, special: SpecialTokenIds) -> TokenArrays:
-        """Memory-map `train.bin` and `validation.bin` in `folder`."""
+        """Memory-map `train.bin` and `validation.bin` in `folder`, and load the sentence and word tables."""
+
+        def optional(name: str) -> np.ndarray | None:
+            path = folder / name
+            return np.load(path, mmap_mode="r") if path.is_file() else None
+
         return cls(
             train=np.memmap(folder / "train.bin", dtype=dtype, mode="r"),
             validation=np.memmap(folder / "validation.bin", dtype=dtype, mode="r"),
             vocab_size=vocab_size,
             special=special,
+            train_sentences=optional("train.sentences.npy"),
+            validation_sentences=optional("validation.sentences.npy"),
+            word_boundaries=optional("word_boundaries.npy"),
         )
 
 
@@ -61,6 +71,8 @@ class StepResult:
     loss: float
     grad_norm: float
     learning_rate: float
+    # The objective's own training metrics, averaged over micro-steps (masked_accuracy, retrieval_accuracy).
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 def pick_device() -> torch.device:
@@ -83,9 +95,9 @@ class Trainer:
         self.data = data
         self.device = device
         training = spec.training
-        self.window = spec.model.context_length + 1
         seed_everything(training.seed)
-        self.model = build_causal_lm(spec.model, vocab_size=data.vocab_size, special=data.special)
+        self.pretext = make_pretext(spec, data)
+        self.model = self.pretext.build_model()
         self.model.to(device)  # type: ignore[arg-type]
         self.model.train()
         self.optimizer = configure_optimizer(self.model, training, device)
@@ -94,6 +106,8 @@ class Trainer:
         self.forward = torch.compile(self.model) if compile else self.model
         self.step = 0
         self.tokens_seen = 0
+        # The objective's metrics from the latest `evaluate()` (val_masked_accuracy, val_retrieval_accuracy).
+        self.last_eval_metrics: dict[str, float] = {}
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast when the precision asks for it, else nothing."""
@@ -104,17 +118,16 @@ class Trainer:
     def batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (inputs, labels) of one micro-batch: a pure function of the seed and the step."""
         rng = np.random.default_rng([self.spec.training.seed, step, micro_step])
-        offsets = sample_window_offsets(
-            len(self.data.train), window=self.window, count=self.spec.training.batch_size, rng=rng
-        )
-        windows = gather_windows(self.data.train, offsets, self.window).to(self.device, non_blocking=True)
-        return manufacture_causal_lm_batch(windows)
+        return self._on_device(self.pretext.sample("train", rng, self.spec.training.batch_size))
 
     def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Predict, then score the prediction against the manufactured labels."""
+        return self.loss_and_metrics(inputs, labels)[0]
+
+    def loss_and_metrics(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss, and the objective's metrics on the same prediction."""
         with self.autocast():
-            logits = self.forward(input_ids=inputs, use_cache=False).logits
-        return causal_lm_loss(logits, labels)
+            return self.pretext.loss(self.forward, inputs, labels)
 
     def train_step(self) -> StepResult:
         """Forward, loss, backward, clip, check, update: one optimizer step."""
@@ -123,10 +136,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = 0.0
+        metric_sums: dict[str, float] = {}
         for micro_step in range(training.grad_accum_steps):
-            loss = self.loss(*self.batch(self.step, micro_step))
+            loss, metrics = self.loss_and_metrics(*self.batch(self.step, micro_step))
             (loss / training.grad_accum_steps).backward()
             loss_sum += loss.item()
+            for name, value in metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + value
         loss_value = loss_sum / training.grad_accum_steps
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"training diverged: the loss is {loss_value} at step {self.step + 1}")
@@ -138,23 +154,52 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += self.spec.tokens_per_step
-        return StepResult(loss=loss_value, grad_norm=grad_norm, learning_rate=lr)
+        extra = {name: total / training.grad_accum_steps for name, total in metric_sums.items()}
+        return StepResult(loss=loss_value, grad_norm=grad_norm, learning_rate=lr, extra=extra)
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss on the same fixed validation windows every time."""
+        """Mean loss on the same fixed validation examples every time; the objective's metrics go to
+        `last_eval_metrics` with a `val_` prefix."""
         evaluation, batch_size = self.spec.evaluation, self.spec.training.batch_size
         rng = np.random.default_rng([self.spec.training.seed, _VALIDATION_STREAM])
-        offsets = sample_window_offsets(
-            len(self.data.validation), window=self.window, count=evaluation.batches * batch_size, rng=rng
-        )
-        self.model.eval()
-        losses = []
-        for start in range(0, len(offsets), batch_size):
-            windows = gather_windows(self.data.validation, offsets[start : start + batch_size], self.window)
-            losses.append(self.loss(*manufacture_causal_lm_batch(windows.to(self.device))).item())
-        self.model.train()
+        inputs, labels = self.pretext.sample("validation", rng, evaluation.batches * batch_size)
+        losses: list[float] = []
+        metric_lists: dict[str, list[float]] = {}
+        with self._evaluation_mode():
+            for start in range(0, len(inputs), batch_size):
+                batch = self._on_device((inputs[start : start + batch_size], labels[start : start + batch_size]))
+                loss, metrics = self.loss_and_metrics(*batch)
+                losses.append(loss.item())
+                for name, value in metrics.items():
+                    metric_lists.setdefault(name, []).append(value)
+        self.last_eval_metrics = {f"val_{name}": float(np.mean(values)) for name, values in metric_lists.items()}
         return float(np.mean(losses))
+
+    def save_pretrained(self, folder: Path) -> None:
+        """Save the model as a Hugging Face directory, plus any files the objective adds to a checkpoint."""
+        self.model.save_pretrained(folder)
+        self.pretext.save_extras(folder)
+
+    def _on_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, labels = batch
+        return inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    @contextlib.contextmanager
+    def _evaluation_mode(self) -> Iterator[None]:
+        """Dropout off; or, for an objective that needs dropout, on with fixed draws that leave the
+        training RNG untouched (so evaluating never changes what training does next)."""
+        if not self.pretext.evaluate_with_dropout:
+            self.model.eval()
+            try:
+                yield
+            finally:
+                self.model.train()
+            return
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.spec.training.seed)
+            yield
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides the weights that a resumed run needs to continue bit for bit."""

@@ -8,6 +8,7 @@ import torch
 from models.contrastive import (
     in_batch_retrieval_accuracy,
     pool_embeddings,
+    sentence_spans,
     simcse_loss,
     split_into_sentences,
 )
@@ -149,3 +150,10 @@ def test_whitespace_is_normalised_and_result_is_deterministic() -> None:
     expected = ["First sentence is long enough here.", "Second one is also long enough!"]
     assert split_into_sentences(text) == expected
     assert split_into_sentences(text) == split_into_sentences(text)
+
+
+def test_sentence_spans_locate_the_sentences_of_the_rule_in_the_raw_text() -> None:
+    text = SHAKESPEARE + "\n\nAll:\nSpeak, speak.  You are all resolved rather to die than to famish?   Resolved!"
+    spans = sentence_spans(text)
+    assert [" ".join(text[start:end].split()) for start, end in spans] == split_into_sentences(text)
+    assert all(text[start:end] == text[start:end].strip() for start, end in spans)

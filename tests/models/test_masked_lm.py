@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from models.masked_lm import manufacture_masked_lm_batch, masked_accuracy, masked_lm_loss
+from models.masked_lm import (
+    manufacture_masked_lm_batch,
+    masked_accuracy,
+    masked_lm_loss,
+    word_ids_from_boundaries,
+)
 
 VOCAB_SIZE = 1000
 PAD_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3
@@ -194,3 +199,22 @@ def test_loss_and_accuracy_with_nothing_chosen_are_finite() -> None:
     assert float(loss.detach()) == 0.0
     loss.backward()  # still part of the graph
     assert masked_accuracy(logits, labels) == 0.0
+
+
+def test_word_ids_from_wordpiece_style_boundaries() -> None:
+    # Ids 4..9: "The" "qu" "##ick" "fox" "##es" ","; WordPiece marks continuations, nothing ends a word.
+    begins = torch.tensor([True, True, True, True, True, True, False, True, False, True])
+    ends = torch.zeros(10, dtype=torch.bool)
+    ids = torch.tensor([[CLS_ID, 4, 5, 6, 7, 8, 9, SEP_ID, PAD_ID]])
+    word_ids = word_ids_from_boundaries(ids, begins_word=begins, ends_word=ends, special_ids=SPECIAL_IDS)
+    # [CLS] The qu ##ick fox ##es , [SEP] [PAD]
+    assert word_ids.tolist() == [[-1, 1, 2, 2, 3, 3, 4, -1, -1]]
+
+
+def test_word_ids_from_whitespace_style_boundaries() -> None:
+    # Byte-level/character style: id 4 " " begins and ends a word; ids 5-7 are letters; id 8 "\n" too.
+    begins = torch.tensor([True, True, True, True, True, False, False, False, True])
+    ends = torch.tensor([True, True, True, True, True, False, False, False, True])
+    ids = torch.tensor([[5, 6, 4, 7, 5, 8, 6, 6]])  # "ab cd\nbb": a leading piece starts a word too
+    word_ids = word_ids_from_boundaries(ids, begins_word=begins, ends_word=ends, special_ids=SPECIAL_IDS)
+    assert word_ids.tolist() == [[0, 0, 1, 2, 2, 3, 4, 4]]

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from selfsup.spec import BPETokenizerSpec, CharTokenizerSpec
+from selfsup.spec import BPETokenizerSpec, CharTokenizerSpec, UnigramTokenizerSpec, WordPieceTokenizerSpec
+from tests.factories import write_shakespeare_dataset
 from workers.datasets import dataset_key
-from workers.tokenization import END_OF_TEXT, train_tokenizer, write_token_array
+from workers.tokenization import END_OF_TEXT, train_tokenizer, word_boundaries, write_token_array
 
 DOCS = ["First Citizen:\nBefore we proceed any further, hear me speak.", "All:\nSpeak, speak.", "ROMEO:\nO, she doth!"]
 
@@ -43,3 +44,105 @@ def test_dataset_key_depends_on_contents_and_tokenizer_only() -> None:
     assert a == dataset_key(["sha1", "sha2"], {"vocab_size": 300, "type": "bpe"})
     assert a != dataset_key(["sha2", "sha1"], {"type": "bpe", "vocab_size": 300})
     assert a != dataset_key(["sha1", "sha2"], {"type": "bpe", "vocab_size": 301})
+
+
+@pytest.mark.parametrize(
+    ("spec", "specials", "wrapped"),
+    [
+        (
+            WordPieceTokenizerSpec(type="wordpiece", vocab_size=200, special_tokens="bert"),
+            {
+                "pad_token": "[PAD]",
+                "unk_token": "[UNK]",
+                "cls_token": "[CLS]",
+                "sep_token": "[SEP]",
+                "mask_token": "[MASK]",
+            },
+            ("[CLS]", "[SEP]"),
+        ),
+        (
+            BPETokenizerSpec(type="bpe", vocab_size=300, special_tokens="roberta"),
+            {
+                "bos_token": "<s>",
+                "pad_token": "<pad>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "mask_token": "<mask>",
+            },
+            ("<s>", "</s>"),
+        ),
+        (
+            UnigramTokenizerSpec(type="unigram", vocab_size=300, special_tokens="t5"),
+            {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
+            (None, "</s>"),
+        ),
+    ],
+)
+def test_family_tokenizers_load_with_their_special_tokens(
+    spec: object, specials: dict[str, str], wrapped: tuple[str | None, str], tmp_path: Path
+) -> None:
+    write_shakespeare_dataset(tmp_path, spec, n_bytes=30_000)
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "tokenizer", local_files_only=True)
+    for role, token in specials.items():
+        assert getattr(loaded, role) == token, role
+    text = "Before we proceed any further, hear me speak."
+    tokens = loaded.convert_ids_to_tokens(loaded(text)["input_ids"])
+    assert (tokens[0] if wrapped[0] else None, tokens[-1]) == wrapped
+    assert loaded.decode(loaded(text)["input_ids"], skip_special_tokens=True) == text
+    assert len(loaded) == spec.vocab_size  # type: ignore[attr-defined]  # the specials and sentinels included
+    if spec.special_tokens == "t5":  # type: ignore[attr-defined]
+        sentinels = [loaded.convert_tokens_to_ids(f"<extra_id_{i}>") for i in range(100)]
+        # As in transformers' T5 tokenizers: the last ids, <extra_id_0> the highest.
+        assert sentinels == list(range(len(loaded) - 1, len(loaded) - 101, -1))
+        assert "<extra_id_0>" in loaded.all_special_tokens
+
+
+def test_dataset_meta_sentences_and_word_boundaries(tmp_path: Path) -> None:
+    spec = WordPieceTokenizerSpec(type="wordpiece", vocab_size=500, special_tokens="bert")
+    data = write_shakespeare_dataset(tmp_path, spec, n_bytes=30_000)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer", local_files_only=True)
+    special = data.special
+    assert (special.pad, special.unk, special.cls, special.sep, special.mask) == (0, 1, 2, 3, 4)
+    assert special.eos == special.sep  # documents are joined by [SEP]
+    assert data.train_sentences is not None and len(data.train_sentences) > 100
+    first = [tokenizer.decode(data.train[start:end]) for start, end in data.train_sentences[:2]]
+    assert first == [
+        "Before we proceed any further, hear me speak.",
+        "You are all resolved rather to die than to famish?",
+    ]
+    assert all(special.sep not in data.train[start:end] for start, end in data.train_sentences)
+    table = data.word_boundaries
+    assert table is not None and table.shape == (2, len(tokenizer))
+    piece, word = tokenizer.convert_tokens_to_ids(["##s", "the"])
+    assert not table[0, piece] and table[0, word]
+
+
+def test_text_that_spells_a_special_token_is_encoded_as_text(tmp_path: Path) -> None:
+    tokenizer = train_tokenizer(WordPieceTokenizerSpec(type="wordpiece", vocab_size=200, special_tokens="bert"), DOCS)
+    write_token_array(tokenizer, ["hear [MASK] speak [SEP]"], tmp_path / "train.bin")
+    tokens = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
+    mask, sep = tokenizer.convert_tokens_to_ids(["[MASK]", "[SEP]"])
+    assert mask not in tokens and list(tokens).count(sep) == 1  # only the end-of-document separator
+    # Inference still reads the special token (fill-mask needs it).
+    assert mask in tokenizer("hear [MASK] speak")["input_ids"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "text", "words"),
+    [
+        (BPETokenizerSpec(type="bpe", vocab_size=300), "hear me speak", ["hear", " me", " speak"]),
+        (CharTokenizerSpec(type="char"), "hear me", ["hear", " ", "me"]),
+        (UnigramTokenizerSpec(type="unigram", vocab_size=300, special_tokens="t5"), "hear me", ["hear", "me"]),
+    ],
+)
+def test_word_boundaries_group_the_pieces_of_each_word(spec: object, text: str, words: list[str]) -> None:
+    import torch
+
+    from models.masked_lm import word_ids_from_boundaries
+
+    tokenizer = train_tokenizer(spec, DOCS * 3)  # type: ignore[arg-type]
+    table = torch.from_numpy(word_boundaries(tokenizer))
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    word_ids = word_ids_from_boundaries(ids, begins_word=table[0], ends_word=table[1], special_ids=[])
+    grouped = [tokenizer.decode(ids[0][word_ids[0] == w]) for w in word_ids[0].unique().tolist()]
+    assert [w.strip() for w in grouped] == [w.strip() for w in words]

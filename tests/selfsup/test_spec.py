@@ -1,0 +1,125 @@
+"""The job spec: each objective's defaults, and combinations refused with a message that says what is valid."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from api.errors import validation_details
+from models.span_corruption import span_corruption_lengths, span_corruption_window_length
+from selfsup.spec import JobSpec, span_corruption_raw_length, span_corruption_spans
+
+
+def _spec(objective: dict[str, Any], **sections: Any) -> JobSpec:
+    return JobSpec.model_validate({"corpus_ids": ["cor_x"], "objective": objective, **sections})
+
+
+def _refusal(objective: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    with pytest.raises(ValidationError) as caught:
+        _spec(objective, **sections)
+    details = validation_details(caught.value.errors())
+    assert len(details) == 1, details
+    return details[0]
+
+
+@pytest.mark.parametrize(
+    ("objective", "family", "tokenizer", "special_tokens"),
+    [
+        ("causal_lm", "gpt2", "bpe", "gpt2"),
+        ("masked_lm", "bert", "wordpiece", "bert"),
+        ("span_corruption", "t5", "unigram", "t5"),
+        ("contrastive", "bert", "wordpiece", "bert"),
+    ],
+)
+def test_the_objective_alone_is_a_complete_job(
+    objective: str, family: str, tokenizer: str, special_tokens: str
+) -> None:
+    spec = _spec({"type": objective})
+    assert spec.model.family == family
+    assert spec.tokenizer is not None and spec.tokenizer.type == tokenizer
+    assert spec.tokenizer.special_tokens == special_tokens
+    # The filled-in spec is what the database stores and the worker validates again.
+    assert JobSpec.model_validate(spec.model_dump(mode="json")) == spec
+
+
+def test_objective_parameters_have_the_papers_defaults() -> None:
+    masked = _spec({"type": "masked_lm"}).objective
+    assert masked.model_dump() == {
+        "type": "masked_lm",
+        "mask_probability": 0.15,
+        "mask_replace_probability": 0.8,
+        "random_replace_probability": 0.1,
+        "whole_word": False,
+    }
+    span = _spec({"type": "span_corruption"}).objective
+    assert span.model_dump() == {"type": "span_corruption", "noise_density": 0.15, "mean_span_length": 3.0}
+    contrastive = _spec({"type": "contrastive"})
+    assert contrastive.objective.model_dump() == {"type": "contrastive", "temperature": 0.05, "pooling": "mean"}
+    assert contrastive.model.dropout == 0.1  # dropout is SimCSE's augmentation
+
+
+def test_family_and_tokenizer_follow_the_client_where_given() -> None:
+    spec = _spec({"type": "masked_lm"}, model={"family": "roberta"})
+    assert spec.tokenizer is not None and (spec.tokenizer.type, spec.tokenizer.special_tokens) == ("bpe", "roberta")
+    spec = _spec({"type": "causal_lm"}, model={"family": "llama"}, tokenizer={"type": "char"})
+    assert spec.tokenizer is not None and (spec.tokenizer.type, spec.tokenizer.special_tokens) == ("char", "gpt2")
+    spec = _spec({"type": "masked_lm"}, tokenizer={"type": "char"})
+    assert spec.tokenizer is not None and spec.tokenizer.special_tokens == "bert"
+
+
+@pytest.mark.parametrize(
+    ("objective", "sections", "field", "words"),
+    [
+        ({"type": "masked_lm"}, {"model": {"family": "gpt2"}}, "model.family", "bert or roberta, not gpt2"),
+        ({"type": "causal_lm"}, {"model": {"family": "t5"}}, "model.family", "gpt2 or llama, not t5"),
+        ({"type": "span_corruption", "noise_density": 0.9}, {}, "objective.noise_density", "0.5"),
+        ({"type": "contrastive"}, {"training": {"batch_size": 1}}, "training.batch_size", "at least 2"),
+        ({"type": "contrastive"}, {"model": {"dropout": 0.0}}, "model.dropout", "above 0"),
+        (
+            {"type": "masked_lm", "mask_replace_probability": 0.95},
+            {},
+            "objective",
+            "must not exceed 1",
+        ),
+        (
+            {"type": "masked_lm"},
+            {"tokenizer": {"type": "bpe", "special_tokens": "gpt2"}},
+            "tokenizer.special_tokens",
+            "needs the bert special tokens",
+        ),
+        (
+            {"type": "span_corruption", "noise_density": 0.5, "mean_span_length": 1},
+            {"model": {"context_length": 512}},
+            "objective.mean_span_length",
+            "100 sentinels",
+        ),
+        ({"type": "causal_lm"}, {"model": {"family": "llama", "heads": 4, "width": 132}}, "model", "even head width"),
+    ],
+)
+def test_invalid_combinations_name_the_field_and_what_is_valid(
+    objective: dict[str, Any], sections: dict[str, Any], field: str, words: str
+) -> None:
+    detail = _refusal(objective, **sections)
+    assert detail["field"] == field and words in detail["message"], detail
+
+
+def test_the_specs_span_arithmetic_matches_the_objectives() -> None:
+    # The API validates without torch, so the spec repeats models.span_corruption's arithmetic.
+    for context_length in (4, 16, 64, 512):
+        for noise_density, mean_span_length in ((0.15, 3.0), (0.5, 1.0), (0.01, 8.0), (0.3, 2.5)):
+            window = span_corruption_window_length(context_length, noise_density, mean_span_length)
+            assert span_corruption_raw_length(context_length, noise_density, mean_span_length) == window
+            inputs, targets = span_corruption_lengths(window, noise_density, mean_span_length)
+            # inputs = kept + spans + 1 and targets = noise + spans + 1, with kept + noise = window.
+            spans = (inputs + targets - window - 2) // 2
+            assert span_corruption_spans(context_length, noise_density, mean_span_length) == spans
+
+
+def test_tokens_per_step_counts_what_each_objective_reads() -> None:
+    training = {"batch_size": 4, "grad_accum_steps": 2}
+    assert _spec({"type": "causal_lm"}, training=training).tokens_per_step == 4 * 2 * 64
+    assert _spec({"type": "masked_lm"}, training=training).tokens_per_step == 4 * 2 * 64
+    span = _spec({"type": "span_corruption"}, training=training)
+    assert span.tokens_per_step == 4 * 2 * span_corruption_window_length(64, 0.15, 3.0) > 4 * 2 * 64
