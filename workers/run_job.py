@@ -52,6 +52,10 @@ class StopRequested(RuntimeError):
     """The job was cancelled between steps."""
 
 
+class CannotTrain(RuntimeError):
+    """The job's data or spec cannot be trained (found when the trainer is built); retrying would not help."""
+
+
 class PauseRequested(RuntimeError):
     """The job was asked to pause: checkpoint, then let go of it."""
 
@@ -254,7 +258,7 @@ def train_job(
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; stopping without writing", job_id)
         return "lease lost"
-    except TrainingDiverged as exc:  # deterministic: running it again would diverge again
+    except (TrainingDiverged, CannotTrain) as exc:  # deterministic: running it again would fail again
         run.finish("failed", f"failed: {exc}", error=str(exc))
         return "diverged"
     except Exception as exc:  # possibly transient (disk, database, device): resume, up to max_restarts
@@ -304,7 +308,10 @@ class JobRun:
         """Train from the newest good checkpoint (or from scratch) to `max_steps`."""
         if self.dataset is None:
             raise RuntimeError("the job was started before its tokenized data existed")
-        self.trainer = self._build_trainer(self.dataset)
+        try:
+            self.trainer = self._build_trainer(self.dataset)
+        except ValueError as exc:
+            raise CannotTrain(f"cannot start training: {exc}") from exc
         self._resume_or_start()
         max_steps = self.spec.training.max_steps
         try:

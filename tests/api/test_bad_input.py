@@ -194,3 +194,14 @@ def test_bad_paging_parameters(embedded_service: Service) -> None:
     assert _error(client.get("/v1/jobs", params={"cursor": "garbage!"}), 422)["details"][0]["field"] == "cursor"
     assert _error(client.get("/v1/jobs", params={"limit": 0}), 422)["details"][0]["field"] == "limit"
     assert _error(client.get("/v1/jobs", params={"status": "sleeping"}), 422)["details"][0]["field"] == "status"
+
+
+def test_data_an_objective_cannot_use_fails_at_once_without_restarts(embedded_service: Service) -> None:
+    client = embedded_service.client()
+    corpus = ready_corpus(client, b"To be, or not to be.\n\nThat is the question.\n")
+    job = submit_job(
+        client, {"corpus_ids": [corpus["id"]], "objective": {"type": "contrastive"}, "training": {"max_steps": 5}}
+    )
+    done = wait_for_job(client, job["id"])
+    assert done["status"] == "failed" and done["restarts"] == 0, done
+    assert "crashed" not in [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
