@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -45,6 +46,93 @@ from workers.optim import configure_optimizer, learning_rate_at  # noqa: E402
 WARMUP_STEPS_EXCLUDED = 50
 POLL_INTERVAL_SECONDS = 2.0  # slow polling, so the benchmark's own HTTP requests barely cost the trainer CPU
 JOB_TIMEOUT_SECONDS = 3600.0
+WINDOW_STEPS = 10  # the service records tokens_per_second every 10 steps; the plain loop times the same windows
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads); 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _descendants(root: int) -> list[int]:
+    """`root` and every process below it, from the parent ids in /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """Cumulative CPU seconds at one moment: the whole machine, the trainer, the rest of the service, this process."""
+
+    wall: float
+    busy: float
+    steal: float
+    trainer: float
+    service_rest: float
+    bench: float
+
+    @classmethod
+    def take(cls, *, trainer_pid: int | None = None, service_pids: list[int] | None = None) -> CpuSnapshot:
+        """Read /proc now."""
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        steal = values[7] if len(values) > 7 else 0
+        busy = sum(values[:8]) - idle - steal
+        trainer = _process_cpu_seconds(trainer_pid) if trainer_pid else 0.0
+        rest = sum(_process_cpu_seconds(p) for p in service_pids or [] if p != trainer_pid)
+        return cls(
+            wall=time.perf_counter(),
+            busy=busy / CLOCK_TICKS,
+            steal=steal / CLOCK_TICKS,
+            trainer=trainer,
+            service_rest=rest,
+            bench=time.process_time(),
+        )
+
+
+def cpu_usage(start: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
+    """Average cores busy between two snapshots, split by who used them.
+
+    `outside_cores` is everything on the machine that is neither this benchmark nor the service it
+    started: other people's work. Above about 0.1 the figures of that interval are contended.
+    """
+    wall = end.wall - start.wall
+    trainer = end.trainer - start.trainer
+    rest = end.service_rest - start.service_rest
+    bench = end.bench - start.bench
+    busy = end.busy - start.busy
+    return {
+        "seconds": round(wall, 2),
+        "machine_busy_cores": round(busy / wall, 3),
+        "trainer_cores": round(trainer / wall, 3),
+        "service_rest_cores": round(rest / wall, 3),
+        "bench_cores": round(bench / wall, 3),
+        "outside_cores": round(max(0.0, busy - trainer - rest - bench) / wall, 3),
+        "steal_cores": round((end.steal - start.steal) / wall, 3),
+    }
 
 
 def job_spec(corpus_id: str, steps: int) -> dict[str, Any]:
@@ -93,11 +181,14 @@ class ServiceResult:
     steady_steps: int
     steady_seconds: float
     window_rates: list[float]
+    median_window_tokens_per_second: float
     end_to_end_seconds: float
     end_to_end_tokens_per_second: float
     final_train_loss: float | None
     vocab_size: int
     queued_to_finished_seconds: float
+    cpu: dict[str, float]
+    cpu_whole_job: dict[str, float]
 
 
 @dataclass
@@ -110,6 +201,9 @@ class PlainResult:
     cpu_seconds: float
     cpu_utilization: float
     final_train_loss: float
+    cpu: dict[str, float]
+    window_rates: list[float]
+    median_window_tokens_per_second: float
 
 
 @dataclass
@@ -123,6 +217,11 @@ class Repetition:
     def ratio(self) -> float:
         """Service steady-state throughput over the plain loop's."""
         return self.service.steady_tokens_per_second / self.plain.tokens_per_second
+
+    @property
+    def median_window_ratio(self) -> float:
+        """The same ratio from the median 10-step window of each: less sensitive to stalls from other work."""
+        return self.service.median_window_tokens_per_second / self.plain.median_window_tokens_per_second
 
 
 def steady_state(points: list[dict[str, Any]], *, tokens_per_step: int, skip_steps: int) -> tuple[float, int, float]:
@@ -167,12 +266,26 @@ def run_service(home: Path, *, steps: int, threads: int) -> tuple[ServiceResult,
             corpus = wait_for_corpus(client, corpus["id"], timeout=600)
             if corpus["status"] != "ready":
                 raise RuntimeError(f"corpus ingest failed: {corpus}")
+            service_pids = _descendants(service.process.pid)
+            trainers = [p for p in service_pids if "--queues gpu" in _cmdline(p)]
+            if len(trainers) != 1:
+                raise RuntimeError(f"expected one training worker under the service, found {trainers}")
+            trainer_pid = trainers[0]
+
+            def snapshot() -> CpuSnapshot:
+                return CpuSnapshot.take(trainer_pid=trainer_pid, service_pids=service_pids)
+
+            submitted = snapshot()
             job = submit_job(client, job_spec(corpus["id"], steps))
             job_id = job["id"]
+            steady_cpu: list[CpuSnapshot] = []  # taken at the first poll past the warm-up, then at the end
 
             def finished() -> dict[str, Any] | None:
                 body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-                return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+                done = body["status"] in ("succeeded", "failed", "cancelled")
+                if (done or body["step"] >= WARMUP_STEPS_EXCLUDED) and len(steady_cpu) < 1 + done:
+                    steady_cpu.append(snapshot())
+                return body if done else None
 
             job = wait_until(
                 finished, timeout=JOB_TIMEOUT_SECONDS, interval=POLL_INTERVAL_SECONDS, what=f"job {job_id}"
@@ -199,11 +312,16 @@ def run_service(home: Path, *, steps: int, threads: int) -> tuple[ServiceResult,
         steady_steps=steady_steps,
         steady_seconds=steady_seconds,
         window_rates=[float(p["value"]) for p in sorted(rates, key=lambda p: p["step"])],
+        median_window_tokens_per_second=statistics.median(
+            float(p["value"]) for p in rates if int(p["step"]) > WARMUP_STEPS_EXCLUDED
+        ),
         end_to_end_seconds=end_to_end,
         end_to_end_tokens_per_second=steps * tokens_per_step / end_to_end,
         final_train_loss=job["metrics"].get("train_loss"),
         vocab_size=int(meta["vocab_size"]),
         queued_to_finished_seconds=(done - _parse_time(job["created_at"])).total_seconds(),
+        cpu=cpu_usage(steady_cpu[0], steady_cpu[-1]) if len(steady_cpu) == 2 else {},
+        cpu_whole_job=cpu_usage(submitted, steady_cpu[-1]),
     )
     return result, tokens, meta
 
@@ -233,11 +351,15 @@ def run_plain(tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: 
     device = torch.device("cpu")
     optimizer = configure_optimizer(model, training, device)
     rng = np.random.default_rng(training.seed)
-    timed_from = cpu_from = 0.0
+    timed_from = cpu_from = window_from = 0.0
+    window_rates: list[float] = []
+    snapshot = CpuSnapshot.take()
     loss_value = math.nan
     for step in range(steps):
         if step == WARMUP_STEPS_EXCLUDED:
             timed_from, cpu_from = time.perf_counter(), time.process_time()
+            window_from = timed_from
+            snapshot = CpuSnapshot.take()
         lr = learning_rate_at(step, training)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -251,6 +373,10 @@ def run_plain(tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = loss.item()
+        if step >= WARMUP_STEPS_EXCLUDED and (step + 1) % WINDOW_STEPS == 0:
+            now = time.perf_counter()
+            window_rates.append(WINDOW_STEPS * spec.tokens_per_step / (now - window_from))
+            window_from = now
     seconds = time.perf_counter() - timed_from
     cpu_seconds = time.process_time() - cpu_from
     steps_timed = steps - WARMUP_STEPS_EXCLUDED
@@ -261,6 +387,9 @@ def run_plain(tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: 
         cpu_seconds=cpu_seconds,
         cpu_utilization=cpu_seconds / (seconds * threads),
         final_train_loss=loss_value,
+        cpu=cpu_usage(snapshot, CpuSnapshot.take()),
+        window_rates=window_rates,
+        median_window_tokens_per_second=statistics.median(window_rates),
     )
 
 
@@ -291,17 +420,23 @@ def render_table(report: dict[str, Any]) -> str:
         tag = f" [{i}]" if len(report["repetitions"]) > 1 else ""
         service, plain = rep["service"], rep["plain"]
         losses = f"{service['final_train_loss']:.3f} / {plain['final_train_loss']:.3f}"
+        windows = f"{service['median_window_tokens_per_second']:,.0f} / {plain['median_window_tokens_per_second']:,.0f}"
+        outside = f"{service['cpu'].get('outside_cores', math.nan):.2f} / {plain['cpu']['outside_cores']:.2f}"
         rows += [
             (f"service tokens/s, steady (steps {first}+){tag}", f"{service['steady_tokens_per_second']:,.0f}"),
             (f"service tokens/s, end to end{tag}", f"{service['end_to_end_tokens_per_second']:,.0f}"),
             (f"service end-to-end seconds{tag}", f"{service['end_to_end_seconds']:.1f}"),
             (f"plain loop tokens/s (steps {first}+){tag}", f"{plain['tokens_per_second']:,.0f}"),
             (f"plain loop CPU use of {threads} threads{tag}", f"{plain['cpu_utilization']:.0%}"),
+            (f"other work, cores: service / plain run{tag}", outside),
+            (f"other work, cores: whole service job{tag}", f"{service['cpu_whole_job']['outside_cores']:.2f}"),
             (f"ratio service/plain, steady{tag}", f"{rep['ratio']:.3f}"),
+            (f"  same, median 10-step window{tag}", f"{rep['median_window_ratio']:.3f} ({windows})"),
             (f"final train_loss service / plain{tag}", losses),
         ]
     if len(report["repetitions"]) > 1:
         rows.append(("median ratio service/plain", f"{report['median_ratio']:.3f}"))
+        rows.append(("  same, median 10-step window", f"{report['median_window_ratio']:.3f}"))
     m = report["machine"]
     rows += [
         ("machine", m["platform"]),
@@ -320,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run (default 300)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, service and plain loop (default 2)")
     parser.add_argument("--repeat", type=int, default=1, help="service + plain-loop repetitions (default 1)")
+    parser.add_argument("--keep-home", action="store_true", help="keep each run's SELFSUP_HOME (service log, DB)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/...-<date>.json)")
     args = parser.parse_args(argv)
     if args.steps <= WARMUP_STEPS_EXCLUDED + 10:
@@ -332,8 +468,14 @@ def main(argv: list[str] | None = None) -> int:
     repetitions: list[Repetition] = []
     for i in range(args.repeat):
         print(f"[{i + 1}/{args.repeat}] service: {args.steps} steps on {args.threads} threads ...", flush=True)
-        with tempfile.TemporaryDirectory(prefix="selfsup-bench-") as tmp:
-            service, tokens, meta = run_service(Path(tmp) / "home", steps=args.steps, threads=args.threads)
+        tmp = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
+        try:
+            service, tokens, meta = run_service(tmp / "home", steps=args.steps, threads=args.threads)
+        finally:
+            if args.keep_home:
+                print(f"[{i + 1}/{args.repeat}] kept {tmp / 'home'}", flush=True)
+            else:
+                shutil.rmtree(tmp)
         print(f"[{i + 1}/{args.repeat}] plain loop ...", flush=True)
         plain = run_plain(tokens, meta, steps=args.steps, threads=args.threads)
         repetitions.append(Repetition(service=service, plain=plain))
@@ -353,8 +495,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(args.threads),
         "loadavg_before": loadavg_before,
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "repetitions": [{**asdict(r), "ratio": r.ratio} for r in repetitions],
+        "repetitions": [
+            {**asdict(r), "ratio": r.ratio, "median_window_ratio": r.median_window_ratio} for r in repetitions
+        ],
         "median_ratio": statistics.median(r.ratio for r in repetitions),
+        "median_window_ratio": statistics.median(r.median_window_ratio for r in repetitions),
         "median_service_steady_tokens_per_second": statistics.median(
             r.service.steady_tokens_per_second for r in repetitions
         ),
