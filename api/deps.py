@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from storage import crud
-from storage.db import get_sessionmaker
+from storage.db import session_scope
 from storage.tables import Checkpoint, Corpus, Job, Tenant
 from workers.celery_app import enqueue
 
@@ -23,15 +23,8 @@ log = logging.getLogger("selfsup.api")
 
 def get_session() -> Iterator[Session]:
     """A session per request, committed when the route returns normally."""
-    session = get_sessionmaker()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
