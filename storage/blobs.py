@@ -12,7 +12,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -20,25 +20,30 @@ from selfsup.settings import get_settings
 
 
 class BlobStore(Protocol):
-    """What selfsup needs from storage for files."""
+    """What selfsup needs from storage for files; `LocalBlobStore` implements it, an object store could."""
 
-    def writer(self, key: str) -> contextmanager[BinaryIO]:  # type: ignore[valid-type]
+    def writer(self, key: str) -> AbstractContextManager[BinaryIO]:
         """A file to write `key` into; it appears only when the block exits without error."""
+
+    def staging_dir(
+        self, prefix: str, *, before_rename: Callable[[], None] | None = None
+    ) -> AbstractContextManager[Path]:
+        """A local folder whose files appear under `prefix` together, only when the block succeeds."""
 
     def open(self, key: str) -> BinaryIO:
         """Read `key`."""
 
     def local_path(self, key: str) -> Path:
-        """A local file holding `key` (memory-mapped by trainers)."""
+        """A local file or folder holding `key` (memory-mapped by trainers, streamed by downloads)."""
 
     def exists(self, key: str) -> bool:
         """Whether `key` is stored."""
 
-    def size(self, key: str) -> int:
-        """The size of `key` in bytes."""
-
     def delete_prefix(self, prefix: str) -> None:
         """Remove every blob under `prefix`."""
+
+    def sweep_orphans(self, prefix: str, *, older_than: float) -> list[str]:
+        """Remove what interrupted writers left under `prefix`."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -89,10 +94,6 @@ class LocalBlobStore:
     def exists(self, key: str) -> bool:
         """Whether `key` is stored."""
         return self.path(key).is_file()
-
-    def size(self, key: str) -> int:
-        """The size of `key` in bytes."""
-        return self.path(key).stat().st_size
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove the folder or file under `prefix`."""
