@@ -63,10 +63,11 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_usable(
     assert final_weights_sha(client, job["id"]) == final_weights_sha(client, clean["id"])
 
 
-def test_duplicate_delivery_never_runs_two_trainers(make_fault_service: Callable[..., Service]) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_duplicate_delivery_never_runs_two_trainers(make_fault_service: Callable[..., Service], backend: str) -> None:
     # Redis redelivers an unacknowledged message after the visibility timeout: here, after one second,
     # to a second gpu worker while the first still trains.
-    service = make_fault_service("embedded", SELFSUP_BROKER_VISIBILITY_TIMEOUT="1")
+    service = make_fault_service(backend, SELFSUP_BROKER_VISIBILITY_TIMEOUT="1")
     extra = subprocess.Popen(
         [*SELFSUP, "worker", "--queues", "gpu"],
         env=service.env,
