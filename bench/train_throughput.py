@@ -278,7 +278,10 @@ def run_service(home: Path, *, steps: int, threads: int) -> tuple[ServiceResult,
             submitted = snapshot()
             job = submit_job(client, job_spec(corpus["id"], steps))
             job_id = job["id"]
-            steady_cpu: list[CpuSnapshot] = []  # taken at the first poll past the warm-up, then at the end
+            # Taken at the first poll past the warm-up and at the poll that sees the end, so the interval also
+            # holds the final evaluation, the checkpoint and up to one poll interval of idle: trainer_cores
+            # reads a little low; outside_cores (what it is for) does not.
+            steady_cpu: list[CpuSnapshot] = []
 
             def finished() -> dict[str, Any] | None:
                 body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
