@@ -198,10 +198,19 @@ def test_bad_paging_parameters(embedded_service: Service) -> None:
 
 def test_data_an_objective_cannot_use_fails_at_once_without_restarts(embedded_service: Service) -> None:
     client = embedded_service.client()
-    corpus = ready_corpus(client, b"To be, or not to be.\n\nThat is the question.\n")
+    # Two documents, one long sentence each: enough tokens for any window, one sentence per split.
+    sentence = b"whether tis nobler in the mind to suffer the slings and arrows of outrageous fortune " * 3
+    corpus = ready_corpus(client, sentence + b"\n\n" + sentence.replace(b"whether", b"or to take") + b"\n")
     job = submit_job(
-        client, {"corpus_ids": [corpus["id"]], "objective": {"type": "contrastive"}, "training": {"max_steps": 5}}
+        client,
+        {
+            "corpus_ids": [corpus["id"]],
+            "objective": {"type": "contrastive"},
+            "model": {"context_length": 16},
+            "training": {"max_steps": 5},
+        },
     )
     done = wait_for_job(client, job["id"])
     assert done["status"] == "failed" and done["restarts"] == 0, done
+    assert done["error"].startswith("cannot start training:"), done["error"]
     assert "crashed" not in [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
