@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from selfsup.processes import keep_freed_memory
 from selfsup.settings import get_settings
 
 
@@ -62,6 +63,8 @@ def _worker(args: argparse.Namespace) -> int:
         print(f"--queues takes cpu, gpu or cpu,gpu (got {args.queues!r})", file=sys.stderr)
         return 2
     settings = get_settings()
+    if "gpu" in queues and settings.trainer_keep_freed_memory:
+        keep_freed_memory()
     argv = [
         "worker",
         "--queues",
