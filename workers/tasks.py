@@ -54,11 +54,14 @@ def _on_shutdown(**_: Any) -> None:
 def _prepare_worker(**_: Any) -> None:
     # Pay torch's and transformers' import cost when the worker starts, not inside the first job.
     import torch
+    import transformers
 
     import workers.corpus_ingest
     import workers.prepare
     import workers.run_job  # noqa: F401
 
+    # A progress bar per saved checkpoint is noise in a worker's log (and buries what matters).
+    transformers.utils.logging.disable_progress_bar()
     threads = get_settings().torch_threads
     if threads:
         torch.set_num_threads(threads)

@@ -88,7 +88,7 @@ def test_duplicate_delivery_never_runs_two_trainers(make_fault_service: Callable
         assert done["status"] == "succeeded" and done["restarts"] == 0, done
         events = event_types(client, job["id"])
         assert events.count("started") == 1 and "resumed" not in events and "crashed" not in events
-        logs = service.log() + (service.home / "extra-worker.log").read_text()
+        logs = service.log_path.read_text() + (service.home / "extra-worker.log").read_text()
         assert logs.count(f"selfsup.train_job('{job['id']}',): not claimed") >= 1, "no redelivery happened"
         assert_clean_history(client, job["id"], 1500)
     finally:
