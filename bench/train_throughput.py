@@ -2,12 +2,14 @@
 
 One command, from the repository root:
 
-    .venv/bin/python bench/train_throughput.py [--steps 300] [--threads 2] [--repeat 1] [--out FILE]
+    .venv/bin/python bench/train_throughput.py [--steps 300] [--threads 2] [--repeat 5] [--out FILE]
 
 Each repetition starts `selfsup up` on the embedded default in a fresh temporary SELFSUP_HOME, uploads
 tiny Shakespeare, trains a small character-level GPT-2 for `--steps` steps, reads the job's
-`tokens_per_second` series, stops the service, and then runs a plain `transformers` loop of the same
-shape in this process on the same token array, so the two never compete for the cores.
+`tokens_per_second` series and stops the service; and runs a plain `transformers` loop of the same
+shape in this process on the same token array, never at the same time, so the two never compete for
+the cores. Odd repetitions run the service first, even ones the plain loop first. The verdict is the
+median of the repetitions' ratios.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -37,6 +40,7 @@ if str(REPO) not in sys.path:
 
 from models.build import build_causal_lm  # noqa: E402
 from models.causal_lm import gather_windows, sample_window_offsets  # noqa: E402
+from selfsup.processes import keep_freed_memory  # noqa: E402
 from selfsup.spec import JobSpec  # noqa: E402
 from tests.factories import SHAKESPEARE, submit_job, upload_corpus, wait_for_corpus  # noqa: E402
 from tests.service import Service, start_service, wait_until  # noqa: E402
@@ -50,13 +54,24 @@ WINDOW_STEPS = 10  # the service records tokens_per_second every 10 steps; the p
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _process_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first); empty if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
 def _process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of one process (all its threads); 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    fields = _process_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS if fields else 0.0
+
+
+def _process_page_faults(pid: int) -> int:
+    """Minor page faults of one process so far; 0 if it is gone."""
+    fields = _process_stat(pid)
+    return int(fields[7]) if fields else 0
 
 
 def _descendants(root: int) -> list[int]:
@@ -91,6 +106,7 @@ class CpuSnapshot:
     busy: float
     steal: float
     trainer: float
+    trainer_page_faults: int
     service_rest: float
     bench: float
 
@@ -108,6 +124,7 @@ class CpuSnapshot:
             busy=busy / CLOCK_TICKS,
             steal=steal / CLOCK_TICKS,
             trainer=trainer,
+            trainer_page_faults=_process_page_faults(trainer_pid) if trainer_pid else 0,
             service_rest=rest,
             bench=time.process_time(),
         )
@@ -189,6 +206,8 @@ class ServiceResult:
     queued_to_finished_seconds: float
     cpu: dict[str, float]
     cpu_whole_job: dict[str, float]
+    # Over the same interval as `cpu` (which ends with the final evaluation and checkpoint).
+    trainer_page_faults_per_step: float
 
 
 @dataclass
@@ -204,14 +223,16 @@ class PlainResult:
     cpu: dict[str, float]
     window_rates: list[float]
     median_window_tokens_per_second: float
+    page_faults_per_step: float
 
 
 @dataclass
 class Repetition:
-    """One service run and the plain loop after it."""
+    """One service run and one plain-loop run, back to back."""
 
     service: ServiceResult
     plain: PlainResult
+    plain_first: bool
 
     @property
     def ratio(self) -> float:
@@ -222,6 +243,13 @@ class Repetition:
     def median_window_ratio(self) -> float:
         """The same ratio from the median 10-step window of each: less sensitive to stalls from other work."""
         return self.service.median_window_tokens_per_second / self.plain.median_window_tokens_per_second
+
+
+def pooled_ratio(repetitions: list[Repetition]) -> float:
+    """All timed steps over all timed seconds, service against plain loop (both steps have the same tokens)."""
+    service = sum(r.service.steady_steps for r in repetitions) / sum(r.service.steady_seconds for r in repetitions)
+    plain = sum(r.plain.steps_timed for r in repetitions) / sum(r.plain.seconds for r in repetitions)
+    return service / plain
 
 
 def steady_state(points: list[dict[str, Any]], *, tokens_per_step: int, skip_steps: int) -> tuple[float, int, float]:
@@ -282,12 +310,14 @@ def run_service(home: Path, *, steps: int, threads: int) -> tuple[ServiceResult,
             # holds the final evaluation, the checkpoint and up to one poll interval of idle: trainer_cores
             # reads a little low; outside_cores (what it is for) does not.
             steady_cpu: list[CpuSnapshot] = []
+            steady_steps_at: list[int] = []
 
             def finished() -> dict[str, Any] | None:
                 body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
                 done = body["status"] in ("succeeded", "failed", "cancelled")
                 if (done or body["step"] >= WARMUP_STEPS_EXCLUDED) and len(steady_cpu) < 1 + done:
                     steady_cpu.append(snapshot())
+                    steady_steps_at.append(int(body["step"]))
                 return body if done else None
 
             job = wait_until(
@@ -324,6 +354,8 @@ def run_service(home: Path, *, steps: int, threads: int) -> tuple[ServiceResult,
         vocab_size=int(meta["vocab_size"]),
         queued_to_finished_seconds=(done - _parse_time(job["created_at"])).total_seconds(),
         cpu=cpu_usage(steady_cpu[0], steady_cpu[-1]) if len(steady_cpu) == 2 else {},
+        trainer_page_faults_per_step=(steady_cpu[-1].trainer_page_faults - steady_cpu[0].trainer_page_faults)
+        / max(1, steady_steps_at[-1] - steady_steps_at[0]),
         cpu_whole_job=cpu_usage(submitted, steady_cpu[-1]),
     )
     return result, tokens, meta
@@ -342,8 +374,17 @@ def _read_dataset(home: Path) -> tuple[dict[str, Any], np.ndarray]:
     return meta, tokens
 
 
-def run_plain(tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: int) -> PlainResult:
-    """The same model, optimizer and batches in a bare loop; times steps after the warm-up exclusion."""
+def run_plain(
+    tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: int, keep_memory: bool = True
+) -> PlainResult:
+    """The same model, optimizer and batches in a bare loop; times steps after the warm-up exclusion.
+
+    `keep_memory` gives this process the allocator setting a training worker has
+    (`SELFSUP_TRAINER_KEEP_FREED_MEMORY`, on by default), so the comparison is of orchestration alone.
+    It cannot be undone within a process: `False` only means this call does not apply it.
+    """
+    if keep_memory:
+        keep_freed_memory()
     torch.set_num_threads(threads)
     spec = JobSpec.model_validate(job_spec("cor_bench", steps))
     training, context = spec.training, spec.model.context_length
@@ -355,12 +396,14 @@ def run_plain(tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: 
     optimizer = configure_optimizer(model, training, device)
     rng = np.random.default_rng(training.seed)
     timed_from = cpu_from = window_from = 0.0
+    faults_from = 0
     window_rates: list[float] = []
     snapshot = CpuSnapshot.take()
     loss_value = math.nan
     for step in range(steps):
         if step == WARMUP_STEPS_EXCLUDED:
             timed_from, cpu_from = time.perf_counter(), time.process_time()
+            faults_from = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             window_from = timed_from
             snapshot = CpuSnapshot.take()
         lr = learning_rate_at(step, training)
@@ -383,6 +426,7 @@ def run_plain(tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: 
     seconds = time.perf_counter() - timed_from
     cpu_seconds = time.process_time() - cpu_from
     steps_timed = steps - WARMUP_STEPS_EXCLUDED
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_from
     return PlainResult(
         tokens_per_second=steps_timed * spec.tokens_per_step / seconds,
         steps_timed=steps_timed,
@@ -393,6 +437,7 @@ def run_plain(tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: 
         cpu=cpu_usage(snapshot, CpuSnapshot.take()),
         window_rates=window_rates,
         median_window_tokens_per_second=statistics.median(window_rates),
+        page_faults_per_step=faults / steps_timed,
     )
 
 
@@ -420,7 +465,7 @@ def render_table(report: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = []
     first, threads = WARMUP_STEPS_EXCLUDED + 1, report["machine"]["threads"]
     for i, rep in enumerate(report["repetitions"], start=1):
-        tag = f" [{i}]" if len(report["repetitions"]) > 1 else ""
+        tag = f" [{i}{', plain first' if rep['plain_first'] else ''}]" if len(report["repetitions"]) > 1 else ""
         service, plain = rep["service"], rep["plain"]
         losses = f"{service['final_train_loss']:.3f} / {plain['final_train_loss']:.3f}"
         windows = f"{service['median_window_tokens_per_second']:,.0f} / {plain['median_window_tokens_per_second']:,.0f}"
@@ -431,6 +476,10 @@ def render_table(report: dict[str, Any]) -> str:
             (f"service end-to-end seconds{tag}", f"{service['end_to_end_seconds']:.1f}"),
             (f"plain loop tokens/s (steps {first}+){tag}", f"{plain['tokens_per_second']:,.0f}"),
             (f"plain loop CPU use of {threads} threads{tag}", f"{plain['cpu_utilization']:.0%}"),
+            (
+                f"page faults per step: service / plain{tag}",
+                f"{service['trainer_page_faults_per_step']:,.0f} / {plain['page_faults_per_step']:,.0f}",
+            ),
             (f"other work, cores: service / plain run{tag}", outside),
             (f"other work, cores: whole service job{tag}", f"{service['cpu_whole_job']['outside_cores']:.2f}"),
             (f"ratio service/plain, steady{tag}", f"{rep['ratio']:.3f}"),
@@ -439,6 +488,8 @@ def render_table(report: dict[str, Any]) -> str:
         ]
     if len(report["repetitions"]) > 1:
         rows.append(("median ratio service/plain", f"{report['median_ratio']:.3f}"))
+        rows.append(("  lowest / highest", f"{report['min_ratio']:.3f} / {report['max_ratio']:.3f}"))
+        rows.append(("  pooled (all steps over all seconds)", f"{report['pooled_ratio']:.3f}"))
         rows.append(("  same, median 10-step window", f"{report['median_window_ratio']:.3f}"))
     m = report["machine"]
     rows += [
@@ -457,7 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run (default 300)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, service and plain loop (default 2)")
-    parser.add_argument("--repeat", type=int, default=1, help="service + plain-loop repetitions (default 1)")
+    parser.add_argument("--repeat", type=int, default=5, help="service + plain-loop repetitions (default 5)")
+    parser.add_argument(
+        "--plain-glibc-defaults",
+        action="store_true",
+        help="run the plain loop with glibc's malloc defaults instead of the training worker's setting",
+    )
     parser.add_argument("--keep-home", action="store_true", help="keep each run's SELFSUP_HOME (service log, DB)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/...-<date>.json)")
     args = parser.parse_args(argv)
@@ -468,22 +524,34 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out or REPO / "bench" / "results" / f"train_throughput-{datetime.now():%Y%m%d-%H%M%S}.json"
 
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
+    keep = not args.plain_glibc_defaults
     repetitions: list[Repetition] = []
+    data: tuple[np.ndarray, dict[str, Any]] | None = None
     for i in range(args.repeat):
-        print(f"[{i + 1}/{args.repeat}] service: {args.steps} steps on {args.threads} threads ...", flush=True)
+        tag = f"[{i + 1}/{args.repeat}]"
+        # The machine's speed drifts over minutes; alternating which side goes first (service, plain;
+        # plain, service; ...) keeps a drift from always favouring the same side.
+        plain_first = i % 2 == 1 and data is not None
+        if plain_first:
+            assert data is not None
+            print(f"{tag} plain loop ...", flush=True)
+            plain = run_plain(*data, steps=args.steps, threads=args.threads, keep_memory=keep)
+        print(f"{tag} service: {args.steps} steps on {args.threads} threads ...", flush=True)
         tmp = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
         try:
             service, tokens, meta = run_service(tmp / "home", steps=args.steps, threads=args.threads)
         finally:
             if args.keep_home:
-                print(f"[{i + 1}/{args.repeat}] kept {tmp / 'home'}", flush=True)
+                print(f"{tag} kept {tmp / 'home'}", flush=True)
             else:
                 shutil.rmtree(tmp)
-        print(f"[{i + 1}/{args.repeat}] plain loop ...", flush=True)
-        plain = run_plain(tokens, meta, steps=args.steps, threads=args.threads)
-        repetitions.append(Repetition(service=service, plain=plain))
+        data = (tokens, meta)
+        if not plain_first:
+            print(f"{tag} plain loop ...", flush=True)
+            plain = run_plain(tokens, meta, steps=args.steps, threads=args.threads, keep_memory=keep)
+        repetitions.append(Repetition(service=service, plain=plain, plain_first=plain_first))
         print(
-            f"[{i + 1}/{args.repeat}] service {service.steady_tokens_per_second:,.0f} tok/s, "
+            f"{tag} service {service.steady_tokens_per_second:,.0f} tok/s, "
             f"plain {plain.tokens_per_second:,.0f} tok/s, ratio {repetitions[-1].ratio:.3f}",
             flush=True,
         )
@@ -496,12 +564,17 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_steps_excluded": WARMUP_STEPS_EXCLUDED,
         "job_spec": job_spec("<corpus>", args.steps),
         "machine": machine(args.threads),
+        "plain_keeps_freed_memory": not args.plain_glibc_defaults,
         "loadavg_before": loadavg_before,
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "repetitions": [
             {**asdict(r), "ratio": r.ratio, "median_window_ratio": r.median_window_ratio} for r in repetitions
         ],
         "median_ratio": statistics.median(r.ratio for r in repetitions),
+        "min_ratio": min(r.ratio for r in repetitions),
+        "max_ratio": max(r.ratio for r in repetitions),
+        # All steady tokens over all steady seconds, each side: long runs weigh more than short ones.
+        "pooled_ratio": pooled_ratio(repetitions),
         "median_window_ratio": statistics.median(r.median_window_ratio for r in repetitions),
         "median_service_steady_tokens_per_second": statistics.median(
             r.service.steady_tokens_per_second for r in repetitions
