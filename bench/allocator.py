@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
@@ -22,13 +21,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.train_throughput import job_spec, machine, run_plain  # noqa: E402
+from bench.train_throughput import job_spec, machine, run_plain_process  # noqa: E402
 from selfsup.spec import JobSpec  # noqa: E402
 from tests.factories import SHAKESPEARE  # noqa: E402
 from workers.datasets import write_dataset  # noqa: E402
@@ -41,19 +38,12 @@ def build_dataset(folder: Path) -> None:
     documents = [d for d in SHAKESPEARE.read_text().split("\n\n") if d.strip()]
     cut = len(documents) * 9 // 10
     spec = JobSpec.model_validate(job_spec("cor_bench", 10))
+    assert spec.tokenizer is not None
     write_dataset(
         folder,
         spec.tokenizer,
         {"tinyshakespeare": lambda split: documents[:cut] if split == "train" else documents[cut:]},
     )
-
-
-def child(folder: Path, setting: str, *, steps: int, threads: int) -> None:
-    """Run the plain loop once in this (fresh) process and print its result as JSON."""
-    meta: dict[str, Any] = json.loads((folder / "meta.json").read_text())
-    tokens = np.fromfile(folder / "train.bin", dtype=meta["dtype"])
-    result = run_plain(tokens, meta, steps=steps, threads=threads, keep_memory=setting == "keep-freed-memory")
-    print(json.dumps({k: v for k, v in asdict(result).items() if k != "window_rates"}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,11 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=4, help="runs of each setting (default 4)")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--child", nargs=2, metavar=("DATASET", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        child(Path(args.child[0]), args.child[1], steps=args.steps, threads=args.threads)
-        return 0
     out: Path = args.out or REPO / "bench" / "results" / f"allocator-{datetime.now():%Y%m%d-%H%M%S}.json"
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SETTINGS}
     with tempfile.TemporaryDirectory(prefix="selfsup-bench-") as tmp:
@@ -76,11 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeat):
             # Alternate which setting goes first, so a drift of the machine's speed favours neither.
             for setting in SETTINGS if i % 2 == 0 else SETTINGS[::-1]:
-                command = [sys.executable, __file__, "--steps", str(args.steps), "--threads", str(args.threads)]
-                done = subprocess.run(
-                    [*command, "--child", str(folder), setting], capture_output=True, text=True, check=True
+                plain = run_plain_process(
+                    folder, steps=args.steps, threads=args.threads, keep_memory=setting == "keep-freed-memory"
                 )
-                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result = {k: v for k, v in asdict(plain).items() if k != "window_rates"}
                 runs[setting].append(result)
                 print(
                     f"[{i + 1}/{args.repeat}] {setting:18s} {result['tokens_per_second']:8,.0f} tok/s, "

@@ -2,7 +2,7 @@
 
 One command, from the repository root:
 
-    .venv/bin/python bench/train_throughput.py [--steps 300] [--threads 2] [--repeat 5] [--out FILE]
+    .venv/bin/python bench/train_throughput.py [--steps 300] [--threads 2] [--repeat 6] [--out FILE]
 
 Each repetition starts `selfsup up` on the embedded default in a fresh temporary SELFSUP_HOME, uploads
 tiny Shakespeare, trains a small character-level GPT-2 for `--steps` steps, reads the job's
@@ -22,6 +22,7 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -252,6 +253,19 @@ def pooled_ratio(repetitions: list[Repetition]) -> float:
     return service / plain
 
 
+def order_ratios(repetitions: list[Repetition]) -> dict[str, float]:
+    """The median ratio of the repetitions that ran the service first, of those that ran the plain loop
+    first, and their geometric mean (`balanced_ratio`): an effect of the order cancels out of it."""
+    by_order = {
+        "median_ratio_service_first": [r.ratio for r in repetitions if not r.plain_first],
+        "median_ratio_plain_first": [r.ratio for r in repetitions if r.plain_first],
+    }
+    medians = {name: statistics.median(ratios) for name, ratios in by_order.items() if ratios}
+    if len(medians) == 2:
+        medians["balanced_ratio"] = math.sqrt(math.prod(medians.values()))
+    return medians
+
+
 def steady_state(points: list[dict[str, Any]], *, tokens_per_step: int, skip_steps: int) -> tuple[float, int, float]:
     """Token-weighted throughput (total tokens / total time) over the metric windows after `skip_steps`.
 
@@ -381,7 +395,7 @@ def run_plain(
 
     `keep_memory` gives this process the allocator setting a training worker has
     (`SELFSUP_TRAINER_KEEP_FREED_MEMORY`, on by default), so the comparison is of orchestration alone.
-    It cannot be undone within a process: `False` only means this call does not apply it.
+    It cannot be undone within a process: run this in a fresh one (`run_plain_process`).
     """
     if keep_memory:
         keep_freed_memory()
@@ -441,6 +455,30 @@ def run_plain(
     )
 
 
+def save_dataset(folder: Path, tokens: np.ndarray, meta: dict[str, Any]) -> Path:
+    """Write the train tokens and meta where `run_plain_process` children read them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens.tofile(folder / "train.bin")
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def _load_dataset(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    meta: dict[str, Any] = json.loads((folder / "meta.json").read_text())
+    return np.fromfile(folder / "train.bin", dtype=meta["dtype"]), meta
+
+
+def run_plain_process(dataset: Path, *, steps: int, threads: int, keep_memory: bool) -> PlainResult:
+    """`run_plain` in a fresh Python process, as the service's trainer is one: neither side inherits a
+    heap, page mappings or thread pools from earlier runs."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--steps", str(steps), "--threads", str(threads)]
+    command += ["--plain-child", str(dataset)] + ([] if keep_memory else ["--plain-glibc-defaults"])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"plain loop failed ({done.returncode}):\n{done.stderr[-5000:]}")
+    return PlainResult(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def machine(threads: int) -> dict[str, Any]:
     """Where the numbers came from."""
     cpu = "unknown"
@@ -490,6 +528,10 @@ def render_table(report: dict[str, Any]) -> str:
         rows.append(("median ratio service/plain", f"{report['median_ratio']:.3f}"))
         rows.append(("  lowest / highest", f"{report['min_ratio']:.3f} / {report['max_ratio']:.3f}"))
         rows.append(("  pooled (all steps over all seconds)", f"{report['pooled_ratio']:.3f}"))
+        if "balanced_ratio" in report:
+            orders = f"{report['median_ratio_service_first']:.3f} / {report['median_ratio_plain_first']:.3f}"
+            rows.append(("  median, service first / plain first", orders))
+            rows.append(("  balanced (geometric mean of those two)", f"{report['balanced_ratio']:.3f}"))
         rows.append(("  same, median 10-step window", f"{report['median_window_ratio']:.3f}"))
     m = report["machine"]
     rows += [
@@ -508,12 +550,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run (default 300)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, service and plain loop (default 2)")
-    parser.add_argument("--repeat", type=int, default=5, help="service + plain-loop repetitions (default 5)")
+    parser.add_argument("--repeat", type=int, default=6, help="service + plain-loop repetitions (default 6)")
     parser.add_argument(
         "--plain-glibc-defaults",
         action="store_true",
         help="run the plain loop with glibc's malloc defaults instead of the training worker's setting",
     )
+    parser.add_argument("--plain-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--keep-home", action="store_true", help="keep each run's SELFSUP_HOME (service log, DB)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/...-<date>.json)")
     args = parser.parse_args(argv)
@@ -521,40 +564,48 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps must exceed {WARMUP_STEPS_EXCLUDED + 10}; the first {WARMUP_STEPS_EXCLUDED} are warm-up")
     if args.repeat < 1 or args.threads < 1:
         parser.error("--repeat and --threads must be at least 1")
+    if args.plain_child:  # one plain-loop run in this fresh process, for run_plain_process
+        tokens, meta = _load_dataset(args.plain_child)
+        result = run_plain(
+            tokens, meta, steps=args.steps, threads=args.threads, keep_memory=not args.plain_glibc_defaults
+        )
+        print(json.dumps(asdict(result)))
+        return 0
     out: Path = args.out or REPO / "bench" / "results" / f"train_throughput-{datetime.now():%Y%m%d-%H%M%S}.json"
 
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
     keep = not args.plain_glibc_defaults
     repetitions: list[Repetition] = []
-    data: tuple[np.ndarray, dict[str, Any]] | None = None
-    for i in range(args.repeat):
-        tag = f"[{i + 1}/{args.repeat}]"
-        # The machine's speed drifts over minutes; alternating which side goes first (service, plain;
-        # plain, service; ...) keeps a drift from always favouring the same side.
-        plain_first = i % 2 == 1 and data is not None
-        if plain_first:
-            assert data is not None
-            print(f"{tag} plain loop ...", flush=True)
-            plain = run_plain(*data, steps=args.steps, threads=args.threads, keep_memory=keep)
-        print(f"{tag} service: {args.steps} steps on {args.threads} threads ...", flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
-        try:
-            service, tokens, meta = run_service(tmp / "home", steps=args.steps, threads=args.threads)
-        finally:
-            if args.keep_home:
-                print(f"{tag} kept {tmp / 'home'}", flush=True)
-            else:
-                shutil.rmtree(tmp)
-        data = (tokens, meta)
-        if not plain_first:
-            print(f"{tag} plain loop ...", flush=True)
-            plain = run_plain(tokens, meta, steps=args.steps, threads=args.threads, keep_memory=keep)
-        repetitions.append(Repetition(service=service, plain=plain, plain_first=plain_first))
-        print(
-            f"{tag} service {service.steady_tokens_per_second:,.0f} tok/s, "
-            f"plain {plain.tokens_per_second:,.0f} tok/s, ratio {repetitions[-1].ratio:.3f}",
-            flush=True,
-        )
+    with tempfile.TemporaryDirectory(prefix="selfsup-bench-") as scratch:
+        dataset: Path | None = None
+        for i in range(args.repeat):
+            tag = f"[{i + 1}/{args.repeat}]"
+            # The machine's speed drifts over minutes; alternating which side goes first (service, plain;
+            # plain, service; ...) keeps a drift from always favouring the same side.
+            plain_first = i % 2 == 1 and dataset is not None
+            if plain_first:
+                assert dataset is not None
+                print(f"{tag} plain loop ...", flush=True)
+                plain = run_plain_process(dataset, steps=args.steps, threads=args.threads, keep_memory=keep)
+            print(f"{tag} service: {args.steps} steps on {args.threads} threads ...", flush=True)
+            tmp = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
+            try:
+                service, tokens, meta = run_service(tmp / "home", steps=args.steps, threads=args.threads)
+            finally:
+                if args.keep_home:
+                    print(f"{tag} kept {tmp / 'home'}", flush=True)
+                else:
+                    shutil.rmtree(tmp)
+            dataset = dataset or save_dataset(Path(scratch) / "dataset", tokens, meta)
+            if not plain_first:
+                print(f"{tag} plain loop ...", flush=True)
+                plain = run_plain_process(dataset, steps=args.steps, threads=args.threads, keep_memory=keep)
+            repetitions.append(Repetition(service=service, plain=plain, plain_first=plain_first))
+            print(
+                f"{tag} service {service.steady_tokens_per_second:,.0f} tok/s, "
+                f"plain {plain.tokens_per_second:,.0f} tok/s, ratio {repetitions[-1].ratio:.3f}",
+                flush=True,
+            )
 
     report: dict[str, Any] = {
         "benchmark": "train_throughput",
@@ -575,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_ratio": max(r.ratio for r in repetitions),
         # All steady tokens over all steady seconds, each side: long runs weigh more than short ones.
         "pooled_ratio": pooled_ratio(repetitions),
+        **order_ratios(repetitions),
         "median_window_ratio": statistics.median(r.median_window_ratio for r in repetitions),
         "median_service_steady_tokens_per_second": statistics.median(
             r.service.steady_tokens_per_second for r in repetitions
