@@ -7,8 +7,8 @@ One command, from the repository root:
 Each repetition starts `selfsup up` on the embedded default in a fresh temporary SELFSUP_HOME, uploads
 tiny Shakespeare, trains a small character-level GPT-2 for `--steps` steps, reads the job's
 `tokens_per_second` series and stops the service; and runs a plain `transformers` loop of the same
-shape in this process on the same token array, never at the same time, so the two never compete for
-the cores. Odd repetitions run the service first, even ones the plain loop first. The verdict is the
+shape on the same token array in a fresh process, never at the same time, so the two never compete
+for the cores. Odd repetitions run the service first, even ones the plain loop first. The verdict is the
 median of the repetitions' ratios.
 """
 
@@ -564,17 +564,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps must exceed {WARMUP_STEPS_EXCLUDED + 10}; the first {WARMUP_STEPS_EXCLUDED} are warm-up")
     if args.repeat < 1 or args.threads < 1:
         parser.error("--repeat and --threads must be at least 1")
+    keep = not args.plain_glibc_defaults
     if args.plain_child:  # one plain-loop run in this fresh process, for run_plain_process
         tokens, meta = _load_dataset(args.plain_child)
-        result = run_plain(
-            tokens, meta, steps=args.steps, threads=args.threads, keep_memory=not args.plain_glibc_defaults
-        )
+        result = run_plain(tokens, meta, steps=args.steps, threads=args.threads, keep_memory=keep)
         print(json.dumps(asdict(result)))
         return 0
     out: Path = args.out or REPO / "bench" / "results" / f"train_throughput-{datetime.now():%Y%m%d-%H%M%S}.json"
 
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
-    keep = not args.plain_glibc_defaults
     repetitions: list[Repetition] = []
     with tempfile.TemporaryDirectory(prefix="selfsup-bench-") as scratch:
         dataset: Path | None = None
@@ -615,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_steps_excluded": WARMUP_STEPS_EXCLUDED,
         "job_spec": job_spec("<corpus>", args.steps),
         "machine": machine(args.threads),
-        "plain_keeps_freed_memory": not args.plain_glibc_defaults,
+        "plain_keeps_freed_memory": keep,
         "loadavg_before": loadavg_before,
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "repetitions": [

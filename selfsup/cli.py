@@ -63,8 +63,8 @@ def _worker(args: argparse.Namespace) -> int:
         print(f"--queues takes cpu, gpu or cpu,gpu (got {args.queues!r})", file=sys.stderr)
         return 2
     settings = get_settings()
-    if "gpu" in queues and settings.trainer_keep_freed_memory:
-        keep_freed_memory()
+    if "gpu" in queues and settings.trainer_keep_freed_memory and keep_freed_memory():
+        print("selfsup worker: malloc keeps freed memory for training", file=sys.stderr, flush=True)
     argv = [
         "worker",
         "--queues",

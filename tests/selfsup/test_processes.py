@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.service import Service
+
 REPO = Path(__file__).resolve().parents[2]
 
 # A few training steps of a small GPT-2 in a fresh interpreter; prints the page faults of the last ten.
@@ -46,3 +48,10 @@ def test_keeping_freed_memory_spares_the_page_faults_of_every_training_step() ->
     # (thousands of faults over ten steps); kept, they are reused.
     assert default > 2_000, default
     assert kept * 3 < default, (kept, default)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+def test_the_training_worker_that_selfsup_up_starts_keeps_freed_memory(embedded_service: Service) -> None:
+    # `selfsup worker` says so only when it serves the gpu queue and mallopt took the setting.
+    log = embedded_service.log_path.read_text(errors="replace")
+    assert "selfsup worker: malloc keeps freed memory for training" in log, log[-3000:]
