@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
 from bench.train_throughput import job_spec, machine, run_plain_process  # noqa: E402
 from selfsup.spec import JobSpec  # noqa: E402
 from tests.factories import SHAKESPEARE  # noqa: E402
-from workers.datasets import write_dataset  # noqa: E402
+from workers.data.datasets import write_dataset  # noqa: E402
 
 SETTINGS = ("glibc-defaults", "keep-freed-memory")
 

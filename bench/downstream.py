@@ -44,9 +44,9 @@ if str(REPO) not in sys.path:
 
 from selfsup.spec import JobSpec  # noqa: E402
 from tests.factories import SHAKESPEARE  # noqa: E402
-from workers.datasets import TOKENIZER_DIR, open_dataset, write_dataset  # noqa: E402
-from workers.ingest import is_validation  # noqa: E402
-from workers.trainer import Trainer  # noqa: E402
+from workers.data.datasets import TOKENIZER_DIR, open_dataset, write_dataset  # noqa: E402
+from workers.data.documents import is_validation  # noqa: E402
+from workers.training.trainer import Trainer  # noqa: E402
 
 PLAYS = {"Coriolanus": (0, 1110), "Romeo and Juliet": (2780, 3600)}
 MIN_CHARS = 40  # shorter speeches ("Ay.", "Go to.") say nothing about their play

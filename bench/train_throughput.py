@@ -45,8 +45,8 @@ from selfsup.processes import keep_freed_memory  # noqa: E402
 from selfsup.spec import JobSpec  # noqa: E402
 from tests.factories import SHAKESPEARE, submit_job, upload_corpus, wait_for_corpus  # noqa: E402
 from tests.service import Service, start_service, wait_until  # noqa: E402
-from workers.datasets import special_token_ids  # noqa: E402
-from workers.optim import configure_optimizer, learning_rate_at  # noqa: E402
+from workers.data.datasets import special_token_ids  # noqa: E402
+from workers.training.optim import configure_optimizer, learning_rate_at  # noqa: E402
 
 WARMUP_STEPS_EXCLUDED = 50
 POLL_INTERVAL_SECONDS = 2.0  # slow polling, so the benchmark's own HTTP requests barely cost the trainer CPU

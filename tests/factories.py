@@ -91,7 +91,7 @@ def wait_for_job(
 
 def shakespeare_documents(n_bytes: int = 60_000, *, offset: int = 0) -> dict[str, list[str]]:
     """The documents of a tiny Shakespeare slice, split as ingest splits them (blank lines; sha256 fraction)."""
-    from workers.ingest import is_validation
+    from workers.data.documents import is_validation
 
     data = SHAKESPEARE.read_text()[offset : offset + n_bytes]
     documents = [d.strip("\n") for d in data[: data.rfind("\n") + 1].split("\n\n") if d.strip()]
@@ -103,7 +103,7 @@ def shakespeare_documents(n_bytes: int = 60_000, *, offset: int = 0) -> dict[str
 
 def write_shakespeare_dataset(folder: Path, tokenizer_spec: Any, n_bytes: int = 60_000) -> Any:
     """A dataset folder (tokenizer, token arrays, sentences) of a Shakespeare slice; returns its `TokenArrays`."""
-    from workers.datasets import open_dataset, write_dataset
+    from workers.data.datasets import open_dataset, write_dataset
 
     splits = shakespeare_documents(n_bytes)
     write_dataset(folder, tokenizer_spec, {"shakespeare": lambda split: splits[split]})

@@ -1,228 +1,96 @@
-"""Corpus ingest: decode an upload, split it into documents, and split those into train and validation.
-
-The rules, as the README documents them:
-- Newlines are normalised (`\\r\\n` and `\\r` become `\\n`).
-- `.txt`: documents are separated by one or more blank lines (lines holding only whitespace);
-  a document longer than `MAX_DOCUMENT_CHARS` is cut at its last newline before that length.
-- `.jsonl`: one JSON object per non-blank line, with a string field `text`; each is one document.
-- Empty documents are dropped and counted.
-- A document goes to validation when the first 8 bytes of its sha256, read as a fraction of 2**64,
-  fall below the validation fraction; identical documents therefore always land on the same side,
-  so the two splits never overlap. If that leaves a side empty (a tiny corpus), the last documents
-  go to validation instead; a corpus of one document is cut at the newline nearest to 90% of it.
-"""
+"""The ingest task body: turn an uploaded blob into train/validation splits and mark the corpus."""
 
 from __future__ import annotations
 
-import codecs
-import gzip
-import hashlib
-import io
 import json
-import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import BinaryIO
+import logging
 
-MAX_DOCUMENT_CHARS = 1_000_000
-GZIP_MAGIC = b"\x1f\x8b"
-_READ_CHUNK = 1024 * 1024
+from selfsup.settings import Settings
+from storage import crud
+from storage.blobs import LocalBlobStore, corpus_split_key, corpus_upload_key
+from storage.db import session_scope
+from storage.tables import Corpus
+from workers.celery_app import PREPARE_JOB, enqueue
+from workers.data.documents import IngestError, read_jsonl_texts, rebalance_tiny_split, split_corpus
 
-# Magic numbers of formats people upload by mistake, named so the error can say what arrived.
-_KNOWN_BINARY = {
-    b"PK\x03\x04": "a zip archive",
-    b"%PDF": "a PDF document",
-    b"\x89PNG": "a PNG image",
-    b"\xff\xd8\xff": "a JPEG image",
-    b"\x7fELF": "an executable",
-    b"BZh": "a bzip2 stream",
-    b"\xfd7zXZ": "an xz stream",
-    b"(\xb5/\xfd": "a zstd stream",
-}
+log = logging.getLogger(__name__)
 
 
-class IngestError(ValueError):
-    """The upload cannot become a corpus; the message says why and what to upload instead."""
-
-
-@dataclass
-class IngestStats:
-    """What ingest kept and dropped, and why."""
-
-    documents: int = 0
-    characters: int = 0
-    train_documents: int = 0
-    validation_documents: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-
-    def drop(self, reason: str) -> None:
-        """Count one dropped document under `reason`."""
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-
-
-def is_validation(document: str, fraction: float) -> bool:
-    """Whether `document` belongs to the validation split (a pure function of its text)."""
-    digest = hashlib.sha256(document.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def open_decompressed(raw: BinaryIO) -> BinaryIO:
-    """The upload's bytes, gunzipped when it starts with gzip's magic bytes."""
-    head = raw.read(2)
-    raw.seek(0)
-    if head == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    return raw
-
-
-def iter_text(stream: BinaryIO) -> Iterator[str]:
-    """Decode a byte stream as strict UTF-8 in chunks, refusing binary data with a precise reason."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    offset = 0
-    first = True
-    while True:
-        try:
-            chunk = stream.read(_READ_CHUNK)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise IngestError(f"the gzip stream is corrupt or truncated ({exc}); upload a complete file") from exc
-        if first:
-            first = False
-            for magic, what in _KNOWN_BINARY.items():
-                if chunk.startswith(magic):
-                    raise IngestError(
-                        f"the upload is {what}, not text; upload UTF-8 .txt or .jsonl (optionally gzip-compressed)"
-                    )
-        if not chunk:
-            break
-        nul = chunk.find(b"\x00")
-        if nul >= 0:
-            raise IngestError(
-                f"the upload looks binary (a NUL byte at offset {offset + nul}); "
-                "upload UTF-8 .txt or .jsonl (optionally gzip-compressed)"
-            )
-        try:
-            text = decoder.decode(chunk)
-        except UnicodeDecodeError as exc:
-            raise IngestError(
-                f"the upload is not valid UTF-8 (byte offset {offset + exc.start}: {exc.reason}); re-encode it as UTF-8"
-            ) from exc
-        offset += len(chunk)
-        if text:
-            yield text
+def ingest(corpus_id: str, *, settings: Settings, store: LocalBlobStore) -> str:
+    """Ingest one corpus; idempotent, so a second delivery redoes the same work or nothing."""
+    with session_scope() as session:
+        corpus = session.get(Corpus, corpus_id)
+        if corpus is None or corpus.status != "processing":
+            return "nothing to do"
+        fmt = corpus.format
     try:
-        tail = decoder.decode(b"", final=True)
-    except UnicodeDecodeError as exc:
-        raise IngestError("the upload ends in the middle of a UTF-8 character; re-encode it as UTF-8") from exc
-    if tail:
-        yield tail
+        with (
+            store.open(corpus_upload_key(corpus_id)) as raw,
+            store.writer(corpus_split_key(corpus_id, "train")) as train_out,
+            store.writer(corpus_split_key(corpus_id, "validation")) as validation_out,
+        ):
+            stats = split_corpus(
+                raw,
+                fmt=fmt,
+                validation_fraction=settings.validation_fraction,
+                train_out=train_out,
+                validation_out=validation_out,
+            )
+        if stats.train_documents == 0 or stats.validation_documents == 0:
+            stats.train_documents, stats.validation_documents = _rebalance(store, corpus_id, settings)
+    except IngestError as exc:
+        return _fail(corpus_id, str(exc))
+    except FileNotFoundError:
+        return _fail(corpus_id, "the uploaded bytes are missing from storage (the upload did not complete)")
+    except Exception as exc:
+        log.exception("ingest of %s failed", corpus_id)
+        return _fail(corpus_id, f"internal error during ingest: {type(exc).__name__}: {exc}")
+
+    with session_scope() as session:
+        corpus = session.get(Corpus, corpus_id)
+        if corpus is None:  # deleted meanwhile
+            store.delete_prefix(f"corpora/{corpus_id}")
+            return "deleted during ingest"
+        corpus.status = "ready"
+        corpus.documents = stats.documents
+        corpus.characters = stats.characters
+        corpus.train_documents = stats.train_documents
+        corpus.validation_documents = stats.validation_documents
+        corpus.ingest_report = {"dropped": stats.dropped}
+        waiting = [job.id for job in crud.queued_jobs_reading(session=session, corpus_id=corpus_id)]
+    for job_id in waiting:
+        enqueue(PREPARE_JOB, job_id)
+    return f"ready: {stats.documents} documents, {stats.characters} characters"
 
 
-def iter_lines(chunks: Iterator[str]) -> Iterator[str]:
-    """Lines with normalised newlines (no trailing `\\n`), from text chunks."""
-    pending = ""
-    for chunk in chunks:
-        buffer = (pending + chunk).replace("\r\n", "\n")
-        # A chunk may end between `\r` and `\n`: keep a trailing `\r` for the next round.
-        if buffer.endswith("\r"):
-            buffer, pending_cr = buffer[:-1], "\r"
-        else:
-            pending_cr = ""
-        buffer = buffer.replace("\r", "\n")
-        parts = buffer.split("\n")
-        pending = parts.pop() + pending_cr
-        yield from parts
-    pending = pending.replace("\r", "\n")
-    if pending:
-        yield from pending.split("\n")
+def _rebalance(store: LocalBlobStore, corpus_id: str, settings: Settings) -> tuple[int, int]:
+    splits = {}
+    for split in ("train", "validation"):
+        with store.open(corpus_split_key(corpus_id, split)) as fh:
+            splits[split] = list(read_jsonl_texts(fh))
+    train, validation = rebalance_tiny_split(
+        splits["train"], splits["validation"], validation_fraction=settings.validation_fraction
+    )
+    for split, docs in (("train", train), ("validation", validation)):
+        with store.writer(corpus_split_key(corpus_id, split)) as out:
+            for doc in docs:
+                out.write((json.dumps({"text": doc}, ensure_ascii=False) + "\n").encode("utf-8"))
+    return len(train), len(validation)
 
 
-def iter_txt_documents(lines: Iterator[str], stats: IngestStats) -> Iterator[str]:
-    """Documents of a text file: runs of lines separated by blank lines."""
-    current: list[str] = []
-    size = 0
-    for line in lines:
-        if line.strip():
-            current.append(line)
-            size += len(line) + 1
-            if size > MAX_DOCUMENT_CHARS:
-                yield "\n".join(current[:-1]) if len(current) > 1 else current[0]
-                current = current[-1:] if len(current) > 1 else []
-                size = sum(len(x) + 1 for x in current)
-        elif current:
-            yield "\n".join(current)
-            current, size = [], 0
-    if current:
-        yield "\n".join(current)
-
-
-def iter_jsonl_documents(lines: Iterator[str], stats: IngestStats) -> Iterator[str]:
-    """Documents of a JSONL file: the `text` field of each line."""
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise IngestError(
-                f"line {number} is not valid JSON ({exc.msg}); each line must be one JSON object"
-            ) from exc
-        if not isinstance(record, dict) or "text" not in record:
-            raise IngestError(f'line {number} has no "text" field; each line must be an object like {{"text": "..."}}')
-        text = record["text"]
-        if not isinstance(text, str):
-            raise IngestError(f'line {number}: "text" must be a string, got {type(text).__name__}')
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-        if not text.strip():
-            stats.drop("empty text")
-            continue
-        yield text
-
-
-def split_corpus(
-    raw: BinaryIO, *, fmt: str, validation_fraction: float, train_out: BinaryIO, validation_out: BinaryIO
-) -> IngestStats:
-    """Decode `raw`, split it into documents and write them as JSONL to the two splits."""
-    stats = IngestStats()
-    lines = iter_lines(iter_text(open_decompressed(raw)))
-    documents = iter_jsonl_documents(lines, stats) if fmt == "jsonl" else iter_txt_documents(lines, stats)
-    for doc in documents:
-        stats.documents += 1
-        stats.characters += len(doc)
-        record = (json.dumps({"text": doc}, ensure_ascii=False) + "\n").encode("utf-8")
-        if is_validation(doc, validation_fraction):
-            validation_out.write(record)
-            stats.validation_documents += 1
-        else:
-            train_out.write(record)
-            stats.train_documents += 1
-    if stats.documents == 0:
-        raise IngestError("the upload holds no text (every document was empty)")
-    return stats
-
-
-def rebalance_tiny_split(
-    train_docs: list[str], validation_docs: list[str], *, validation_fraction: float
-) -> tuple[list[str], list[str]]:
-    """When hashing left one side empty, move the last documents (or the end of the only one) to validation."""
-    docs = train_docs + validation_docs
-    if len(docs) >= 2:
-        k = max(1, round(len(docs) * validation_fraction))
-        validation = docs[-k:]
-        held_out = set(validation)
-        train = [d for d in docs[:-k] if d not in held_out]
-        if train:
-            return train, validation
-    text = docs[0] if len(docs) == 1 else "\n".join(docs)
-    cut = int(len(text) * (1 - validation_fraction))
-    newline = text.rfind("\n", 0, cut)
-    if newline > 0 and len(text) - newline > 1:
-        cut = newline
-    cut = min(max(cut, 1), len(text) - 1) if len(text) > 1 else 1
-    return [text[:cut]], [text[cut:].lstrip("\n") or text[cut:]]
-
-
-def read_jsonl_texts(stream: BinaryIO) -> Iterator[str]:
-    """The `text` of each line of a split written by `split_corpus`."""
-    for line in io.TextIOWrapper(stream, encoding="utf-8"):
-        if line.strip():
-            yield json.loads(line)["text"]
+def _fail(corpus_id: str, reason: str) -> str:
+    with session_scope() as session:
+        corpus = session.get(Corpus, corpus_id)
+        if corpus is None:
+            return "deleted during ingest"
+        corpus.status = "failed"
+        corpus.error = reason
+        for job in crud.queued_jobs_reading(session=session, corpus_id=corpus_id):
+            crud.finish_job(
+                session=session,
+                job_id=job.id,
+                status="failed",
+                message=f"failed: corpus {corpus.name} ({corpus_id}) failed: {reason}",
+                error=f"corpus {corpus.name} ({corpus_id}) failed: {reason}",
+            )
+    return f"failed: {reason}"

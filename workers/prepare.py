@@ -14,7 +14,7 @@ from storage.blobs import LocalBlobStore
 from storage.db import session_scope
 from storage.tables import Job
 from workers.celery_app import TRAIN_JOB, enqueue
-from workers.datasets import build_dataset, dataset_key
+from workers.data.datasets import build_dataset, dataset_key
 
 log = logging.getLogger(__name__)
 

@@ -56,9 +56,9 @@ def _prepare_worker(**_: Any) -> None:
     import torch
     import transformers
 
-    import workers.corpus_ingest
+    import workers.ingest
     import workers.prepare
-    import workers.run_job  # noqa: F401
+    import workers.train  # noqa: F401
 
     # A progress bar per saved checkpoint is noise in a worker's log (and buries what matters).
     transformers.utils.logging.disable_progress_bar()
@@ -75,7 +75,7 @@ def worker_identity() -> str:
 @selfsup_task(INGEST_CORPUS)
 def ingest_corpus(corpus_id: str) -> str:
     """Decode, split and count an uploaded corpus, then wake the jobs that wait for it."""
-    from workers.corpus_ingest import ingest
+    from workers.ingest import ingest
 
     return ingest(corpus_id, settings=get_settings(), store=get_blob_store())
 
@@ -91,9 +91,9 @@ def prepare_job(job_id: str) -> str:
 @selfsup_task(TRAIN_JOB)
 def train_job(job_id: str) -> str:
     """Train a job under a lease; a delivery for a job someone else holds does nothing."""
-    from workers.run_job import train_job as run
+    from workers.train import train
 
-    return run(
+    return train(
         job_id,
         owner=worker_identity(),
         settings=get_settings(),

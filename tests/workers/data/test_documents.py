@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from workers.ingest import IngestError, is_validation, read_jsonl_texts, rebalance_tiny_split, split_corpus
+from workers.data.documents import IngestError, is_validation, read_jsonl_texts, rebalance_tiny_split, split_corpus
 
 
 def _split(data: bytes, fmt: str = "txt", fraction: float = 0.1) -> tuple[list[str], list[str], object]:

@@ -34,10 +34,11 @@ from storage.checkpoints import (
 from storage.db import session_scope
 from storage.tables import Checkpoint, Corpus, Job, TokenizedDataset, utcnow
 from workers.celery_app import TRAIN_JOB, enqueue
-from workers.datasets import TOKENIZER_DIR, dataset_meta, special_token_ids
+from workers.data.datasets import TOKENIZER_DIR, dataset_meta, special_token_ids
+from workers.data.token_arrays import TokenArrays
 from workers.faults import Faults
-from workers.model_card import render_model_card
-from workers.trainer import StepResult, TokenArrays, Trainer, TrainingDiverged, pick_device
+from workers.training.model_card import render_model_card
+from workers.training.trainer import StepResult, Trainer, TrainingDiverged, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ def _save_checkpoint(
     return checkpoint
 
 
-def train_job(
+def train(
     job_id: str, *, owner: str, settings: Settings, store: LocalBlobStore, should_stop: Callable[[], bool]
 ) -> str:
     """Claim and train a job to its end (or until `should_stop()`); returns what happened, for the log."""

@@ -11,8 +11,9 @@ import torch
 from models.build import SpecialTokenIds
 from models.causal_lm import gather_windows, manufacture_causal_lm_batch, sample_window_offsets
 from selfsup.spec import JobSpec, TrainingSpec
-from workers.optim import configure_optimizer, learning_rate_at
-from workers.trainer import TokenArrays, Trainer, TrainingDiverged
+from workers.data.token_arrays import TokenArrays
+from workers.training.optim import configure_optimizer, learning_rate_at
+from workers.training.trainer import Trainer, TrainingDiverged
 
 
 def _spec(**training: object) -> JobSpec:

@@ -22,7 +22,8 @@ from models.masked_lm import IGNORE_INDEX
 from models.span_corruption import fill_in_sentinels
 from selfsup.spec import JobSpec, TokenizerSpec
 from tests.factories import write_shakespeare_dataset
-from workers.trainer import TokenArrays, Trainer
+from workers.data.token_arrays import TokenArrays
+from workers.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 
@@ -56,7 +57,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
 
 
 def _checkpoint(trainer: Trainer, dataset_folder: Path, folder: Path) -> Path:
-    """What run_job writes: the trainer's save, plus the tokenizer files."""
+    """What the train task writes: the trainer's save, plus the tokenizer files."""
     trainer.save_pretrained(folder)
     for item in (dataset_folder / "tokenizer").iterdir():
         shutil.copyfile(item, folder / item.name)

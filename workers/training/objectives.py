@@ -44,7 +44,7 @@ from selfsup.spec import (
 )
 
 if TYPE_CHECKING:
-    from workers.trainer import TokenArrays
+    from workers.data.token_arrays import TokenArrays
 
 Forward = Callable[..., Any]
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from selfsup.spec import JobSpec
-from workers.model_card import render_model_card
+from workers.training.model_card import render_model_card
 
 
 def _lineage(objective: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from transformers import AutoTokenizer
 
 from selfsup.spec import BPETokenizerSpec, CharTokenizerSpec, UnigramTokenizerSpec, WordPieceTokenizerSpec
 from tests.factories import write_shakespeare_dataset
-from workers.datasets import dataset_key
-from workers.tokenization import END_OF_TEXT, train_tokenizer, word_boundaries, write_token_array
+from workers.data.datasets import dataset_key
+from workers.data.tokenization import END_OF_TEXT, train_tokenizer, word_boundaries, write_token_array
 
 DOCS = ["First Citizen:\nBefore we proceed any further, hear me speak.", "All:\nSpeak, speak.", "ROMEO:\nO, she doth!"]
 

@@ -23,10 +23,10 @@ from models.build import SpecialTokenIds
 from selfsup.spec import TokenizerSpec
 from storage.blobs import LocalBlobStore, corpus_split_key
 from storage.tables import Corpus, TokenizedDataset
-from workers.ingest import read_jsonl_texts
-from workers.tokenization import AnyTokenizerSpec, TokenArrayWriter, token_dtype, train_tokenizer, word_boundaries
-from workers.tokenization import special_token_ids as tokenizer_special_ids
-from workers.trainer import TokenArrays
+from workers.data.documents import read_jsonl_texts
+from workers.data.token_arrays import TokenArrays
+from workers.data.tokenization import AnyTokenizerSpec, TokenArrayWriter, token_dtype, train_tokenizer, word_boundaries
+from workers.data.tokenization import special_token_ids as tokenizer_special_ids
 
 TOKENIZER_DIR = "tokenizer"
 WORD_BOUNDARIES_FILE = "word_boundaries.npy"

@@ -2,7 +2,7 @@
 
 `Trainer` owns the model, the optimizer and the data, and declares the state it can save, so a
 resumed job is the same job. What differs between objectives (the model family, how a batch is cut
-and corrupted, the loss and its metrics) is the job's `Pretext` (`workers/objectives.py`).
+and corrupted, the loss and its metrics) is the job's `Pretext` (`workers/training/objectives.py`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.build import SpecialTokenIds
 from selfsup.spec import JobSpec
-from workers.objectives import make_pretext
-from workers.optim import configure_optimizer, learning_rate_at
+from workers.data.token_arrays import TokenArrays
+from workers.training.objectives import make_pretext
+from workers.training.optim import configure_optimizer, learning_rate_at
 
 # A stream of the batch RNG reserved for the fixed validation windows, apart from every training step.
 _VALIDATION_STREAM = 2**62
@@ -29,39 +29,6 @@ _VALIDATION_STREAM = 2**62
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient stopped being finite; the job fails instead of saving NaNs."""
-
-
-@dataclass(frozen=True)
-class TokenArrays:
-    """The tokenized splits, memory-mapped, with what the objectives need to know about the vocabulary."""
-
-    train: np.ndarray
-    validation: np.ndarray
-    vocab_size: int
-    special: SpecialTokenIds
-    # (n, 2) token offsets of each sentence into the split's array (contrastive draws from them).
-    train_sentences: np.ndarray | None = None
-    validation_sentences: np.ndarray | None = None
-    # (2, vocab_size) bool: which tokens begin a word, and after which a new word begins (whole-word masking).
-    word_boundaries: np.ndarray | None = None
-
-    @classmethod
-    def open(cls, folder: Path, *, dtype: str, vocab_size: int, special: SpecialTokenIds) -> TokenArrays:
-        """Memory-map `train.bin` and `validation.bin` in `folder`, and load the sentence and word tables."""
-
-        def optional(name: str) -> np.ndarray | None:
-            path = folder / name
-            return np.load(path, mmap_mode="r") if path.is_file() else None
-
-        return cls(
-            train=np.memmap(folder / "train.bin", dtype=dtype, mode="r"),
-            validation=np.memmap(folder / "validation.bin", dtype=dtype, mode="r"),
-            vocab_size=vocab_size,
-            special=special,
-            train_sentences=optional("train.sentences.npy"),
-            validation_sentences=optional("validation.sentences.npy"),
-            word_boundaries=optional("word_boundaries.npy"),
-        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The data pipeline: raw uploads to documents, tokenizers, token arrays."""
