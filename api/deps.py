@@ -1,38 +1,106 @@
 """Request dependencies: the database session, the caller's tenant, and owned-resource lookups.
 
 Ownership lives here, once: a route that asks for `OwnedJob` gets the caller's job or a 404.
+
+Database admission: a request that needs the database first takes one of the process's database
+slots, waiting for it on the event loop (no thread, no connection held while it waits); there are
+as many slots as the connection pool has connections. So a request that holds a slot always gets a
+connection at once, a worker thread never blocks on the pool, and no number of concurrent clients can
+wedge the API (threads waiting for connections that only other threads' next steps would give back:
+FastAPI issue 3205). A request that waits longer than `SELFSUP_API_WAIT_SECONDS` is answered 503 with
+`Retry-After`; requests that need no database (`/healthz`) never wait.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Annotated, TypeVar
 
-from fastapi import Depends, Query, Request
+import anyio
+from fastapi import Depends, FastAPI, Query, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
+from selfsup.settings import get_settings
 from storage import crud
-from storage.db import session_scope
+from storage.db import get_sessionmaker, pool_capacity, session_scope
 from storage.tables import Checkpoint, Corpus, Job, Tenant
 from workers.celery_app import enqueue
 
 log = logging.getLogger("selfsup.api")
 
+T = TypeVar("T")
 
-def get_session() -> Iterator[Session]:
-    """A session per request, committed when the route returns normally."""
+
+@asynccontextmanager
+async def database_slots(_: FastAPI) -> AsyncIterator[dict[str, anyio.Semaphore]]:
+    """The app's lifespan: one database slot per pooled connection, shared by every request."""
+    yield {"database_slots": anyio.Semaphore(pool_capacity())}
+
+
+@asynccontextmanager
+async def database_slot(request: Request) -> AsyncIterator[None]:
+    """Hold one database slot; 503 + `Retry-After` if none frees up within `SELFSUP_API_WAIT_SECONDS`."""
+    slots: anyio.Semaphore = request.state.database_slots
+    wait = get_settings().api_wait_seconds
+    try:
+        with anyio.fail_after(wait):
+            await slots.acquire()
+    except TimeoutError:
+        raise ApiError(
+            503,
+            f"the API is busy: no database connection came free within {wait:g} s; retry after a moment",
+            headers={"Retry-After": "1"},
+        ) from None
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session per request, inside a database slot, committed when the route returns normally.
+
+    It is closed (and its connection returned) as soon as the route function returns, before a
+    streamed response body is sent.
+    """
+    async with database_slot(request):
+        session = get_sessionmaker()()
+        try:
+            yield session
+            await run_in_threadpool(session.commit)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(session.rollback)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(session.close)
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def _unit_of_work(work: Callable[[Session], T]) -> T:
     with session_scope() as session:
-        yield session
+        return work(session)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+async def run_db(request: Request, work: Callable[[Session], T]) -> T:
+    """Run `work(session)` in one transaction, in a worker thread, inside a database slot.
+
+    For routes that must not hold a session for their whole duration (an upload streams for minutes).
+    """
+    async with database_slot(request):
+        return await run_in_threadpool(_unit_of_work, work)
 
 
-def current_tenant(request: Request, session: SessionDep) -> Tenant:
-    """The tenant of the request's `Authorization: Bearer <key>`; 401 without a valid key."""
-    header = request.headers.get("authorization", "")
+def tenant_from_headers(session: Session, headers: Mapping[str, str]) -> Tenant:
+    """The tenant of `Authorization: Bearer <key>`; 401 without a valid key."""
+    header = headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(
@@ -45,7 +113,18 @@ def current_tenant(request: Request, session: SessionDep) -> Tenant:
     return tenant
 
 
+def current_tenant(request: Request, session: SessionDep) -> Tenant:
+    """The caller's tenant, looked up in the request's session."""
+    return tenant_from_headers(session, request.headers)
+
+
+async def uploading_tenant(request: Request) -> Tenant:
+    """The caller's tenant, looked up in a transaction of its own, for routes that hold no session."""
+    return await run_db(request, lambda session: tenant_from_headers(session, request.headers))
+
+
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
+UploaderDep = Annotated[Tenant, Depends(uploading_tenant)]
 
 
 def owned_corpus(corpus_id: str, tenant: TenantDep, session: SessionDep) -> Corpus:
@@ -77,7 +156,7 @@ OwnedJob = Annotated[Job, Depends(owned_job)]
 OwnedCheckpoint = Annotated[Checkpoint, Depends(owned_checkpoint)]
 
 
-def page_cursor(
+async def page_cursor(
     cursor: Annotated[str | None, Query(description="The next_cursor of the previous page.")] = None,
 ) -> str | None:
     """The `cursor` query parameter, refused with 422 unless it came from a previous page."""

@@ -50,6 +50,9 @@ def _api(args: argparse.Namespace) -> int:
         port=args.port or settings.api_port,
         log_level="info",
         timeout_graceful_shutdown=10,
+        # Past this many open connections new ones get 503 at once instead of piling up.
+        limit_concurrency=settings.api_max_connections,
+        backlog=settings.api_max_connections,
     )
     return 0
 

@@ -23,6 +23,18 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    database_pool_size: int = Field(
+        default=10, ge=1, description="Connections each process keeps; the API lets this many requests use them."
+    )
+    database_pool_overflow: int = Field(default=5, ge=0, description="Extra connections a process may open.")
+    api_wait_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a request waits for a database connection before it is answered 503 + Retry-After.",
+    )
+    api_max_connections: int = Field(
+        default=2048, ge=1, description="Open HTTP connections the API serves at once; more are answered 503."
+    )
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)

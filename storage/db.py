@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from selfsup.settings import get_settings
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
     """An engine for `url`; SQLite gets WAL and a busy timeout so API and workers share it safely."""
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": max_overflow}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     engine = create_engine(url, **kwargs)
@@ -40,7 +40,17 @@ def get_engine() -> Engine:
     settings = get_settings()
     if settings.resolved_database_url.startswith("sqlite"):
         settings.resolved_home.mkdir(parents=True, exist_ok=True)
-    return make_engine(settings.resolved_database_url)
+    return make_engine(
+        settings.resolved_database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_overflow,
+    )
+
+
+def pool_capacity() -> int:
+    """How many connections this process may hold at once (kept + overflow)."""
+    settings = get_settings()
+    return settings.database_pool_size + settings.database_pool_overflow
 
 
 @lru_cache

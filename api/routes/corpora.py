@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import CursorDep, OwnedCorpus, SessionDep, TenantDep, wake_worker
+from api.deps import CursorDep, OwnedCorpus, SessionDep, TenantDep, UploaderDep, run_db, wake_worker
 from api.errors import ApiError
 from api.presenters import corpus_public
 from api.schemas import CorporaPage, CorpusPublic
@@ -61,8 +62,7 @@ background: poll the corpus until `status` is `ready` (or `failed`, with `error`
 )
 async def upload_corpus(
     request: Request,
-    tenant: TenantDep,
-    session: SessionDep,
+    tenant: UploaderDep,
     name: Annotated[str | None, Query(min_length=1, max_length=200, description="Defaults to the file name.")] = None,
 ) -> CorpusPublic:
     corpus_id = new_id("cor")
@@ -74,18 +74,21 @@ async def upload_corpus(
         name=name,
         limit=get_settings().max_upload_bytes,
     )
-    corpus = crud.create_corpus(
-        session=session,
-        tenant=tenant,
-        corpus_id=corpus_id,
-        name=name or upload.filename or corpus_id,
-        fmt=upload.fmt,
-        compression=upload.compression,
-        size_bytes=upload.size_bytes,
-        sha256=upload.sha256,
+    # The body streamed without holding a database connection; the row is written in a short transaction.
+    corpus = await run_db(
+        request,
+        lambda session: crud.create_corpus(
+            session=session,
+            tenant=tenant,
+            corpus_id=corpus_id,
+            name=name or upload.filename or corpus_id,
+            fmt=upload.fmt,
+            compression=upload.compression,
+            size_bytes=upload.size_bytes,
+            sha256=upload.sha256,
+        ),
     )
-    session.commit()
-    wake_worker(INGEST_CORPUS, corpus.id)
+    await run_in_threadpool(wake_worker, INGEST_CORPUS, corpus.id)
     return corpus_public(corpus)
 
 

@@ -1,38 +1,48 @@
-"""`/healthz` (the process is alive) and `/readyz` (the database and the broker answer). No key needed."""
+"""`/healthz` (the process is alive) and `/readyz` (the database and the broker answer). No key needed.
+
+Both run on the event loop: `/healthz` touches nothing, so it answers however busy the API is;
+`/readyz` queues for a database slot like any request and checks the broker in a worker thread.
+"""
 
 from __future__ import annotations
 
 import redis
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 
+from api.deps import run_db
 from api.schemas import Health
 from selfsup.broker import broker_url
 from selfsup.settings import get_settings
-from storage.db import get_engine
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness")
-def healthz() -> Health:
+async def healthz() -> Health:
     return Health(status="ok")
 
 
+def _ping_broker() -> None:
+    client = redis.Redis.from_url(broker_url(get_settings()), socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
 @router.get("/readyz", response_model=Health, summary="Readiness", responses={503: {"model": Health}})
-def readyz() -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        with get_engine().connect() as conn:
-            conn.execute(text("SELECT 1"))
+        await run_db(request, lambda session: session.execute(text("SELECT 1")))
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - readiness reports any failure as not ready
         checks["database"] = f"unavailable: {type(exc).__name__}"
     try:
-        client = redis.Redis.from_url(broker_url(get_settings()), socket_timeout=2, socket_connect_timeout=2)
-        client.ping()
-        client.close()
+        await run_in_threadpool(_ping_broker)
         checks["broker"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"unavailable: {type(exc).__name__}"
