@@ -30,7 +30,7 @@ def keep_freed_memory(*, trim_threshold: int = 1024**3) -> bool:
     By default glibc serves allocations above a threshold (128 KiB, rising to at most 32 MiB as large
     blocks are freed) with a fresh `mmap`, and trims the heap as soon as its free top passes twice that,
     so a training loop, which frees and re-allocates the same activations and gradients every step,
-    pays thousands of page faults per step (1,200 to 3,300 for the benchmark model, each a zeroed page).
+    pays thousands of page faults per step, each a zeroed page (bench/allocator.py measures it).
     Raising both thresholds keeps those pages mapped: the process's memory stays at its peak, which a
     training worker reaches again every step anyway.
     Linux with glibc only; elsewhere (musl, macOS) nothing changes.

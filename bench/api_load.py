@@ -1,0 +1,181 @@
+"""The API under load while a job trains: many pollers of `GET /v1/jobs/{id}`, bounded in time, loopback only.
+
+    .venv/bin/python bench/api_load.py                  # 200 pollers, 30 s, two alternating rounds
+    .venv/bin/python bench/api_load.py --clients 100 --seconds 10 --rounds 1
+
+Starts `selfsup up` on the embedded default (SQLite, embedded Valkey) in a temporary folder, trains a
+long causal-LM job, and alternates quiet windows (no clients) with load windows (N async `httpx`
+clients polling the job as fast as they are answered). Reports requests/s, latency percentiles, errors,
+`/healthz` during the load, and the job's tokens/s in each window (from its own `tokens_per_second`
+metric), so the load's cost to training is a ratio measured in the same run. Results go to
+bench/results/api_load-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.factories import ready_corpus, shakespeare_slice, submit_job, wait_for_job  # noqa: E402
+from tests.service import Service, start_service, wait_until  # noqa: E402
+
+
+def job_spec(corpus_id: str) -> dict[str, Any]:
+    """A job long enough to outlast the benchmark (it is cancelled at the end)."""
+    return {
+        "name": "bench-api-load",
+        "corpus_ids": [corpus_id],
+        "objective": {"type": "causal_lm"},
+        "tokenizer": {"type": "char"},
+        "model": {"family": "gpt2", "layers": 4, "heads": 4, "width": 128, "context_length": 64},
+        "training": {"max_steps": 1_000_000, "batch_size": 12, "precision": "fp32", "warmup_steps": 10},
+        "evaluation": {"every_steps": 1_000_000, "batches": 1},
+        "checkpointing": {"every_steps": 1_000_000, "keep_last": 1},
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values`, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def poll(service: Service, key: str, job_id: str, clients: int, seconds: float) -> dict[str, Any]:
+    """`clients` pollers of one job for `seconds`; `/healthz` probed twice a second meanwhile."""
+    statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+    health: list[float] = []
+    limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=service.base_url, headers=headers, timeout=30, limits=limits) as client:
+        start = time.monotonic()
+        deadline = start + seconds
+
+        async def poller() -> None:
+            while time.monotonic() < deadline:
+                sent = time.monotonic()
+                try:
+                    response = await client.get(f"/v1/jobs/{job_id}")
+                    statuses[str(response.status_code)] += 1
+                except httpx.HTTPError as exc:
+                    statuses[type(exc).__name__] += 1
+                latencies.append(time.monotonic() - sent)
+
+        async def probe() -> None:
+            while time.monotonic() < deadline:
+                sent = time.monotonic()
+                try:
+                    await client.get("/healthz", timeout=10)
+                    health.append(time.monotonic() - sent)
+                except httpx.HTTPError:
+                    health.append(float("inf"))
+                await asyncio.sleep(0.5)
+
+        await asyncio.gather(*(poller() for _ in range(clients)), probe())
+        elapsed = time.monotonic() - start
+    ok = statuses.get("200", 0)
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+        "requests": sum(statuses.values()),
+        "requests_per_second": round(sum(statuses.values()) / elapsed, 1),
+        "ok_per_second": round(ok / elapsed, 1),
+        "statuses": dict(statuses),
+        "errors": sum(v for k, v in statuses.items() if k != "200"),
+        "p50_ms": round(1000 * percentile(latencies, 0.50), 1),
+        "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
+        "max_ms": round(1000 * max(latencies, default=float("nan")), 1),
+        "healthz_max_ms": round(1000 * max(health, default=float("nan")), 1),
+    }
+
+
+def tokens_per_second(client: httpx.Client, job_id: str, since: datetime, until: datetime) -> float:
+    """The median of the job's own `tokens_per_second` points recorded between `since` and `until`."""
+    points = client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "tokens_per_second"}).json()["data"]
+    window = [p["value"] for p in points if since <= datetime.fromisoformat(p["time"]) <= until]
+    return statistics.median(window) if window else float("nan")
+
+
+def quiet(seconds: float) -> None:
+    """A window with no clients."""
+    time.sleep(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=2, help="quiet/load pairs, alternating which goes first")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="selfsup-bench-api-") as tmp:
+        service = start_service(Path(tmp) / "home", {"SELFSUP_CONTROL_INTERVAL_SECONDS": "1.0"})
+        try:
+            with service.client() as client:
+                corpus = ready_corpus(client, shakespeare_slice(400_000))
+                job = submit_job(client, job_spec(corpus["id"]))
+                wait_until(
+                    lambda: client.get(f"/v1/jobs/{job['id']}/metrics", params={"name": "tokens_per_second"}).json()[
+                        "data"
+                    ],
+                    timeout=300,
+                    what="the job's first tokens/s point",
+                )
+                rounds = []
+                for r in range(args.rounds):
+                    result: dict[str, Any] = {}
+                    order = ("quiet", "load") if r % 2 == 0 else ("load", "quiet")
+                    for phase in order:
+                        since = datetime.now(UTC)
+                        if phase == "quiet":
+                            quiet(args.seconds)
+                        else:
+                            result["load"] = asyncio.run(
+                                poll(service, service.keys["alice"], job["id"], args.clients, args.seconds)
+                            )
+                        time.sleep(1.5)  # the trainer flushes its metrics every second
+                        result[f"{phase}_tokens_per_second"] = tokens_per_second(
+                            client, job["id"], since, datetime.now(UTC)
+                        )
+                    result["training_ratio_under_load"] = round(
+                        result["load_tokens_per_second"] / result["quiet_tokens_per_second"], 3
+                    )
+                    result["order"] = "-".join(order)
+                    rounds.append(result)
+                    print(json.dumps(result), flush=True)
+                client.post(f"/v1/jobs/{job['id']}/cancel")
+                wait_for_job(client, job["id"], timeout=120)
+        finally:
+            service.stop()
+
+    report = {
+        "benchmark": "api_load",
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "args": vars(args),
+        "rounds": rounds,
+    }
+    out = REPO / "bench" / "results" / f"api_load-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
