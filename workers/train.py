@@ -8,15 +8,12 @@ evaluates, checkpoints, and finishes the job.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import torch
-import transformers
 from safetensors.torch import load_model
 
 from models.build import count_parameters
@@ -25,11 +22,10 @@ from selfsup.spec import JobSpec
 from storage import crud
 from storage.blobs import LocalBlobStore
 from storage.checkpoints import (
+    WrittenCheckpoint,
     job_checkpoints_prefix,
-    lineage_json,
     load_resume_state,
     verify_files,
-    write_checkpoint,
 )
 from storage.db import session_scope
 from storage.tables import Checkpoint, Corpus, Job, TokenizedDataset, utcnow
@@ -37,7 +33,7 @@ from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import TOKENIZER_DIR, dataset_meta, special_token_ids
 from workers.data.token_arrays import TokenArrays
 from workers.faults import Faults
-from workers.training.model_card import render_model_card
+from workers.training.checkpointing import CheckpointRecord, RunLineage, write_checkpoint_folder
 from workers.training.trainer import StepResult, Trainer, TrainingDiverged, pick_device
 
 log = logging.getLogger(__name__)
@@ -148,78 +144,38 @@ def _remove_unrecorded_checkpoints(store: LocalBlobStore, job_id: str, recorded:
             store.delete_prefix(prefix)
 
 
-def _save_checkpoint(
-    *,
-    trainer: Trainer,
+def _next_checkpoint_version(job_id: str) -> int:
+    with session_scope() as session:
+        return crud.next_checkpoint_version(session=session, job_id=job_id)
+
+
+def _record_checkpoint(
     store: LocalBlobStore,
-    job: Job,
-    spec: JobSpec,
-    corpora: list[Corpus],
-    dataset: TokenizedDataset,
-    metrics: dict[str, float],
-    val_loss: float | None,
-    final: bool,
+    written: WrittenCheckpoint,
+    record: CheckpointRecord,
+    *,
+    job_id: str,
     owner: str,
-    faults: Faults,
-) -> Checkpoint:
+    keep_last: int,
+) -> None:
+    """Record a written checkpoint and its event under the lease, then prune all but the newest `keep_last`.
+
+    If the lease was lost meanwhile, the files are removed and nothing is recorded.
+    """
     with session_scope() as session:
-        version = crud.next_checkpoint_version(session=session, job_id=job.id)
-    lineage: dict[str, Any] = {
-        "job": {"id": job.id, "name": job.name, "spec": spec.model_dump(mode="json")},
-        "corpora": [
-            {
-                "id": c.id,
-                "name": c.name,
-                "sha256": c.sha256,
-                "documents": c.documents,
-                "characters": c.characters,
-            }
-            for c in corpora
-        ],
-        "dataset": {
-            "key": dataset.key,
-            "train_tokens": dataset.train_tokens,
-            "validation_tokens": dataset.validation_tokens,
-            "corpus_tokens": dataset_meta(store, dataset).get("corpus_tokens", {}),
-        },
-        "checkpoint": {
-            "version": version,
-            "step": trainer.step,
-            "tokens_seen": trainer.tokens_seen,
-            "final": final,
-            "metrics": metrics,
-        },
-        "parameters": count_parameters(trainer.model),
-        "software": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
-    }
-    written = write_checkpoint(
-        store=store,
-        job_id=job.id,
-        version=version,
-        save_model=trainer.save_pretrained,
-        tokenizer_dir=store.local_path(f"{dataset.blob_prefix}/{TOKENIZER_DIR}"),
-        text_files={"README.md": render_model_card(lineage), "selfsup.json": lineage_json(lineage)},
-        resume_state=trainer.state_dict(),
-        before_rename=lambda: faults.before_checkpoint_rename(version),
-    )
-    with session_scope() as session:
-        if not crud.lock_job_lease(session=session, job_id=job.id, owner=owner):
+        if not crud.lock_job_lease(session=session, job_id=job_id, owner=owner):
             session.rollback()
             store.delete_prefix(written.prefix)
-            raise LeaseLost(f"lease on {job.id} lost while saving checkpoint v{version}")
-        checkpoint = crud.add_checkpoint(
+            raise LeaseLost(f"lease on {job_id} lost while saving checkpoint v{record.version}")
+        crud.add_checkpoint(
             session=session,
             checkpoint=Checkpoint(
-                job_id=job.id,
-                step=trainer.step,
-                version=version,
-                is_final=final,
-                val_loss=val_loss,
-                metrics=metrics,
+                job_id=job_id,
+                step=record.step,
+                version=record.version,
+                is_final=record.final,
+                val_loss=record.val_loss,
+                metrics=record.metrics,
                 files=written.files,
                 resume_files=written.resume_files,
                 blob_prefix=written.prefix,
@@ -227,19 +183,17 @@ def _save_checkpoint(
         )
         crud.add_event(
             session=session,
-            job_id=job.id,
+            job_id=job_id,
             type="checkpoint_saved",
-            message=f"checkpoint v{version} saved at step {trainer.step}" + (" (final)" if final else ""),
+            message=f"checkpoint v{record.version} saved at step {record.step}" + (" (final)" if record.final else ""),
         )
         stale = crud.prunable_checkpoints(
-            checkpoints=crud.list_checkpoints(session=session, job_id=job.id),
-            keep_last=spec.checkpointing.keep_last,
+            checkpoints=crud.list_checkpoints(session=session, job_id=job_id), keep_last=keep_last
         )
         for old in stale:
             session.delete(old)
     for old in stale:
         store.delete_prefix(old.blob_prefix)
-    return checkpoint
 
 
 def train(
@@ -310,9 +264,18 @@ class JobRun:
         if self.dataset is None:
             raise RuntimeError("the job was started before its tokenized data existed")
         try:
-            self.trainer = self._build_trainer(self.dataset)
+            meta = dataset_meta(self.store, self.dataset)
+            self.trainer = self._build_trainer(self.dataset, meta)
         except ValueError as exc:
             raise CannotTrain(f"cannot start training: {exc}") from exc
+        self.lineage = RunLineage.of(
+            job=self.job,
+            spec=self.spec,
+            corpora=self.corpora,
+            dataset=self.dataset,
+            corpus_tokens=meta.get("corpus_tokens", {}),
+        )
+        self.tokenizer_dir = self.store.local_path(f"{self.dataset.blob_prefix}/{TOKENIZER_DIR}")
         self._resume_or_start()
         max_steps = self.spec.training.max_steps
         try:
@@ -342,8 +305,7 @@ class JobRun:
                 session=session, job_id=self.job.id, status=status, message=message, error=error, owner=self.owner
             )
 
-    def _build_trainer(self, dataset: TokenizedDataset) -> Trainer:
-        meta = dataset_meta(self.store, dataset)
+    def _build_trainer(self, dataset: TokenizedDataset, meta: dict[str, Any]) -> Trainer:
         data = TokenArrays.open(
             self.store.local_path(dataset.blob_prefix),
             dtype=meta["dtype"],
@@ -415,19 +377,29 @@ class JobRun:
 
     def _checkpoint(self, *, val_loss: float | None, final: bool) -> None:
         paused = time.perf_counter()
-        assert self.dataset is not None
-        _save_checkpoint(
-            trainer=self.trainer,
-            store=self.store,
-            job=self.job,
-            spec=self.spec,
-            corpora=self.corpora,
-            dataset=self.dataset,
+        record = CheckpointRecord(
+            version=_next_checkpoint_version(self.job.id),
+            step=self.trainer.step,
+            tokens_seen=self.trainer.tokens_seen,
+            final=final,
             metrics=dict(self.control.latest),
             val_loss=val_loss,
-            final=final,
+        )
+        written = write_checkpoint_folder(
+            store=self.store,
+            trainer=self.trainer,
+            run=self.lineage,
+            record=record,
+            tokenizer_dir=self.tokenizer_dir,
+            before_rename=lambda: self.faults.before_checkpoint_rename(record.version),
+        )
+        _record_checkpoint(
+            self.store,
+            written,
+            record,
+            job_id=self.job.id,
             owner=self.owner,
-            faults=self.faults,
+            keep_last=self.spec.checkpointing.keep_last,
         )
         self.last_checkpoint_step = self.trainer.step
         self.excluded += time.perf_counter() - paused
