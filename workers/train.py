@@ -1,22 +1,23 @@
-"""Run one training job under a database lease: the bridge between `Trainer` and the database.
+"""Run one training job under a database lease: the loop that binds `Trainer` to the database.
 
 The trainer steps; this module claims the job, resumes from the newest good checkpoint, records
 metrics in batches, renews the lease and reads cancellation at most every `control_interval_seconds`,
-evaluates, checkpoints, and finishes the job.
+evaluates, checkpoints, and ends the job: succeeded, cancelled, paused, handed back, or failed.
+What goes into a checkpoint's folder is `workers/training/checkpointing.py`'s business; recording it
+under the lease is this module's.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
-import torch
-import transformers
 from safetensors.torch import load_model
 
 from models.build import count_parameters
@@ -25,11 +26,10 @@ from selfsup.spec import JobSpec
 from storage import crud
 from storage.blobs import LocalBlobStore
 from storage.checkpoints import (
+    WrittenCheckpoint,
     job_checkpoints_prefix,
-    lineage_json,
     load_resume_state,
     verify_files,
-    write_checkpoint,
 )
 from storage.db import session_scope
 from storage.tables import Checkpoint, Corpus, Job, TokenizedDataset, utcnow
@@ -37,7 +37,7 @@ from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import TOKENIZER_DIR, dataset_meta, special_token_ids
 from workers.data.token_arrays import TokenArrays
 from workers.faults import Faults
-from workers.training.model_card import render_model_card
+from workers.training.checkpointing import CheckpointRecord, RunLineage, write_checkpoint_folder
 from workers.training.trainer import StepResult, Trainer, TrainingDiverged, pick_device
 
 log = logging.getLogger(__name__)
@@ -46,19 +46,37 @@ LOG_EVERY_STEPS = 10
 
 
 class LeaseLost(RuntimeError):
-    """Another worker took the job over; this one must stop without touching it."""
+    """Another worker took the job over; this one must stop without touching it.
 
-
-class StopRequested(RuntimeError):
-    """The job was cancelled between steps."""
+    An exception, not a `Directive`: it is found wherever this worker writes (a flush, a checkpoint's
+    row), and the only answer is to drop everything at once and write nothing more.
+    """
 
 
 class CannotTrain(RuntimeError):
     """The job's data or spec cannot be trained (found when the trainer is built); retrying would not help."""
 
 
-class PauseRequested(RuntimeError):
-    """The job was asked to pause: checkpoint, then let go of it."""
+class Directive(enum.Enum):
+    """What the job's row asks of the loop, read at each flush."""
+
+    CONTINUE = "continue"
+    CANCEL = "cancel"
+    PAUSE = "pause"
+
+
+class Ending(enum.Enum):
+    """How the step loop ended; each has its own way of ending the job."""
+
+    SUCCEEDED = "succeeded"
+    CANCELLED = "cancelled"
+    PAUSED = "paused"
+    TIMED_OUT = "timed out"  # training.max_runtime_seconds spent: the job fails, its checkpoint kept
+    HANDED_BACK = "handed back"  # the worker is shutting down: another worker takes the job over
+
+
+# What a flush that does not say CONTINUE ends the loop with.
+_ENDING_FOR = {Directive.CANCEL: Ending.CANCELLED, Directive.PAUSE: Ending.PAUSED}
 
 
 @dataclass
@@ -83,8 +101,8 @@ class JobControl:
         """Whether it is time to talk to the database."""
         return time.monotonic() - self.last_flush >= self.settings.control_interval_seconds
 
-    def flush(self, *, step: int, tokens_seen: int) -> None:
-        """Write buffered metrics, publish progress, renew the lease, and read cancellation."""
+    def flush(self, *, step: int, tokens_seen: int) -> Directive:
+        """Write buffered metrics, publish progress, renew the lease, and read what the job's row asks."""
         with session_scope() as session:
             crud.write_metrics(session=session, job_id=self.job_id, rows=self.pending)
             job = crud.renew_lease(
@@ -102,9 +120,33 @@ class JobControl:
         self.pending.clear()
         self.last_flush = time.monotonic()
         if job.cancel_requested:
-            raise StopRequested("cancelled")
+            return Directive.CANCEL
         if job.pause_requested:
-            raise PauseRequested("paused")
+            return Directive.PAUSE
+        return Directive.CONTINUE
+
+
+@dataclass
+class ThroughputWindow:
+    """Tokens per second over one logging window, leaving out evaluation and checkpoint time."""
+
+    start: float = field(default_factory=time.perf_counter)
+    tokens: int = 0
+    excluded: float = 0.0
+
+    @contextmanager
+    def off_the_clock(self) -> Iterator[None]:
+        """Leave the time spent inside out of the window."""
+        paused = time.perf_counter()
+        yield
+        self.excluded += time.perf_counter() - paused
+
+    def close(self) -> float:
+        """The window's tokens per second; a new window starts."""
+        elapsed = time.perf_counter() - self.start - self.excluded
+        rate = self.tokens / elapsed if elapsed > 0 else 0.0
+        self.start, self.tokens, self.excluded = time.perf_counter(), 0, 0.0
+        return rate
 
 
 def _resume_from_checkpoint(trainer: Trainer, store: LocalBlobStore, job: Job) -> Checkpoint | None:
@@ -138,6 +180,45 @@ def _resume_from_checkpoint(trainer: Trainer, store: LocalBlobStore, job: Job) -
     return None
 
 
+def _open_trainer(spec: JobSpec, store: LocalBlobStore, dataset: TokenizedDataset) -> tuple[Trainer, dict[str, Any]]:
+    """A trainer on the dataset's token arrays, and the dataset's meta; `CannotTrain` if they do not fit the spec."""
+    try:
+        meta = dataset_meta(store, dataset)
+        data = TokenArrays.open(
+            store.local_path(dataset.blob_prefix),
+            dtype=meta["dtype"],
+            vocab_size=meta["vocab_size"],
+            special=special_token_ids(meta),
+        )
+        return Trainer(spec, data, device=pick_device()), meta
+    except ValueError as exc:
+        raise CannotTrain(f"cannot start training: {exc}") from exc
+
+
+def _resume_or_start(trainer: Trainer, store: LocalBlobStore, job: Job, *, owner: str) -> Checkpoint | None:
+    """Resume from the newest good checkpoint, if any, and say so in an event; returns that checkpoint."""
+    resumed = _resume_from_checkpoint(trainer, store, job)
+    with session_scope() as session:
+        if resumed is None:
+            crud.add_event(
+                session=session,
+                job_id=job.id,
+                type="started",
+                message=f"training started on {owner} ({trainer.device.type}, "
+                f"{'bf16' if trainer.bf16 else 'fp32'}, {count_parameters(trainer.model):,} parameters)",
+            )
+            return None
+        # Steps after the checkpoint will be replayed: their metrics are replaced, never duplicated.
+        crud.delete_metrics_after(session=session, job_id=job.id, step=trainer.step)
+        crud.add_event(
+            session=session,
+            job_id=job.id,
+            type="resumed",
+            message=f"resumed from checkpoint v{resumed.version} at step {trainer.step} on {owner}",
+        )
+    return resumed
+
+
 def _remove_unrecorded_checkpoints(store: LocalBlobStore, job_id: str, recorded: set[str]) -> None:
     folder = store.local_path(job_checkpoints_prefix(job_id))
     if not folder.is_dir():
@@ -148,98 +229,96 @@ def _remove_unrecorded_checkpoints(store: LocalBlobStore, job_id: str, recorded:
             store.delete_prefix(prefix)
 
 
-def _save_checkpoint(
-    *,
-    trainer: Trainer,
-    store: LocalBlobStore,
-    job: Job,
-    spec: JobSpec,
-    corpora: list[Corpus],
-    dataset: TokenizedDataset,
-    metrics: dict[str, float],
-    val_loss: float | None,
-    final: bool,
-    owner: str,
-    faults: Faults,
-) -> Checkpoint:
-    with session_scope() as session:
-        version = crud.next_checkpoint_version(session=session, job_id=job.id)
-    lineage: dict[str, Any] = {
-        "job": {"id": job.id, "name": job.name, "spec": spec.model_dump(mode="json")},
-        "corpora": [
-            {
-                "id": c.id,
-                "name": c.name,
-                "sha256": c.sha256,
-                "documents": c.documents,
-                "characters": c.characters,
-            }
-            for c in corpora
-        ],
-        "dataset": {
-            "key": dataset.key,
-            "train_tokens": dataset.train_tokens,
-            "validation_tokens": dataset.validation_tokens,
-            "corpus_tokens": dataset_meta(store, dataset).get("corpus_tokens", {}),
-        },
-        "checkpoint": {
-            "version": version,
-            "step": trainer.step,
-            "tokens_seen": trainer.tokens_seen,
-            "final": final,
-            "metrics": metrics,
-        },
-        "parameters": count_parameters(trainer.model),
-        "software": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
-    }
-    written = write_checkpoint(
-        store=store,
-        job_id=job.id,
-        version=version,
-        save_model=trainer.save_pretrained,
-        tokenizer_dir=store.local_path(f"{dataset.blob_prefix}/{TOKENIZER_DIR}"),
-        text_files={"README.md": render_model_card(lineage), "selfsup.json": lineage_json(lineage)},
-        resume_state=trainer.state_dict(),
-        before_rename=lambda: faults.before_checkpoint_rename(version),
-    )
-    with session_scope() as session:
-        if not crud.lock_job_lease(session=session, job_id=job.id, owner=owner):
-            session.rollback()
-            store.delete_prefix(written.prefix)
-            raise LeaseLost(f"lease on {job.id} lost while saving checkpoint v{version}")
-        checkpoint = crud.add_checkpoint(
-            session=session,
-            checkpoint=Checkpoint(
-                job_id=job.id,
-                step=trainer.step,
-                version=version,
-                is_final=final,
-                val_loss=val_loss,
-                metrics=metrics,
-                files=written.files,
-                resume_files=written.resume_files,
-                blob_prefix=written.prefix,
-            ),
-        )
-        crud.add_event(
-            session=session,
-            job_id=job.id,
-            type="checkpoint_saved",
-            message=f"checkpoint v{version} saved at step {trainer.step}" + (" (final)" if final else ""),
-        )
-        stale = crud.prunable_checkpoints(
-            checkpoints=crud.list_checkpoints(session=session, job_id=job.id),
-            keep_last=spec.checkpointing.keep_last,
-        )
+@dataclass(frozen=True)
+class Lease:
+    """This worker's hold on a job, and what it writes about the job.
+
+    Ending, pausing or handing back the job and recording a checkpoint happen only while `owner` still
+    holds the lease, so a worker that lost it never overwrites the one that took over.
+    """
+
+    job_id: str
+    owner: str
+
+    def finish(self, status: str, message: str) -> bool:
+        """End the job with `status` and an event saying `message`; False if that did not happen."""
+        with session_scope() as session:
+            return crud.finish_job(
+                session=session, job_id=self.job_id, status=status, message=message, owner=self.owner
+            )
+
+    def fail(self, reason: str) -> bool:
+        """End the job as failed, saying why; False if that did not happen."""
+        with session_scope() as session:
+            return crud.finish_job(
+                session=session,
+                job_id=self.job_id,
+                status="failed",
+                message=f"failed: {reason}",
+                error=reason,
+                owner=self.owner,
+            )
+
+    def pause(self, step: int) -> None:
+        """Let go of the job as paused at `step` (it resumes from its newest checkpoint)."""
+        with session_scope() as session:
+            crud.mark_paused(session=session, job_id=self.job_id, owner=self.owner, step=step)
+
+    def hand_back(self, message: str) -> None:
+        """Let go of the job as queued, for another worker to take over."""
+        with session_scope() as session:
+            crud.requeue_job(session=session, job_id=self.job_id, owner=self.owner, message=message)
+
+    def add_event(self, type: str, message: str) -> None:
+        """Tell the job's history something."""
+        with session_scope() as session:
+            crud.add_event(session=session, job_id=self.job_id, type=type, message=message)
+
+    def next_checkpoint_version(self) -> int:
+        """The version the job's next checkpoint gets."""
+        with session_scope() as session:
+            return crud.next_checkpoint_version(session=session, job_id=self.job_id)
+
+    def record_checkpoint(
+        self, store: LocalBlobStore, written: WrittenCheckpoint, record: CheckpointRecord, *, keep_last: int
+    ) -> None:
+        """Record a written checkpoint and its event, then prune all but the newest `keep_last`.
+
+        If the lease was lost meanwhile, the files are removed and nothing is recorded.
+        """
+        with session_scope() as session:
+            if not crud.lock_job_lease(session=session, job_id=self.job_id, owner=self.owner):
+                session.rollback()
+                store.delete_prefix(written.prefix)
+                raise LeaseLost(f"lease on {self.job_id} lost while saving checkpoint v{record.version}")
+            crud.add_checkpoint(
+                session=session,
+                checkpoint=Checkpoint(
+                    job_id=self.job_id,
+                    step=record.step,
+                    version=record.version,
+                    is_final=record.final,
+                    val_loss=record.val_loss,
+                    metrics=record.metrics,
+                    files=written.files,
+                    resume_files=written.resume_files,
+                    blob_prefix=written.prefix,
+                ),
+            )
+            final = " (final)" if record.final else ""
+            crud.add_event(
+                session=session,
+                job_id=self.job_id,
+                type="checkpoint_saved",
+                message=f"checkpoint v{record.version} saved at step {record.step}{final}",
+            )
+            stale = crud.prunable_checkpoints(
+                checkpoints=crud.list_checkpoints(session=session, job_id=self.job_id), keep_last=keep_last
+            )
+            for old in stale:
+                session.delete(old)
         for old in stale:
-            session.delete(old)
-    for old in stale:
-        store.delete_prefix(old.blob_prefix)
-    return checkpoint
+            store.delete_prefix(old.blob_prefix)
 
 
 def train(
@@ -260,7 +339,7 @@ def train(
         log.warning("job %s: lease lost to another worker; stopping without writing", job_id)
         return "lease lost"
     except (TrainingDiverged, CannotTrain) as exc:  # deterministic: running it again would fail again
-        run.finish("failed", f"failed: {exc}", error=str(exc))
+        run.lease.fail(str(exc))
         return "diverged"
     except Exception as exc:  # possibly transient (disk, database, device): resume, up to max_restarts
         log.exception("job %s crashed", job_id)
@@ -276,7 +355,7 @@ def train(
 
 
 class JobRun:
-    """One claimed job being trained: the loop, with logging, evaluation, checkpoints and interruptions."""
+    """One claimed job being trained: set-up, the step loop, and the ending the loop arrives at."""
 
     def __init__(
         self,
@@ -296,173 +375,161 @@ class JobRun:
         self.owner = owner
         self.store = store
         self.should_stop = should_stop
+        self.lease = Lease(job.id, owner)
         self.control = JobControl(job_id=job.id, owner=owner, settings=settings)
         self.faults = Faults.parse(
             settings.fault_injection, job_id=job.id, job_name=job.name, marker_dir=settings.resolved_home / "faults"
         )
         self.started = time.monotonic()
         self.last_checkpoint_step: int | None = None
-        # Throughput is measured over each logging window, leaving out evaluation and checkpoint time.
-        self.window_start, self.window_tokens, self.excluded = time.perf_counter(), 0, 0.0
+        self.window = ThroughputWindow()
 
     def run(self) -> str:
-        """Train from the newest good checkpoint (or from scratch) to `max_steps`."""
-        if self.dataset is None:
+        """Train from the newest good checkpoint (or from scratch) to `max_steps`, then end the job."""
+        self._set_up()
+        return self._end(self._step_loop())
+
+    # Set-up
+
+    def _set_up(self) -> None:
+        """Build the trainer on the job's tokenized data, then resume it or say that training started."""
+        dataset = self.dataset
+        if dataset is None:
             raise RuntimeError("the job was started before its tokenized data existed")
-        try:
-            self.trainer = self._build_trainer(self.dataset)
-        except ValueError as exc:
-            raise CannotTrain(f"cannot start training: {exc}") from exc
-        self._resume_or_start()
-        max_steps = self.spec.training.max_steps
-        try:
-            while self.trainer.step < max_steps:
-                result = self.trainer.train_step()
-                self.faults.after_step(self.trainer.step)
-                self._after_step(result)
-                interrupted = self._interruption()
-                if interrupted:
-                    return interrupted
-            self.control.flush(step=self.trainer.step, tokens_seen=self.trainer.tokens_seen)
-        except StopRequested:
-            self.finish("cancelled", f"cancelled at step {self.trainer.step}")
-            return "cancelled"
-        except PauseRequested:
-            return self._pause()
-        if not self.finish("succeeded", f"finished {max_steps} steps, {self.trainer.tokens_seen:,} tokens"):
-            # A cancel arrived after the last step: honour it rather than report success.
-            self.finish("cancelled", f"cancelled at step {self.trainer.step}, after the last step")
-            return "cancelled"
-        return "succeeded"
-
-    def finish(self, status: str, message: str, *, error: str | None = None) -> bool:
-        """End the job (only while this worker still holds it); False if that did not happen."""
-        with session_scope() as session:
-            return crud.finish_job(
-                session=session, job_id=self.job.id, status=status, message=message, error=error, owner=self.owner
-            )
-
-    def _build_trainer(self, dataset: TokenizedDataset) -> Trainer:
-        meta = dataset_meta(self.store, dataset)
-        data = TokenArrays.open(
-            self.store.local_path(dataset.blob_prefix),
-            dtype=meta["dtype"],
-            vocab_size=meta["vocab_size"],
-            special=special_token_ids(meta),
-        )
-        return Trainer(self.spec, data, device=pick_device())
-
-    def _resume_or_start(self) -> None:
-        resumed = _resume_from_checkpoint(self.trainer, self.store, self.job)
-        with session_scope() as session:
-            if resumed is None:
-                trainer = self.trainer
-                crud.add_event(
-                    session=session,
-                    job_id=self.job.id,
-                    type="started",
-                    message=f"training started on {self.owner} ({trainer.device.type}, "
-                    f"{'bf16' if trainer.bf16 else 'fp32'}, {count_parameters(trainer.model):,} parameters)",
-                )
-                return
-            # Steps after the checkpoint will be replayed: their metrics are replaced, never duplicated.
-            crud.delete_metrics_after(session=session, job_id=self.job.id, step=self.trainer.step)
-            self.control.latest = dict(resumed.metrics)
-            crud.add_event(
-                session=session,
-                job_id=self.job.id,
-                type="resumed",
-                message=f"resumed from checkpoint v{resumed.version} at step {self.trainer.step} on {self.owner}",
-            )
-
-    def _after_step(self, result: StepResult) -> None:
-        step, max_steps = self.trainer.step, self.spec.training.max_steps
-        self.window_tokens += self.spec.tokens_per_step
-        if step % LOG_EVERY_STEPS == 0 or step == 1 or step == max_steps:
-            elapsed = time.perf_counter() - self.window_start - self.excluded
-            self.control.record(
-                step,
-                {
-                    "train_loss": result.loss,
-                    "learning_rate": result.learning_rate,
-                    "grad_norm": result.grad_norm,
-                    "tokens_per_second": self.window_tokens / elapsed if elapsed > 0 else 0.0,
-                    **result.extra,
-                },
-            )
-            self.window_start, self.window_tokens, self.excluded = time.perf_counter(), 0, 0.0
-            if self.control.due():
-                self.control.flush(step=step, tokens_seen=self.trainer.tokens_seen)
-        checkpoint_due = step % self.spec.checkpointing.every_steps == 0 or step == max_steps
-        val_loss = None
-        if step % self.spec.evaluation.every_steps == 0 or checkpoint_due:
-            val_loss = self._evaluate()
-        if checkpoint_due:
-            self._checkpoint(val_loss=val_loss, final=step == max_steps)
-
-    def _evaluate(self) -> float:
-        paused = time.perf_counter()
-        step = self.trainer.step
-        val_loss = self.trainer.evaluate()
-        self.control.record(step, {"val_loss": val_loss, **self.trainer.last_eval_metrics})
-        self.control.flush(step=step, tokens_seen=self.trainer.tokens_seen)
-        with session_scope() as session:
-            crud.add_event(
-                session=session, job_id=self.job.id, type="evaluation", message=f"step {step}: val_loss {val_loss:.4f}"
-            )
-        self.excluded += time.perf_counter() - paused
-        return val_loss
-
-    def _checkpoint(self, *, val_loss: float | None, final: bool) -> None:
-        paused = time.perf_counter()
-        assert self.dataset is not None
-        _save_checkpoint(
-            trainer=self.trainer,
-            store=self.store,
+        self.trainer, meta = _open_trainer(self.spec, self.store, dataset)
+        self.lineage = RunLineage.of(
             job=self.job,
             spec=self.spec,
             corpora=self.corpora,
-            dataset=self.dataset,
-            metrics=dict(self.control.latest),
-            val_loss=val_loss,
-            final=final,
-            owner=self.owner,
-            faults=self.faults,
+            dataset=dataset,
+            corpus_tokens=meta.get("corpus_tokens", {}),
         )
-        self.last_checkpoint_step = self.trainer.step
-        self.excluded += time.perf_counter() - paused
+        self.tokenizer_dir = self.store.local_path(f"{dataset.blob_prefix}/{TOKENIZER_DIR}")
+        resumed = _resume_or_start(self.trainer, self.store, self.job, owner=self.owner)
+        if resumed is not None:
+            self.control.latest = dict(resumed.metrics)
 
-    def _pause(self) -> str:
-        step = self.trainer.step
-        if self.last_checkpoint_step != step:
-            self._checkpoint(val_loss=None, final=False)
-        with session_scope() as session:
-            crud.mark_paused(session=session, job_id=self.job.id, owner=self.owner, step=step)
-        return f"paused at step {step}"
+    # The step loop
 
-    def _interruption(self) -> str | None:
-        """Stop between steps when the worker shuts down or the time budget is spent."""
-        step = self.trainer.step
-        if step >= self.spec.training.max_steps:
+    def _step_loop(self) -> Ending:
+        """Step to `max_steps`; every way the loop can end is decided here."""
+        while self.trainer.step < self.spec.training.max_steps:
+            result = self.trainer.train_step()
+            self.faults.after_step(self.trainer.step)
+            directive = self._after_step(result)
+            if directive is not Directive.CONTINUE:
+                return _ENDING_FOR[directive]
+            letting_go = self._reason_to_let_go()
+            if letting_go is not None:
+                self._checkpoint_unless_saved()
+                return _ENDING_FOR.get(self._flush(), letting_go)
+        return _ENDING_FOR.get(self._flush(), Ending.SUCCEEDED)
+
+    def _after_step(self, result: StepResult) -> Directive:
+        """Log, evaluate and checkpoint as the spec asks; stops early if a flush says anything but CONTINUE."""
+        step, max_steps = self.trainer.step, self.spec.training.max_steps
+        self.window.tokens += self.spec.tokens_per_step
+        if step % LOG_EVERY_STEPS == 0 or step == 1 or step == max_steps:
+            self._log(step, result)
+            if self.control.due() and (directive := self._flush()) is not Directive.CONTINUE:
+                return directive
+        checkpoint_due = step % self.spec.checkpointing.every_steps == 0 or step == max_steps
+        val_loss = None
+        if step % self.spec.evaluation.every_steps == 0 or checkpoint_due:
+            with self.window.off_the_clock():
+                val_loss = self._evaluate()
+                if (directive := self._flush()) is not Directive.CONTINUE:
+                    return directive
+                self.lease.add_event("evaluation", f"step {step}: val_loss {val_loss:.4f}")
+        if checkpoint_due:
+            self._checkpoint(val_loss=val_loss, final=step == max_steps)
+        return Directive.CONTINUE
+
+    def _log(self, step: int, result: StepResult) -> None:
+        self.control.record(
+            step,
+            {
+                "train_loss": result.loss,
+                "learning_rate": result.learning_rate,
+                "grad_norm": result.grad_norm,
+                "tokens_per_second": self.window.close(),
+                **result.extra,
+            },
+        )
+
+    def _evaluate(self) -> float:
+        val_loss = self.trainer.evaluate()
+        self.control.record(self.trainer.step, {"val_loss": val_loss, **self.trainer.last_eval_metrics})
+        return val_loss
+
+    def _reason_to_let_go(self) -> Ending | None:
+        """Between steps: the time budget is spent, or the worker is shutting down (None if neither)."""
+        if self.trainer.step >= self.spec.training.max_steps:
             return None
+        if self._over_time():
+            return Ending.TIMED_OUT
+        return Ending.HANDED_BACK if self.should_stop() else None
+
+    def _over_time(self) -> bool:
         limit = self.spec.training.max_runtime_seconds
-        over_time = limit is not None and time.monotonic() - self.started > limit
-        if not (over_time or self.should_stop()):
-            return None
-        if self.last_checkpoint_step != step:
+        return limit is not None and time.monotonic() - self.started > limit
+
+    def _flush(self) -> Directive:
+        return self.control.flush(step=self.trainer.step, tokens_seen=self.trainer.tokens_seen)
+
+    def _checkpoint_unless_saved(self) -> None:
+        if self.last_checkpoint_step != self.trainer.step:
             self._checkpoint(val_loss=None, final=False)
-        self.control.flush(step=step, tokens_seen=self.trainer.tokens_seen)
-        if over_time:
-            reason = f"exceeded training.max_runtime_seconds ({limit:g}s) at step {step}; checkpoint saved"
-            self.finish("failed", f"failed: {reason}", error=reason)
-            return "timed out"
-        # The worker is shutting down (a deploy, a preemption): hand the job to another worker.
-        with session_scope() as session:
-            crud.requeue_job(
-                session=session,
-                job_id=self.job.id,
-                owner=self.owner,
-                message=f"released at step {step}: worker {self.owner} is shutting down",
+
+    def _checkpoint(self, *, val_loss: float | None, final: bool) -> None:
+        """Write a checkpoint's folder and record it under the lease (off the throughput clock)."""
+        with self.window.off_the_clock():
+            record = CheckpointRecord(
+                version=self.lease.next_checkpoint_version(),
+                step=self.trainer.step,
+                tokens_seen=self.trainer.tokens_seen,
+                final=final,
+                metrics=dict(self.control.latest),
+                val_loss=val_loss,
             )
-        enqueue(TRAIN_JOB, self.job.id)
-        return "released for worker shutdown"
+            written = write_checkpoint_folder(
+                store=self.store,
+                trainer=self.trainer,
+                run=self.lineage,
+                record=record,
+                tokenizer_dir=self.tokenizer_dir,
+                before_rename=lambda: self.faults.before_checkpoint_rename(record.version),
+            )
+            self.lease.record_checkpoint(self.store, written, record, keep_last=self.spec.checkpointing.keep_last)
+        self.last_checkpoint_step = self.trainer.step
+
+    # The endings
+
+    def _end(self, ending: Ending) -> str:
+        """End the job the way the loop decided; returns what happened, for the log."""
+        step = self.trainer.step
+        match ending:
+            case Ending.SUCCEEDED:
+                max_steps = self.spec.training.max_steps
+                if self.lease.finish("succeeded", f"finished {max_steps} steps, {self.trainer.tokens_seen:,} tokens"):
+                    return "succeeded"
+                # A cancel arrived after the last step: honour it rather than report success.
+                self.lease.finish("cancelled", f"cancelled at step {step}, after the last step")
+                return "cancelled"
+            case Ending.CANCELLED:
+                self.lease.finish("cancelled", f"cancelled at step {step}")
+                return "cancelled"
+            case Ending.PAUSED:
+                self._checkpoint_unless_saved()
+                self.lease.pause(step)
+                return f"paused at step {step}"
+            case Ending.TIMED_OUT:
+                limit = self.spec.training.max_runtime_seconds
+                self.lease.fail(f"exceeded training.max_runtime_seconds ({limit:g}s) at step {step}; checkpoint saved")
+                return "timed out"
+            case Ending.HANDED_BACK:
+                self.lease.hand_back(f"released at step {step}: worker {self.owner} is shutting down")
+                enqueue(TRAIN_JOB, self.job.id)
+                return "released for worker shutdown"
+            case _:
+                assert_never(ending)

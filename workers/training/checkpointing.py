@@ -1,0 +1,124 @@
+"""What a checkpoint holds: its lineage (`selfsup.json`), its model card, and the files of its folder.
+
+Pure of the database: the loop in `workers/train.py` picks the version and records the checkpoint under
+its lease; this module only says what goes into the folder and writes it.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from models.build import count_parameters
+from selfsup.spec import JobSpec
+from storage.blobs import LocalBlobStore
+from storage.checkpoints import WrittenCheckpoint, lineage_json, write_checkpoint
+from storage.tables import Corpus, Job, TokenizedDataset
+from workers.training.model_card import render_model_card
+from workers.training.trainer import Trainer
+
+MODEL_CARD_FILE = "README.md"
+LINEAGE_FILE = "selfsup.json"
+
+
+@dataclass(frozen=True)
+class RunLineage:
+    """What every checkpoint of one job shares in its lineage: the job, its corpora and its tokenized data."""
+
+    job: dict[str, Any]
+    corpora: list[dict[str, Any]]
+    dataset: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        job: Job,
+        spec: JobSpec,
+        corpora: Sequence[Corpus],
+        dataset: TokenizedDataset,
+        corpus_tokens: dict[str, Any],
+    ) -> RunLineage:
+        """The lineage of a job's rows; `corpus_tokens` is the dataset's per-corpus token count."""
+        return cls(
+            job={"id": job.id, "name": job.name, "spec": spec.model_dump(mode="json")},
+            corpora=[
+                {"id": c.id, "name": c.name, "sha256": c.sha256, "documents": c.documents, "characters": c.characters}
+                for c in corpora
+            ],
+            dataset={
+                "key": dataset.key,
+                "train_tokens": dataset.train_tokens,
+                "validation_tokens": dataset.validation_tokens,
+                "corpus_tokens": corpus_tokens,
+            },
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """What one checkpoint records about the moment it was taken (its row and its lineage both say it)."""
+
+    version: int
+    step: int
+    tokens_seen: int
+    final: bool
+    metrics: dict[str, float]
+    val_loss: float | None = None
+
+
+def software_versions() -> dict[str, str]:
+    """The versions a checkpoint was written with."""
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def checkpoint_manifest(run: RunLineage, record: CheckpointRecord, *, parameters: int) -> dict[str, Any]:
+    """The content of `selfsup.json`: where a checkpoint came from and where training stood."""
+    return {
+        "job": run.job,
+        "corpora": run.corpora,
+        "dataset": run.dataset,
+        "checkpoint": {
+            "version": record.version,
+            "step": record.step,
+            "tokens_seen": record.tokens_seen,
+            "final": record.final,
+            "metrics": record.metrics,
+        },
+        "parameters": parameters,
+        "software": software_versions(),
+    }
+
+
+def checkpoint_text_files(manifest: dict[str, Any]) -> dict[str, str]:
+    """The text files of a checkpoint folder, by name: its model card and its lineage."""
+    return {MODEL_CARD_FILE: render_model_card(manifest), LINEAGE_FILE: lineage_json(manifest)}
+
+
+def write_checkpoint_folder(
+    *,
+    store: LocalBlobStore,
+    trainer: Trainer,
+    run: RunLineage,
+    record: CheckpointRecord,
+    tokenizer_dir: Path,
+    before_rename: Callable[[], None] | None = None,
+) -> WrittenCheckpoint:
+    """Write a checkpoint's folder atomically: the model, its tokenizer, card, lineage and resume state."""
+    manifest = checkpoint_manifest(run, record, parameters=count_parameters(trainer.model))
+    return write_checkpoint(
+        store=store,
+        job_id=run.job["id"],
+        version=record.version,
+        save_model=trainer.save_pretrained,
+        tokenizer_dir=tokenizer_dir,
+        text_files=checkpoint_text_files(manifest),
+        resume_state=trainer.state_dict(),
+        before_rename=before_rename,
+    )
