@@ -30,7 +30,8 @@ async def _load(service: Service, key: str) -> tuple[Counter[str], list[str], Co
     health: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=CLIENTS + 5, max_keepalive_connections=CLIENTS + 5)
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=service.base_url, headers=headers, timeout=REQUEST_TIMEOUT, limits=limits) as c:
+    client = httpx.AsyncClient(base_url=service.base_url, headers=headers, timeout=REQUEST_TIMEOUT, limits=limits)
+    async with client as c:
         deadline = time.monotonic() + SECONDS
 
         async def poll() -> None:
