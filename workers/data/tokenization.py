@@ -16,15 +16,15 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from models.contrastive import sentence_spans
+from models.sentences import sentence_spans
 from selfsup.spec import (
-    T5_SENTINELS,
     BPETokenizerSpec,
     CharTokenizerSpec,
     SpecialTokens,
     UnigramTokenizerSpec,
     WordPieceTokenizerSpec,
 )
+from selfsup.spec_types import T5_SENTINELS
 
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"
@@ -276,7 +276,7 @@ class TokenArrayWriter:
     """Appends encoded documents to a flat token array file, each document followed by end-of-text.
 
     With `sentences_path`, also records the `(start, end)` token offsets into the flat array of each
-    sentence (by `models.contrastive.sentence_spans`), saved on `close()` as an int64 `.npy` array of
+    sentence (by `models.sentences.sentence_spans`), saved on `close()` as an int64 `.npy` array of
     shape (n, 2): the sentences contrastive training draws from.
     """
 

@@ -138,7 +138,7 @@ def test_text_that_spells_a_special_token_is_encoded_as_text(tmp_path: Path) -> 
 def test_word_boundaries_group_the_pieces_of_each_word(spec: object, text: str, words: list[str]) -> None:
     import torch
 
-    from models.masked_lm import word_ids_from_boundaries
+    from models.objectives.masked_lm import word_ids_from_boundaries
 
     tokenizer = train_tokenizer(spec, DOCS * 3)  # type: ignore[arg-type]
     table = torch.from_numpy(word_boundaries(tokenizer))

@@ -1,63 +1,18 @@
-"""Contrastive pretext: unsupervised SimCSE pieces (pooling, InfoNCE loss, sentence making).
+"""Sentences of a document: what contrastive training draws its examples from.
 
-Unsupervised SimCSE encodes the same sentence twice; dropout makes the two embeddings differ, and the
-loss asks each first-pass embedding to pick its own second-pass twin out of the batch.
+The tokenizer records, for every document it encodes, the token offsets of its sentences
+(`workers.data.tokenization.TokenArrayWriter`); the contrastive objective draws from them.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
-
-import torch
-import torch.nn.functional as F
 
 # Split points: whitespace after sentence-ending punctuation, optionally after one closing quote or
 # bracket. Python lookbehinds need a fixed width, hence two alternatives.
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'\u201d\u2019)\]])\s+")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _WHITESPACE_RUN = re.compile(r"\s+")
-
-
-def pool_embeddings(
-    hidden_states: torch.Tensor,
-    attention_mask: torch.Tensor,
-    pooling: Literal["cls", "mean"],
-) -> torch.Tensor:
-    """Reduce (B, T, H) hidden states to (B, H): position 0 for "cls", mask-weighted mean for "mean"."""
-    if hidden_states.dim() != 3:
-        raise ValueError(f"hidden_states must be (B, T, H); got shape {tuple(hidden_states.shape)}")
-    if attention_mask.shape != hidden_states.shape[:2]:
-        raise ValueError(
-            f"attention_mask shape {tuple(attention_mask.shape)} does not match (B, T) = "
-            f"{tuple(hidden_states.shape[:2])}"
-        )
-    if pooling == "cls":
-        return hidden_states[:, 0]
-    if pooling == "mean":
-        weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
-        # clamp: an all-padding row would otherwise divide by zero; it pools to zeros instead.
-        counts = weights.sum(dim=1).clamp(min=1.0)
-        return (hidden_states * weights).sum(dim=1) / counts
-    raise ValueError(f"pooling must be 'cls' or 'mean'; got {pooling!r}")
-
-
-def simcse_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.05) -> tuple[torch.Tensor, float]:
-    """InfoNCE on cosine similarity / temperature with in-batch negatives; returns (loss, accuracy)."""
-    similarities = _cosine_similarity_matrix(z1, z2) / _check_temperature(temperature)
-    # Row i's positive is column i; every other column of the batch is a negative.
-    targets = torch.arange(similarities.size(0), device=similarities.device)
-    loss = F.cross_entropy(similarities.float(), targets)
-    accuracy = float((similarities.detach().argmax(dim=1) == targets).float().mean())
-    return loss, accuracy
-
-
-def in_batch_retrieval_accuracy(z1: torch.Tensor, z2: torch.Tensor) -> float:
-    """Fraction of rows i whose most cosine-similar row of z2 is row i."""
-    with torch.no_grad():
-        similarities = _cosine_similarity_matrix(z1, z2)
-        targets = torch.arange(similarities.size(0), device=similarities.device)
-        return float((similarities.argmax(dim=1) == targets).float().mean())
 
 
 def split_into_sentences(text: str, *, min_chars: int = 20, max_chars: int = 512) -> list[str]:
@@ -120,18 +75,6 @@ def _pieces(separator: re.Pattern[str], text: str, start: int, end: int) -> list
         position = match.end()
     pieces.append((position, end))
     return pieces
-
-
-def _cosine_similarity_matrix(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    if z1.dim() != 2 or z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must both be (B, H); got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    return F.normalize(z1, dim=-1) @ F.normalize(z2, dim=-1).T
-
-
-def _check_temperature(temperature: float) -> float:
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive; got {temperature}")
-    return temperature
 
 
 def _windows(piece: str, max_chars: int) -> list[str]:
