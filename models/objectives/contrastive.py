@@ -233,14 +233,6 @@ def simcse_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.05) -
     return loss, accuracy
 
 
-def in_batch_retrieval_accuracy(z1: torch.Tensor, z2: torch.Tensor) -> float:
-    """Fraction of rows i whose most cosine-similar row of z2 is row i."""
-    with torch.no_grad():
-        similarities = _cosine_similarity_matrix(z1, z2)
-        targets = torch.arange(similarities.size(0), device=similarities.device)
-        return float((similarities.argmax(dim=1) == targets).float().mean())
-
-
 def _cosine_similarity_matrix(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (B, H); got {tuple(z1.shape)} and {tuple(z2.shape)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.sentences import sentence_spans, split_into_sentences
+from models.sentences import sentence_spans
 
 SHAKESPEARE = """ACT III. SCENE I.
 HAMLET.
@@ -21,8 +21,13 @@ Good my lord, how does your honour for this many a day?
 """
 
 
+def _sentences(text: str, min_chars: int = 20) -> list[str]:
+    """The text of each span, with whitespace runs collapsed to one space."""
+    return [" ".join(text[start:end].split()) for start, end in sentence_spans(text, min_chars=min_chars)]
+
+
 def test_splits_shakespeare_by_the_documented_rule() -> None:
-    sentences = split_into_sentences(SHAKESPEARE)
+    sentences = _sentences(SHAKESPEARE)
     assert sentences == [
         "To be, or not to be, that is the question:",
         "Whether 'tis nobler in the mind to suffer",
@@ -41,33 +46,26 @@ def test_splits_shakespeare_by_the_documented_rule() -> None:
 
 
 def test_min_chars_controls_what_is_dropped() -> None:
-    sentences = split_into_sentences(SHAKESPEARE, min_chars=1)
+    sentences = _sentences(SHAKESPEARE, min_chars=1)
     assert "HAMLET." in sentences
     assert "To die: to sleep;" in sentences
     assert "" not in sentences
 
 
-def test_long_pieces_are_windowed_at_spaces() -> None:
-    words = " ".join(f"word{index}" for index in range(100))  # one long sentence without punctuation
-    windows = split_into_sentences(words, min_chars=1, max_chars=50)
-    assert all(len(window) <= 50 for window in windows)
-    assert " ".join(windows) == words  # nothing lost; cuts fall on spaces
-    assert len(windows) > 1
-
-
-def test_unbroken_text_is_cut_hard_and_short_tails_are_dropped() -> None:
-    assert split_into_sentences("x" * 105, min_chars=10, max_chars=50) == ["x" * 50, "x" * 50]
+def test_long_pieces_are_kept_whole() -> None:
+    words = " ".join(f"word{index}" for index in range(200))  # one long sentence without punctuation
+    assert sentence_spans(words) == [(0, len(words))]
 
 
 def test_whitespace_is_normalised_and_result_is_deterministic() -> None:
     text = "First   sentence\tis long enough here.\r\nSecond one is also long enough!  Third? no"
     expected = ["First sentence is long enough here.", "Second one is also long enough!"]
-    assert split_into_sentences(text) == expected
-    assert split_into_sentences(text) == split_into_sentences(text)
+    assert _sentences(text) == expected
+    assert sentence_spans(text) == sentence_spans(text)
 
 
 def test_sentence_spans_locate_the_sentences_of_the_rule_in_the_raw_text() -> None:
     text = SHAKESPEARE + "\n\nAll:\nSpeak, speak.  You are all resolved rather to die than to famish?   Resolved!"
     spans = sentence_spans(text)
-    assert [" ".join(text[start:end].split()) for start, end in spans] == split_into_sentences(text)
+    assert _sentences(text) == [*_sentences(SHAKESPEARE), "You are all resolved rather to die than to famish?"]
     assert all(text[start:end] == text[start:end].strip() for start, end in spans)

@@ -219,7 +219,7 @@ def train_tokenizer(spec: AnyTokenizerSpec, documents: Iterable[str]) -> PreTrai
     return train_unigram_tokenizer(documents, vocab_size=spec.vocab_size, special_tokens=convention)
 
 
-def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, object]:
+def special_token_meta(tokenizer: PreTrainedTokenizerFast) -> dict[str, object]:
     """The ids of each special role, for a dataset's `meta.json` (None where the convention has none)."""
 
     def id_of(token: object) -> int | None:
@@ -318,18 +318,6 @@ class TokenArrayWriter:
             spans = np.concatenate(self.sentences) if self.sentences else np.zeros((0, 2), dtype=np.int64)
             with open(self.sentences_path, "wb") as fh:
                 np.save(fh, spans.astype(np.int64))
-
-
-def write_token_array(
-    tokenizer: PreTrainedTokenizerFast, documents: Iterable[str], path: Path, *, sentences_path: Path | None = None
-) -> int:
-    """Encode documents into a flat array file, each document followed by end-of-text; returns the count."""
-    writer = TokenArrayWriter(tokenizer, path, sentences_path=sentences_path)
-    try:
-        writer.add(documents)
-    finally:
-        writer.close()
-    return writer.total
 
 
 def _sentence_token_spans(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:

@@ -87,10 +87,6 @@ class Trainer:
         rng = np.random.default_rng([self.spec.training.seed, step, micro_step])
         return self._on_device(self.objective.sample("train", rng, self.spec.training.batch_size))
 
-    def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Predict, then score the prediction against the manufactured labels."""
-        return self.loss_and_metrics(inputs, labels)[0]
-
     def loss_and_metrics(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss, and the objective's metrics on the same prediction."""
         with self.autocast():
