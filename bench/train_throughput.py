@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from models.build import build_causal_lm  # noqa: E402
-from models.causal_lm import gather_windows, sample_window_offsets  # noqa: E402
+from models.windows import gather_windows, sample_window_offsets  # noqa: E402
 from selfsup.processes import keep_freed_memory  # noqa: E402
 from selfsup.spec import JobSpec  # noqa: E402
 from tests.factories import SHAKESPEARE, submit_job, upload_corpus, wait_for_corpus  # noqa: E402

@@ -7,77 +7,21 @@ the model family, and the family picks the tokenizer and its special tokens.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import functools
+import operator
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import ConfigDict, Field, model_validator
 
-ModelFamily = Literal["gpt2", "llama", "bert", "roberta", "t5"]
-SpecialTokens = Literal["gpt2", "bert", "roberta", "t5"]
+from models.objectives import OBJECTIVES, objective_type
+from models.objectives.base import ObjectiveSpec
+from selfsup.spec_types import ModelFamily, SpecialTokens, StrictModel, invalid_combination
 
-
-class StrictModel(BaseModel):
-    """A spec section: unknown fields are an error, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class CausalLMObjective(StrictModel):
-    """Next-token prediction: the label of each position is the token after it."""
-
-    type: Literal["causal_lm"]
-
-
-class MaskedLMObjective(StrictModel):
-    """BERT's recipe: hide some tokens and predict them from both sides."""
-
-    type: Literal["masked_lm"]
-    mask_probability: float = Field(
-        default=0.15, ge=0.01, le=0.8, description="Share of the non-special tokens chosen for prediction."
-    )
-    mask_replace_probability: float = Field(
-        default=0.8, ge=0.0, le=1.0, description="Share of the chosen tokens replaced by the mask token."
-    )
-    random_replace_probability: float = Field(
-        default=0.1, ge=0.0, le=1.0, description="Share of the chosen tokens replaced by a random token."
-    )
-    whole_word: bool = Field(default=False, description="Choose whole words: all pieces of a word together.")
-
-    @model_validator(mode="after")
-    def _replacements_fit(self) -> MaskedLMObjective:
-        total = self.mask_replace_probability + self.random_replace_probability
-        if total > 1.0 + 1e-9:
-            raise ValueError(
-                f"mask_replace_probability + random_replace_probability is {total:g}; it must not exceed 1 "
-                "(BERT uses 0.8 and 0.1, leaving 0.1 of the chosen tokens unchanged)"
-            )
-        return self
-
-
-class SpanCorruptionObjective(StrictModel):
-    """T5's recipe: drop spans of tokens, each replaced by one sentinel, and predict what they hid."""
-
-    type: Literal["span_corruption"]
-    noise_density: float = Field(default=0.15, ge=0.01, le=0.5, description="Share of the tokens dropped.")
-    mean_span_length: float = Field(default=3.0, ge=1.0, le=32.0, description="Mean length of a dropped span.")
-
-
-class ContrastiveObjective(StrictModel):
-    """Unsupervised SimCSE: one sentence encoded twice, dropout the only augmentation, in-batch negatives."""
-
-    type: Literal["contrastive"]
-    temperature: float = Field(default=0.05, ge=0.001, le=10.0, description="Cosine similarity is divided by it.")
-    # Mean by default: from random weights the first position carries little of the sentence for a long
-    # while (SimCSE's `cls` assumes a pretrained BERT), so a `cls` run starts with a flat loss.
-    pooling: Literal["cls", "mean"] = Field(
-        default="mean", description="Sentence embedding: the mean over the tokens, or the first position's state."
-    )
-
-
-Objective = Annotated[
-    CausalLMObjective | MaskedLMObjective | SpanCorruptionObjective | ContrastiveObjective,
-    Field(discriminator="type"),
-]
+# The objective section: one of the registered objectives, told apart by `type`.
+if TYPE_CHECKING:
+    AnyObjective = ObjectiveSpec
+else:
+    AnyObjective = Annotated[functools.reduce(operator.or_, OBJECTIVES), Field(discriminator="type")]
 
 _SPECIAL_TOKENS_DESCRIPTION = (
     "Which family's special tokens the vocabulary carries (gpt2: <|endoftext|>; bert: [PAD] [UNK] [CLS] [SEP] "
@@ -122,18 +66,6 @@ TokenizerSpec = Annotated[
     Field(discriminator="type"),
 ]
 
-DEFAULT_FAMILY_BY_OBJECTIVE: dict[str, ModelFamily] = {
-    "causal_lm": "gpt2",
-    "masked_lm": "bert",
-    "span_corruption": "t5",
-    "contrastive": "bert",
-}
-FAMILIES_BY_OBJECTIVE: dict[str, tuple[ModelFamily, ...]] = {
-    "causal_lm": ("gpt2", "llama"),
-    "masked_lm": ("bert", "roberta"),
-    "span_corruption": ("t5",),
-    "contrastive": ("bert", "roberta"),
-}
 DEFAULT_TOKENIZER_BY_FAMILY: dict[str, dict[str, object]] = {
     "gpt2": {"type": "bpe", "vocab_size": 4096},
     "llama": {"type": "bpe", "vocab_size": 4096},
@@ -148,16 +80,23 @@ SPECIAL_TOKENS_BY_FAMILY: dict[str, SpecialTokens] = {
     "roberta": "roberta",
     "t5": "t5",
 }
-# The sentinel tokens a `t5` vocabulary carries, as in transformers' T5 tokenizers.
-T5_SENTINELS = 100
-# Contrastive training without dropout would compare two identical encodings: SimCSE's default.
-CONTRASTIVE_DEFAULT_DROPOUT = 0.1
 _TOKENIZER_CLASSES: dict[str, type[StrictModel]] = {
     "char": CharTokenizerSpec,
     "bpe": BPETokenizerSpec,
     "wordpiece": WordPieceTokenizerSpec,
     "unigram": UnigramTokenizerSpec,
 }
+
+
+_DROPOUT_DESCRIPTION = (
+    "Default 0, or "
+    + ", ".join(
+        f"{section.default_dropout} for {objective_type(section)}"
+        for section in OBJECTIVES
+        if section.default_dropout is not None
+    )
+    + "."
+)
 
 
 class ModelSpec(StrictModel):
@@ -168,9 +107,7 @@ class ModelSpec(StrictModel):
     heads: int = Field(default=4, ge=1, le=128)
     width: int = Field(default=128, ge=8, le=16_384)
     context_length: int = Field(default=64, ge=4, le=32_768)
-    dropout: float = Field(
-        default=0.0, ge=0.0, lt=1.0, description=f"Default 0, or {CONTRASTIVE_DEFAULT_DROPOUT} for contrastive."
-    )
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description=_DROPOUT_DESCRIPTION)
 
     @model_validator(mode="after")
     def _width_divides_into_heads(self) -> ModelSpec:
@@ -242,7 +179,7 @@ class CheckpointingSpec(StrictModel):
 
 # The `type` values of each tagged section, so error paths can leave the tag out.
 UNION_TAGS: dict[str, set[str]] = {
-    "objective": {"causal_lm", "masked_lm", "span_corruption", "contrastive"},
+    "objective": {objective_type(section) for section in OBJECTIVES},
     "tokenizer": {"char", "bpe", "wordpiece", "unigram"},
 }
 
@@ -252,7 +189,7 @@ class JobSpec(StrictModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     corpus_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1, max_length=64)
-    objective: Objective
+    objective: AnyObjective
     tokenizer: TokenizerSpec | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -281,11 +218,11 @@ class JobSpec(StrictModel):
     def _fill_defaults_and_check_the_combination(self) -> JobSpec:
         if len(set(self.corpus_ids)) != len(self.corpus_ids):
             raise ValueError("corpus_ids must not repeat an id")
-        objective = self.objective.type
+        objective = self.objective
         if "family" not in self.model.model_fields_set:
-            self.model.family = DEFAULT_FAMILY_BY_OBJECTIVE[objective]
-        if objective == "contrastive" and "dropout" not in self.model.model_fields_set:
-            self.model.dropout = CONTRASTIVE_DEFAULT_DROPOUT
+            self.model.family = objective.families[0]
+        if objective.default_dropout is not None and "dropout" not in self.model.model_fields_set:
+            self.model.dropout = objective.default_dropout
         family = self.model.family
         if self.tokenizer is None:
             default = DEFAULT_TOKENIZER_BY_FAMILY[family]
@@ -299,45 +236,20 @@ class JobSpec(StrictModel):
 
     def _check_combination(self, special_tokens: SpecialTokens) -> None:
         objective, family = self.objective, self.model.family
-        families = FAMILIES_BY_OBJECTIVE[objective.type]
-        if family not in families:
-            raise _invalid(
+        if family not in objective.families:
+            raise invalid_combination(
                 "model.family",
-                f"objective {objective.type} trains the {_either(families)}, not {family}; "
-                f"leave model.family out to get {DEFAULT_FAMILY_BY_OBJECTIVE[objective.type]}",
+                f"objective {objective.type} trains the {_either(objective.families)}, not {family}; "
+                f"leave model.family out to get {objective.families[0]}",
             )
         assert self.tokenizer is not None
         if self.tokenizer.special_tokens != special_tokens:
-            raise _invalid(
+            raise invalid_combination(
                 "tokenizer.special_tokens",
                 f"the {family} family needs the {special_tokens} special tokens, not "
                 f"{self.tokenizer.special_tokens}; leave tokenizer.special_tokens out to get them",
             )
-        if isinstance(objective, ContrastiveObjective):
-            if self.training.batch_size < 2:
-                raise _invalid(
-                    "training.batch_size",
-                    f"contrastive needs a batch_size of at least 2 for in-batch negatives, not "
-                    f"{self.training.batch_size}; SimCSE uses 64",
-                )
-            if self.model.dropout <= 0:
-                raise _invalid(
-                    "model.dropout",
-                    "contrastive (unsupervised SimCSE) needs model.dropout above 0: dropout is what makes the "
-                    f"two encodings of a sentence differ; SimCSE uses {CONTRASTIVE_DEFAULT_DROPOUT}",
-                )
-        if isinstance(objective, SpanCorruptionObjective):
-            spans = span_corruption_spans(
-                self.model.context_length, objective.noise_density, objective.mean_span_length
-            )
-            if spans > T5_SENTINELS:
-                raise _invalid(
-                    "objective.mean_span_length",
-                    f"noise_density {objective.noise_density:g} and mean_span_length {objective.mean_span_length:g} "
-                    f"cut {spans} spans from a window of model.context_length {self.model.context_length}, but the "
-                    f"vocabulary has {T5_SENTINELS} sentinels; raise mean_span_length, lower noise_density or "
-                    "shorten model.context_length",
-                )
+        objective.check_job(self)
 
     @property
     def tokens_per_step(self) -> int:
@@ -353,48 +265,10 @@ class JobSpec(StrictModel):
     @property
     def tokens_per_sequence(self) -> int:
         """Text tokens one training example reads (see `tokens_per_step`)."""
-        objective = self.objective
-        if isinstance(objective, SpanCorruptionObjective):
-            return span_corruption_raw_length(
-                self.model.context_length, objective.noise_density, objective.mean_span_length
-            )
-        return self.model.context_length
-
-
-def span_corruption_spans(inputs_length: int, noise_density: float, mean_span_length: float) -> int:
-    """Noise spans (each needs a sentinel) in the raw window whose corrupted input fits `inputs_length`."""
-    raw = span_corruption_raw_length(inputs_length, noise_density, mean_span_length)
-    return _span_counts(raw, noise_density, mean_span_length)[1]
-
-
-def span_corruption_raw_length(inputs_length: int, noise_density: float, mean_span_length: float) -> int:
-    """Longest raw window whose corrupted input (kept tokens, sentinels, EOS) fits `inputs_length`.
-
-    The arithmetic of `models.span_corruption.span_corruption_window_length`, repeated here without
-    torch so the API can validate specs; a unit test checks that the two agree.
-    """
-    window = max(inputs_length - 1, 0)
-    while True:
-        noise, spans = _span_counts(window + 1, noise_density, mean_span_length)
-        if window + 1 - noise + spans + 1 > inputs_length:
-            return window
-        window += 1
-
-
-def _span_counts(length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
-    if length < 2:
-        return 0, 0
-    noise = min(max(round(length * noise_density), 1), length - 1)
-    spans = min(max(round(noise / mean_span_length), 1), noise, length - noise)
-    return noise, spans
+        return self.objective.tokens_per_sequence(self.model.context_length)
 
 
 def _either(families: tuple[str, ...]) -> str:
     if len(families) == 1:
         return f"family {families[0]}"
     return "families " + ", ".join(families[:-1]) + f" or {families[-1]}"
-
-
-def _invalid(field: str, reason: str) -> PydanticCustomError:
-    """A cross-field error that names the field to fix (`api.errors` puts `field` in the 422's details)."""
-    return PydanticCustomError("invalid_combination", "{reason}", {"field": field, "reason": reason})

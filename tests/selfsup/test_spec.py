@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from api.errors import validation_details
-from models.span_corruption import span_corruption_lengths, span_corruption_window_length
-from selfsup.spec import JobSpec, span_corruption_raw_length, span_corruption_spans
+from models.objectives.span_corruption import span_corruption_window_length
+from selfsup.spec import JobSpec
 
 
 def _spec(objective: dict[str, Any], **sections: Any) -> JobSpec:
@@ -105,21 +108,17 @@ def test_invalid_combinations_name_the_field_and_what_is_valid(
     assert detail["field"] == field and words in detail["message"], detail
 
 
-def test_the_specs_span_arithmetic_matches_the_objectives() -> None:
-    # The API validates without torch, so the spec repeats models.span_corruption's arithmetic.
-    for context_length in (4, 16, 64, 512):
-        for noise_density, mean_span_length in ((0.15, 3.0), (0.5, 1.0), (0.01, 8.0), (0.3, 2.5)):
-            window = span_corruption_window_length(context_length, noise_density, mean_span_length)
-            assert span_corruption_raw_length(context_length, noise_density, mean_span_length) == window
-            inputs, targets = span_corruption_lengths(window, noise_density, mean_span_length)
-            # inputs = kept + spans + 1 and targets = noise + spans + 1, with kept + noise = window.
-            spans = (inputs + targets - window - 2) // 2
-            assert span_corruption_spans(context_length, noise_density, mean_span_length) == spans
-
-
 def test_tokens_per_step_counts_what_each_objective_reads() -> None:
     training = {"batch_size": 4, "grad_accum_steps": 2}
     assert _spec({"type": "causal_lm"}, training=training).tokens_per_step == 4 * 2 * 64
     assert _spec({"type": "masked_lm"}, training=training).tokens_per_step == 4 * 2 * 64
     span = _spec({"type": "span_corruption"}, training=training)
     assert span.tokens_per_step == 4 * 2 * span_corruption_window_length(64, 0.15, 3.0) > 4 * 2 * 64
+
+
+def test_the_spec_imports_without_torch() -> None:
+    # The API validates specs; the objective modules that define their sections defer torch to the worker.
+    code = "import sys, selfsup.spec; print(sorted({'torch', 'numpy', 'transformers'} & set(sys.modules)))"
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert result.stdout.strip() == "[]"

@@ -25,8 +25,14 @@ from storage.blobs import LocalBlobStore, corpus_split_key
 from storage.tables import Corpus, TokenizedDataset
 from workers.data.documents import read_jsonl_texts
 from workers.data.token_arrays import TokenArrays
-from workers.data.tokenization import AnyTokenizerSpec, TokenArrayWriter, token_dtype, train_tokenizer, word_boundaries
-from workers.data.tokenization import special_token_ids as tokenizer_special_ids
+from workers.data.tokenization import (
+    AnyTokenizerSpec,
+    TokenArrayWriter,
+    special_token_meta,
+    token_dtype,
+    train_tokenizer,
+    word_boundaries,
+)
 
 TOKENIZER_DIR = "tokenizer"
 WORD_BOUNDARIES_FILE = "word_boundaries.npy"
@@ -86,7 +92,7 @@ def write_dataset(folder: Path, spec: AnyTokenizerSpec, sources: DocumentSources
         "vocab_size": len(tokenizer),
         "dtype": token_dtype(len(tokenizer)).name,
         "special_tokens": spec.special_tokens or "gpt2",
-        **tokenizer_special_ids(tokenizer),
+        **special_token_meta(tokenizer),
         "train_tokens": sum(counts["train"] for counts in corpus_tokens.values()),
         "validation_tokens": sum(counts["validation"] for counts in corpus_tokens.values()),
         "corpus_tokens": corpus_tokens,

@@ -16,15 +16,15 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from models.contrastive import sentence_spans
+from models.sentences import sentence_spans
 from selfsup.spec import (
-    T5_SENTINELS,
     BPETokenizerSpec,
     CharTokenizerSpec,
     SpecialTokens,
     UnigramTokenizerSpec,
     WordPieceTokenizerSpec,
 )
+from selfsup.spec_types import T5_SENTINELS
 
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"
@@ -219,7 +219,7 @@ def train_tokenizer(spec: AnyTokenizerSpec, documents: Iterable[str]) -> PreTrai
     return train_unigram_tokenizer(documents, vocab_size=spec.vocab_size, special_tokens=convention)
 
 
-def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, object]:
+def special_token_meta(tokenizer: PreTrainedTokenizerFast) -> dict[str, object]:
     """The ids of each special role, for a dataset's `meta.json` (None where the convention has none)."""
 
     def id_of(token: object) -> int | None:
@@ -276,7 +276,7 @@ class TokenArrayWriter:
     """Appends encoded documents to a flat token array file, each document followed by end-of-text.
 
     With `sentences_path`, also records the `(start, end)` token offsets into the flat array of each
-    sentence (by `models.contrastive.sentence_spans`), saved on `close()` as an int64 `.npy` array of
+    sentence (by `models.sentences.sentence_spans`), saved on `close()` as an int64 `.npy` array of
     shape (n, 2): the sentences contrastive training draws from.
     """
 
@@ -318,18 +318,6 @@ class TokenArrayWriter:
             spans = np.concatenate(self.sentences) if self.sentences else np.zeros((0, 2), dtype=np.int64)
             with open(self.sentences_path, "wb") as fh:
                 np.save(fh, spans.astype(np.int64))
-
-
-def write_token_array(
-    tokenizer: PreTrainedTokenizerFast, documents: Iterable[str], path: Path, *, sentences_path: Path | None = None
-) -> int:
-    """Encode documents into a flat array file, each document followed by end-of-text; returns the count."""
-    writer = TokenArrayWriter(tokenizer, path, sentences_path=sentences_path)
-    try:
-        writer.add(documents)
-    finally:
-        writer.close()
-    return writer.total
 
 
 def _sentence_token_spans(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:

@@ -1,1 +1,1 @@
-"""The training core: trainer, optimizer, objectives as the trainer drives them, checkpoint artefacts."""
+"""The training core: trainer, optimizer, checkpoint artefacts; the objectives live in `models/objectives/`."""

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# The stock class a fine-tuning script loads each objective's checkpoint with.
-_LOADERS = {
-    "causal_lm": "AutoModelForCausalLM",
-    "masked_lm": "AutoModelForMaskedLM",
-    "span_corruption": "AutoModelForSeq2SeqLM",
-    "contrastive": "AutoModel",
-}
+from models.objectives import OBJECTIVES_BY_TYPE
+from models.objectives.base import ObjectiveSpec
 
 _SPECIAL_TOKENS = {
     "gpt2": "`<|endoftext|>` (end of text, also padding)",
@@ -27,40 +22,16 @@ _TOKENIZERS = {
 }
 
 
-def describe_objective(objective: dict[str, Any]) -> str:
-    """The objective and its parameters, in a sentence or two."""
-    kind = objective["type"]
-    if kind == "masked_lm":
-        kept = 1 - objective["mask_replace_probability"] - objective["random_replace_probability"]
-        return (
-            f"**masked language modelling** (BERT's recipe): {_pct(objective['mask_probability'])} of the "
-            f"non-special tokens are chosen{' a whole word at a time' if objective['whole_word'] else ''}; of "
-            f"those, {_pct(objective['mask_replace_probability'])} become the mask token, "
-            f"{_pct(objective['random_replace_probability'])} a random token and {_pct(kept)} stay, and the "
-            "model predicts the chosen tokens from both sides"
-        )
-    if kind == "span_corruption":
-        return (
-            f"**span corruption** (T5's recipe): {_pct(objective['noise_density'])} of the tokens are dropped "
-            f"in spans of mean length {objective['mean_span_length']:g}, each span replaced by one sentinel "
-            "(`<extra_id_0>`, `<extra_id_1>`, …); the decoder writes each sentinel followed by the tokens it hid, "
-            "then `</s>`"
-        )
-    if kind == "contrastive":
-        return (
-            "**contrastive sentence embeddings** (unsupervised SimCSE): each sentence of the corpus is encoded "
-            "twice with dropout as the only difference, and must pick its twin out of the batch (in-batch "
-            f"negatives, cosine similarity / temperature {objective['temperature']:g}, {objective['pooling']} "
-            "pooling)"
-        )
-    return "**causal language modelling**: predict each next token from the ones before it"
+def objective_section(objective: dict[str, Any]) -> ObjectiveSpec:
+    """The registered objective's spec section, from the `objective` of a stored spec."""
+    return OBJECTIVES_BY_TYPE[objective["type"]].model_validate(objective)
 
 
 def render_model_card(lineage: dict[str, Any]) -> str:
     """Markdown describing a checkpoint from its lineage record."""
     spec = lineage["job"]["spec"]
     model, training, tokenizer = spec["model"], spec["training"], spec["tokenizer"]
-    objective = spec["objective"]
+    objective = objective_section(spec["objective"])
     ckpt = lineage["checkpoint"]
     tok_desc = _TOKENIZERS.get(tokenizer["type"], tokenizer["type"]) + (
         f", vocabulary {tokenizer['vocab_size']:,}" if "vocab_size" in tokenizer else ""
@@ -75,13 +46,13 @@ def render_model_card(lineage: dict[str, Any]) -> str:
     metric_rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(ckpt["metrics"].items()))
     return f"""---
 library_name: transformers
-tags: [selfsup, {objective["type"]}, {model["family"]}]
+tags: [selfsup, {objective.type}, {model["family"]}]
 ---
 
 # {lineage["job"]["name"]} — checkpoint v{ckpt["version"]}{" (final)" if ckpt["final"] else ""}
 
 A `{model["family"]}` model pretrained from random weights by selfsup, on unlabeled text only, with
-{describe_objective(objective)}.
+{objective.describe()}.
 
 ## Model
 - Family `{model["family"]}`: {_shape(model)}.
@@ -90,7 +61,7 @@ A `{model["family"]}` model pretrained from random weights by selfsup, on unlabe
 
 ## Training
 - {ckpt["step"]:,} of {training["max_steps"]:,} steps, {ckpt["tokens_seen"]:,} tokens seen
-  ({_tokens_per_step(spec)}).
+  ({_tokens_per_step(spec, objective)}).
 - AdamW, learning rate {training["learning_rate"]} (warmup {training["warmup_steps"]} steps, cosine to
   {training["min_learning_rate"]}), weight decay {training["weight_decay"]}, betas {training["betas"]},
   gradient clip {training["grad_clip"]}, seed {training["seed"]}, precision {training["precision"]}.
@@ -110,48 +81,22 @@ Tokens: {data["train_tokens"]:,} for training, {data["validation_tokens"]:,} for
 
 ## Load it
 ```python
-{_snippet(objective["type"])}
+{_snippet(objective)}
 ```
 """
 
 
-def _snippet(objective: str) -> str:
-    loader = _LOADERS.get(objective, "AutoModel")
-    extra_import = ", pipeline" if objective == "masked_lm" else ""
+def _snippet(objective: ObjectiveSpec) -> str:
+    loader = objective.checkpoint_class
+    imports = ", ".join(["AutoTokenizer", loader, *objective.usage_imports])
     lines = [
-        f"from transformers import AutoTokenizer, {loader}{extra_import}",
+        f"from transformers import {imports}",
         "",
         'path = "path/to/this/folder"',
         "tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)",
         f"model = {loader}.from_pretrained(path, local_files_only=True)",
+        *objective.usage_example(),
     ]
-    if objective == "causal_lm":
-        lines += [
-            'out = model.generate(**tokenizer("ROMEO:", return_tensors="pt"), max_new_tokens=50, do_sample=True)',
-            "print(tokenizer.decode(out[0]))",
-        ]
-    elif objective == "masked_lm":
-        lines += [
-            'fill = pipeline("fill-mask", model=model, tokenizer=tokenizer)',
-            'print(fill(f"Before we proceed any {tokenizer.mask_token}, hear me speak."))',
-            "# Fine-tune: AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)",
-        ]
-    elif objective == "span_corruption":
-        lines += [
-            'inputs = tokenizer("Before we <extra_id_0> any further, hear me speak.", return_tensors="pt")',
-            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=10)[0]))",
-            "# Fine-tune as any T5: model(**tokenizer(sources, text_target=targets, return_tensors='pt')).loss",
-        ]
-    elif objective == "contrastive":
-        lines += [
-            "",
-            "# Or, with sentence-transformers installed (the pooling is configured in this folder):",
-            "from sentence_transformers import SentenceTransformer",
-            "",
-            "embedder = SentenceTransformer(path)",
-            'embeddings = embedder.encode(["Before we proceed any further, hear me speak.", "Speak, speak."])',
-            "# Fine-tune: AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)",
-        ]
     return "\n".join(lines)
 
 
@@ -165,15 +110,9 @@ def _shape(model: dict[str, Any]) -> str:
     )
 
 
-def _tokens_per_step(spec: dict[str, Any]) -> str:
-    training, model, objective = spec["training"], spec["model"], spec["objective"]["type"]
-    length = model["context_length"]
-    per_example = {
-        "causal_lm": f"{length} tokens",
-        "masked_lm": f"{length} tokens",
-        "span_corruption": f"a window of text whose corrupted input fills {length} tokens",
-        "contrastive": f"one sentence of at most {length} tokens, counted as {length}",
-    }[objective]
+def _tokens_per_step(spec: dict[str, Any], objective: ObjectiveSpec) -> str:
+    training, length = spec["training"], spec["model"]["context_length"]
+    per_example = objective.describe_example(length)
     return f"batch {training['batch_size']} × {training['grad_accum_steps']} accumulation × {per_example}"
 
 
@@ -181,7 +120,3 @@ def _tokens(counts: dict[str, int] | None) -> str:
     if not counts:
         return "—"
     return f"{counts.get('train', 0):,} / {counts.get('validation', 0):,}"
-
-
-def _pct(fraction: float) -> str:
-    return f"{fraction * 100:.4g}%"

@@ -2,7 +2,8 @@
 
 `Trainer` owns the model, the optimizer and the data, and declares the state it can save, so a
 resumed job is the same job. What differs between objectives (the model family, how a batch is cut
-and corrupted, the loss and its metrics) is the job's `Pretext` (`workers/training/objectives.py`).
+and corrupted, the loss and its metrics) is the job's objective, bound to its data: the training side of
+a registered objective (`models/objectives/`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import torch
 
 from selfsup.spec import JobSpec
 from workers.data.token_arrays import TokenArrays
-from workers.training.objectives import make_pretext
 from workers.training.optim import configure_optimizer, learning_rate_at
 
 # A stream of the batch RNG reserved for the fixed validation windows, apart from every training step.
@@ -63,8 +63,8 @@ class Trainer:
         self.device = device
         training = spec.training
         seed_everything(training.seed)
-        self.pretext = make_pretext(spec, data)
-        self.model = self.pretext.build_model()
+        self.objective = spec.objective.training(spec, data)
+        self.model = self.objective.build_model()
         self.model.to(device)  # type: ignore[arg-type]
         self.model.train()
         self.optimizer = configure_optimizer(self.model, training, device)
@@ -85,16 +85,12 @@ class Trainer:
     def batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (inputs, labels) of one micro-batch: a pure function of the seed and the step."""
         rng = np.random.default_rng([self.spec.training.seed, step, micro_step])
-        return self._on_device(self.pretext.sample("train", rng, self.spec.training.batch_size))
-
-    def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Predict, then score the prediction against the manufactured labels."""
-        return self.loss_and_metrics(inputs, labels)[0]
+        return self._on_device(self.objective.sample("train", rng, self.spec.training.batch_size))
 
     def loss_and_metrics(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss, and the objective's metrics on the same prediction."""
         with self.autocast():
-            return self.pretext.loss(self.forward, inputs, labels)
+            return self.objective.loss(self.forward, inputs, labels)
 
     def train_step(self) -> StepResult:
         """Forward, loss, backward, clip, check, update: one optimizer step."""
@@ -130,7 +126,7 @@ class Trainer:
         `last_eval_metrics` with a `val_` prefix."""
         evaluation, batch_size = self.spec.evaluation, self.spec.training.batch_size
         rng = np.random.default_rng([self.spec.training.seed, _VALIDATION_STREAM])
-        inputs, labels = self.pretext.sample("validation", rng, evaluation.batches * batch_size)
+        inputs, labels = self.objective.sample("validation", rng, evaluation.batches * batch_size)
         losses: list[float] = []
         metric_lists: dict[str, list[float]] = {}
         with self._evaluation_mode():
@@ -146,7 +142,7 @@ class Trainer:
     def save_pretrained(self, folder: Path) -> None:
         """Save the model as a Hugging Face directory, plus any files the objective adds to a checkpoint."""
         self.model.save_pretrained(folder)
-        self.pretext.save_extras(folder)
+        self.objective.save_extras(folder)
 
     def _on_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, labels = batch
@@ -156,7 +152,7 @@ class Trainer:
     def _evaluation_mode(self) -> Iterator[None]:
         """Dropout off; or, for an objective that needs dropout, on with fixed draws that leave the
         training RNG untouched (so evaluating never changes what training does next)."""
-        if not self.pretext.evaluate_with_dropout:
+        if not self.objective.evaluate_with_dropout:
             self.model.eval()
             try:
                 yield

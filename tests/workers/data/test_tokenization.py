@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from selfsup.spec import BPETokenizerSpec, CharTokenizerSpec, UnigramTokenizerSpec, WordPieceTokenizerSpec
 from tests.factories import write_shakespeare_dataset
 from workers.data.datasets import dataset_key
-from workers.data.tokenization import END_OF_TEXT, train_tokenizer, word_boundaries, write_token_array
+from workers.data.tokenization import END_OF_TEXT, TokenArrayWriter, train_tokenizer, word_boundaries
 
 DOCS = ["First Citizen:\nBefore we proceed any further, hear me speak.", "All:\nSpeak, speak.", "ROMEO:\nO, she doth!"]
 
@@ -26,7 +26,9 @@ def test_tokenizer_roundtrips_and_loads_with_autotokenizer(spec: object, tmp_pat
         assert loaded.decode(ids) == doc
     assert loaded.eos_token == END_OF_TEXT and loaded.pad_token == END_OF_TEXT
 
-    count = write_token_array(tokenizer, DOCS, tmp_path / "train.bin")
+    writer = TokenArrayWriter(tokenizer, tmp_path / "train.bin")
+    count = writer.add(DOCS)
+    writer.close()
     tokens = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
     assert len(tokens) == count
     eos = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
@@ -119,7 +121,9 @@ def test_dataset_meta_sentences_and_word_boundaries(tmp_path: Path) -> None:
 
 def test_text_that_spells_a_special_token_is_encoded_as_text(tmp_path: Path) -> None:
     tokenizer = train_tokenizer(WordPieceTokenizerSpec(type="wordpiece", vocab_size=200, special_tokens="bert"), DOCS)
-    write_token_array(tokenizer, ["hear [MASK] speak [SEP]"], tmp_path / "train.bin")
+    writer = TokenArrayWriter(tokenizer, tmp_path / "train.bin")
+    writer.add(["hear [MASK] speak [SEP]"])
+    writer.close()
     tokens = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
     mask, sep = tokenizer.convert_tokens_to_ids(["[MASK]", "[SEP]"])
     assert mask not in tokens and list(tokens).count(sep) == 1  # only the end-of-document separator
@@ -138,7 +142,7 @@ def test_text_that_spells_a_special_token_is_encoded_as_text(tmp_path: Path) -> 
 def test_word_boundaries_group_the_pieces_of_each_word(spec: object, text: str, words: list[str]) -> None:
     import torch
 
-    from models.masked_lm import word_ids_from_boundaries
+    from models.objectives.masked_lm import word_ids_from_boundaries
 
     tokenizer = train_tokenizer(spec, DOCS * 3)  # type: ignore[arg-type]
     table = torch.from_numpy(word_boundaries(tokenizer))

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from models.build import SpecialTokenIds
-from models.causal_lm import gather_windows, manufacture_causal_lm_batch, sample_window_offsets
 from selfsup.spec import JobSpec, TrainingSpec
 from workers.data.token_arrays import TokenArrays
 from workers.training.optim import configure_optimizer, learning_rate_at
@@ -32,25 +31,6 @@ def _spec(**training: object) -> JobSpec:
 def _data(n: int = 5_000) -> TokenArrays:
     tokens = (np.arange(n) % 50).astype(np.uint16)  # a learnable, periodic sequence
     return TokenArrays(train=tokens, validation=tokens[:1000], vocab_size=52, special=SpecialTokenIds(eos=0))
-
-
-def test_causal_lm_labels_are_inputs_shifted_by_one() -> None:
-    tokens = np.arange(1000, dtype=np.uint16)
-    rng = np.random.default_rng(0)
-    offsets = sample_window_offsets(len(tokens), window=9, count=6, rng=rng)
-    inputs, labels = manufacture_causal_lm_batch(gather_windows(tokens, offsets, 9))
-    assert inputs.shape == labels.shape == (6, 8) and inputs.dtype == torch.int64
-    assert torch.equal(inputs[:, 1:], labels[:, :-1])
-    assert torch.equal(inputs[:, 0], torch.from_numpy(offsets))
-    assert torch.equal(labels, inputs + 1)
-
-
-def test_windows_stay_inside_the_array_and_cover_its_end() -> None:
-    rng = np.random.default_rng(1)
-    offsets = sample_window_offsets(20, window=5, count=10_000, rng=rng)
-    assert offsets.min() == 0 and offsets.max() == 15
-    with pytest.raises(ValueError, match="need at least 5 tokens"):
-        sample_window_offsets(4, window=5, count=1, rng=rng)
 
 
 def test_batches_are_a_pure_function_of_seed_and_step() -> None:

@@ -1,4 +1,4 @@
-"""Span corruption pretext: T5's recipe as pure functions on token ids.
+"""Span corruption on T5: T5's recipe, sentinels in the input and the hidden spans as the target.
 
 A fraction ``noise_density`` of the tokens, grouped into spans of mean length ``mean_span_length``,
 is cut out of the input; each cut span is replaced by one sentinel id (``sentinel_ids[0]`` for the
@@ -12,16 +12,134 @@ Example (noise spans ``[b c]`` and ``[f]``)::
     tokens  a b c d e f
     input   a <s0> d e <s1> </s>
     target  <s0> b c <s1> f </s>
+
+One example: a random window of the length whose corrupted input fills ``context_length``
+(`span_corruption_window_length`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
+from pydantic import Field
 
-# The label value that torch's cross-entropy (and transformers) skip.
-IGNORE_INDEX = -100
+from models.objectives.base import (
+    IGNORE_INDEX,
+    Batch,
+    Forward,
+    ObjectiveSpec,
+    ObjectiveTraining,
+    Split,
+    TrainingData,
+    deferred,
+    percent,
+)
+from selfsup.spec_types import T5_SENTINELS, ModelFamily, invalid_combination
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from transformers import PreTrainedModel
+
+    from models import build, windows
+    from selfsup.spec import JobSpec
+else:
+    torch, F, build, windows = deferred("torch", "torch.nn.functional", "models.build", "models.windows")
+
+
+class SpanCorruptionObjective(ObjectiveSpec):
+    """T5's recipe: drop spans of tokens, each replaced by one sentinel, and predict what they hid."""
+
+    type: Literal["span_corruption"]
+    noise_density: float = Field(default=0.15, ge=0.01, le=0.5, description="Share of the tokens dropped.")
+    mean_span_length: float = Field(default=3.0, ge=1.0, le=32.0, description="Mean length of a dropped span.")
+
+    families: ClassVar[tuple[ModelFamily, ...]] = ("t5",)
+    checkpoint_class: ClassVar[str] = "AutoModelForSeq2SeqLM"
+
+    def training(self, job: JobSpec, data: TrainingData) -> SpanCorruptionTraining:
+        """Span corruption bound to a job and its data."""
+        return SpanCorruptionTraining(self, job, data)
+
+    def check_job(self, job: JobSpec) -> None:
+        """Refuse a window that would need more sentinels than the vocabulary has."""
+        context_length = job.model.context_length
+        spans = span_corruption_spans(context_length, self.noise_density, self.mean_span_length)
+        if spans > T5_SENTINELS:
+            raise invalid_combination(
+                "objective.mean_span_length",
+                f"noise_density {self.noise_density:g} and mean_span_length {self.mean_span_length:g} "
+                f"cut {spans} spans from a window of model.context_length {context_length}, but the "
+                f"vocabulary has {T5_SENTINELS} sentinels; raise mean_span_length, lower noise_density or "
+                "shorten model.context_length",
+            )
+
+    def tokens_per_sequence(self, context_length: int) -> int:
+        """The raw tokens a window covers: more than context_length, as a dropped span shrinks to one sentinel."""
+        return span_corruption_window_length(context_length, self.noise_density, self.mean_span_length)
+
+    def describe(self) -> str:
+        """The model card's sentence: how much is dropped, in spans of what length, and what the decoder writes."""
+        return (
+            f"**span corruption** (T5's recipe): {percent(self.noise_density)} of the tokens are dropped "
+            f"in spans of mean length {self.mean_span_length:g}, each span replaced by one sentinel "
+            "(`<extra_id_0>`, `<extra_id_1>`, …); the decoder writes each sentinel followed by the tokens it hid, "
+            "then `</s>`"
+        )
+
+    def describe_example(self, context_length: int) -> str:
+        """A window of text, not a fixed count of tokens."""
+        return f"a window of text whose corrupted input fills {context_length} tokens"
+
+    def usage_example(self) -> list[str]:
+        """Fill a sentinel; fine-tune as any T5."""
+        return [
+            'inputs = tokenizer("Before we <extra_id_0> any further, hear me speak.", return_tensors="pt")',
+            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=10)[0]))",
+            "# Fine-tune as any T5: model(**tokenizer(sources, text_target=targets, return_tensors='pt')).loss",
+        ]
+
+
+class SpanCorruptionTraining(ObjectiveTraining):
+    """T5's span corruption on T5: sentinels in the input, the hidden spans as the decoder's target."""
+
+    def __init__(self, parameters: SpanCorruptionObjective, job: JobSpec, data: TrainingData) -> None:
+        super().__init__(job, data)
+        self.parameters = parameters
+        if not data.special.sentinels or data.special.pad is None:
+            raise ValueError("span_corruption needs a vocabulary with sentinel and padding tokens (t5 special tokens)")
+        self.pad = data.special.pad
+        self.window = parameters.tokens_per_sequence(self.context_length)
+
+    def build_model(self) -> PreTrainedModel:
+        """A T5 encoder-decoder with random weights."""
+        return build.build_seq2seq(self.job.model, vocab_size=self.data.vocab_size, special=self.data.special)
+
+    def sample(self, split: Split, rng: np.random.Generator, count: int) -> Batch:
+        """Corrupted windows (right-padded) and their targets (padded with -100)."""
+        batch = windows.sample_windows(self.tokens(split), window=self.window, count=count, rng=rng)
+        return manufacture_span_corruption_batch(
+            batch,
+            noise_density=self.parameters.noise_density,
+            mean_span_length=self.parameters.mean_span_length,
+            sentinel_ids=self.data.special.sentinels,
+            eos_id=self.data.special.eos,
+            pad_id=self.pad,
+            generator=windows.torch_generator(rng),
+        )
+
+    def loss(
+        self, forward: Forward, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The decoder's cross-entropy on the target; no metrics besides the loss."""
+        pad = self.pad
+        # T5's decoder reads the target shifted right behind the start token (the padding token).
+        decoder_inputs = labels.new_full(labels.shape, pad)
+        decoder_inputs[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, pad)
+        logits = forward(input_ids=inputs, attention_mask=inputs != pad, decoder_input_ids=decoder_inputs).logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX), {}
 
 
 def span_corruption_lengths(input_length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
@@ -44,6 +162,12 @@ def span_corruption_window_length(max_inputs_length: int, noise_density: float, 
     while span_corruption_lengths(window + 1, noise_density, mean_span_length)[0] <= max_inputs_length:
         window += 1
     return window
+
+
+def span_corruption_spans(max_inputs_length: int, noise_density: float, mean_span_length: float) -> int:
+    """Noise spans (each needs a sentinel) in the window whose corrupted input fits ``max_inputs_length``."""
+    window = span_corruption_window_length(max_inputs_length, noise_density, mean_span_length)
+    return _noise_counts(window, noise_density, mean_span_length)[1]
 
 
 def random_spans_noise_mask(

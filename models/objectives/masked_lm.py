@@ -1,20 +1,151 @@
-"""Masked language modelling pretext: BERT's 80/10/10 recipe as a pure function on token-id tensors.
+"""Masked language modelling on BERT or RoBERTa: BERT's 80/10/10 recipe.
 
 Semantics follow transformers' ``DataCollatorForLanguageModeling``: of the non-special tokens,
 ``mask_probability`` are chosen; a chosen token becomes the mask token with probability
 ``mask_replace_probability``, a random token with probability ``random_replace_probability``, and
 stays unchanged otherwise. Labels hold the original id at chosen positions and ``-100`` elsewhere.
+
+One example: a random window of ``context_length - 2`` tokens wrapped as ``[CLS] … [SEP]`` (``<s> … </s>``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
+from pydantic import Field, model_validator
 
-# The label value that torch's cross-entropy (and transformers) skip.
-IGNORE_INDEX = -100
+from models.objectives.base import (
+    IGNORE_INDEX,
+    Batch,
+    Forward,
+    ObjectiveSpec,
+    ObjectiveTraining,
+    Split,
+    TrainingData,
+    deferred,
+    percent,
+)
+from selfsup.spec_types import ModelFamily
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from transformers import PreTrainedModel
+
+    from models import build, windows
+    from selfsup.spec import JobSpec
+else:
+    np, torch, F, build, windows = deferred("numpy", "torch", "torch.nn.functional", "models.build", "models.windows")
+
+
+class MaskedLMObjective(ObjectiveSpec):
+    """BERT's recipe: hide some tokens and predict them from both sides."""
+
+    type: Literal["masked_lm"]
+    mask_probability: float = Field(
+        default=0.15, ge=0.01, le=0.8, description="Share of the non-special tokens chosen for prediction."
+    )
+    mask_replace_probability: float = Field(
+        default=0.8, ge=0.0, le=1.0, description="Share of the chosen tokens replaced by the mask token."
+    )
+    random_replace_probability: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="Share of the chosen tokens replaced by a random token."
+    )
+    whole_word: bool = Field(default=False, description="Choose whole words: all pieces of a word together.")
+
+    families: ClassVar[tuple[ModelFamily, ...]] = ("bert", "roberta")
+    checkpoint_class: ClassVar[str] = "AutoModelForMaskedLM"
+    usage_imports: ClassVar[tuple[str, ...]] = ("pipeline",)
+
+    @model_validator(mode="after")
+    def _replacements_fit(self) -> MaskedLMObjective:
+        total = self.mask_replace_probability + self.random_replace_probability
+        if total > 1.0 + 1e-9:
+            raise ValueError(
+                f"mask_replace_probability + random_replace_probability is {total:g}; it must not exceed 1 "
+                "(BERT uses 0.8 and 0.1, leaving 0.1 of the chosen tokens unchanged)"
+            )
+        return self
+
+    def training(self, job: JobSpec, data: TrainingData) -> MaskedLMTraining:
+        """Masked language modelling bound to a job and its data."""
+        return MaskedLMTraining(self, job, data)
+
+    def describe(self) -> str:
+        """The model card's sentence: how many tokens are chosen, and what becomes of them."""
+        kept = 1 - self.mask_replace_probability - self.random_replace_probability
+        return (
+            f"**masked language modelling** (BERT's recipe): {percent(self.mask_probability)} of the "
+            f"non-special tokens are chosen{' a whole word at a time' if self.whole_word else ''}; of "
+            f"those, {percent(self.mask_replace_probability)} become the mask token, "
+            f"{percent(self.random_replace_probability)} a random token and {percent(kept)} stay, and the "
+            "model predicts the chosen tokens from both sides"
+        )
+
+    def usage_example(self) -> list[str]:
+        """Fill a mask; start a classifier."""
+        return [
+            'fill = pipeline("fill-mask", model=model, tokenizer=tokenizer)',
+            'print(fill(f"Before we proceed any {tokenizer.mask_token}, hear me speak."))',
+            "# Fine-tune: AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)",
+        ]
+
+
+class MaskedLMTraining(ObjectiveTraining):
+    """BERT's 80/10/10 masking on BERT or RoBERTa; reports `masked_accuracy`."""
+
+    def __init__(self, parameters: MaskedLMObjective, job: JobSpec, data: TrainingData) -> None:
+        super().__init__(job, data)
+        self.parameters = parameters
+        special = data.special
+        if special.mask is None:
+            raise ValueError("masked_lm needs a vocabulary with a mask token (bert or roberta special tokens)")
+        self.mask_token_id = special.mask
+        self.begin, self.end = windows.encoder_wrapping_ids(special)
+        self.special_ids = list(special.every)
+        self.boundaries: tuple[torch.Tensor, torch.Tensor] | None = None
+        if parameters.whole_word:
+            if data.word_boundaries is None:
+                raise ValueError("whole_word masking needs the dataset's word_boundaries.npy")
+            table = torch.from_numpy(np.array(data.word_boundaries, dtype=bool))
+            self.boundaries = (table[0], table[1])
+
+    def build_model(self) -> PreTrainedModel:
+        """A BERT or RoBERTa encoder with its masked-LM head."""
+        return build.build_encoder(
+            self.job.model, vocab_size=self.data.vocab_size, special=self.data.special, head=True
+        )
+
+    def sample(self, split: Split, rng: np.random.Generator, count: int) -> Batch:
+        """Wrapped windows with some tokens hidden; labels at the chosen positions only."""
+        batch = windows.sample_windows(self.tokens(split), window=self.context_length - 2, count=count, rng=rng)
+        batch = windows.wrap_windows(batch, self.begin, self.end)
+        word_ids = None
+        if self.boundaries is not None:
+            word_ids = word_ids_from_boundaries(
+                batch, begins_word=self.boundaries[0], ends_word=self.boundaries[1], special_ids=self.special_ids
+            )
+        p = self.parameters
+        return manufacture_masked_lm_batch(
+            batch,
+            special_ids=self.special_ids,
+            mask_token_id=self.mask_token_id,
+            vocab_size=self.data.vocab_size,
+            generator=windows.torch_generator(rng),
+            mask_probability=p.mask_probability,
+            mask_replace_probability=p.mask_replace_probability,
+            random_replace_probability=p.random_replace_probability,
+            word_ids=word_ids,
+        )
+
+    def loss(
+        self, forward: Forward, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy at the chosen positions, and `masked_accuracy`."""
+        logits = forward(input_ids=inputs).logits
+        return masked_lm_loss(logits, labels), {"masked_accuracy": masked_accuracy(logits.detach(), labels)}
 
 
 def manufacture_masked_lm_batch(

@@ -1,4 +1,4 @@
-"""Tests for the BERT-style masked-LM pretext (models/masked_lm.py)."""
+"""Tests for the BERT-style masked-LM objective (models/objectives/masked_lm.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.masked_lm import (
+from models.objectives.masked_lm import (
     manufacture_masked_lm_batch,
     masked_accuracy,
     masked_lm_loss,

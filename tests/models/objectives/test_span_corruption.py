@@ -1,16 +1,17 @@
-"""Tests for the T5-style span-corruption pretext (models/span_corruption.py)."""
+"""Tests for the T5-style span-corruption objective (models/objectives/span_corruption.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models.span_corruption import (
+from models.objectives.span_corruption import (
     fill_in_sentinels,
     manufacture_span_corruption_batch,
     manufacture_span_corruption_example,
     random_spans_noise_mask,
     span_corruption_lengths,
+    span_corruption_spans,
     span_corruption_window_length,
 )
 
@@ -190,3 +191,14 @@ def test_lengths_match_t5_numbers() -> None:
 def test_rejects_bad_noise_density(noise_density: float) -> None:
     with pytest.raises(ValueError):
         span_corruption_lengths(100, noise_density, 3.0)
+
+
+def test_span_count_is_that_of_the_window_filling_the_inputs() -> None:
+    # The spec refuses a context length whose window needs more sentinels than the vocabulary has.
+    for context_length in (4, 16, 64, 512):
+        for noise_density, mean_span_length in ((0.15, 3.0), (0.5, 1.0), (0.01, 8.0), (0.3, 2.5)):
+            window = span_corruption_window_length(context_length, noise_density, mean_span_length)
+            inputs, targets = span_corruption_lengths(window, noise_density, mean_span_length)
+            # inputs = kept + spans + 1 and targets = noise + spans + 1, with kept + noise = window.
+            spans = (inputs + targets - window - 2) // 2
+            assert span_corruption_spans(context_length, noise_density, mean_span_length) == spans

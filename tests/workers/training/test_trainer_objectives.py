@@ -18,8 +18,8 @@ from transformers import (
     AutoTokenizer,
 )
 
-from models.masked_lm import IGNORE_INDEX
-from models.span_corruption import fill_in_sentinels
+from models.objectives.base import IGNORE_INDEX
+from models.objectives.span_corruption import fill_in_sentinels
 from selfsup.spec import JobSpec, TokenizerSpec
 from tests.factories import write_shakespeare_dataset
 from workers.data.token_arrays import TokenArrays
@@ -100,7 +100,7 @@ def test_span_corruption_batches_fill_back_into_the_raw_window(datasets: dict[st
     trainer = Trainer(_spec({"type": "span_corruption"}), data, device=CPU)
     inputs, labels = trainer.batch(5, 0)
     assert inputs.shape[1] <= 24  # the corrupted input fits the context length
-    window = trainer.pretext.window  # type: ignore[attr-defined]
+    window = trainer.objective.window  # type: ignore[attr-defined]
     noise = [int((row != IGNORE_INDEX).sum()) for row in labels]
     raw_rows = [
         fill_in_sentinels(row, target, data.special.sentinels, pad_id=data.special.pad)

@@ -1,0 +1,159 @@
+"""What every objective module builds on: the spec section it defines and the training side it binds.
+
+An objective module holds two classes. Its `ObjectiveSpec` subclass is the `objective` section of a job
+spec: the parameters and their defaults, the families it trains, the checks that need the whole spec, and
+what the model card says about it. Its `ObjectiveTraining` subclass is the objective bound to a job and
+its data, as the trainer drives it: the model it builds, its batches, its loss and metrics, the files a
+checkpoint needs. `models.objectives.OBJECTIVES` registers the spec sections.
+
+The API validates job specs and must not pay for torch, yet an objective's spec section sits next to its
+training code. So objective modules import torch, NumPy, transformers and the modules that use them
+through `deferred`: the import happens on first use, in the worker, never when the spec is assembled.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+from selfsup.spec_types import ModelFamily, StrictModel
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from transformers import PreTrainedModel
+
+    from models.build import SpecialTokenIds
+    from selfsup.spec import JobSpec
+
+# The label value that torch's cross-entropy (and transformers) skip.
+IGNORE_INDEX = -100
+
+Forward = Callable[..., Any]
+Batch = tuple["torch.Tensor", "torch.Tensor"]
+Split = Literal["train", "validation"]
+
+
+class DeferredModule:
+    """A module imported on first attribute access (see the module docstring for why)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: ModuleType | None = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attribute)
+
+
+def deferred(*names: str) -> tuple[DeferredModule, ...]:
+    """One `DeferredModule` per dotted module name, in order."""
+    return tuple(DeferredModule(name) for name in names)
+
+
+class TrainingData(Protocol):
+    """The tokenized splits an objective draws from (`workers.data.token_arrays.TokenArrays`)."""
+
+    @property
+    def train(self) -> np.ndarray: ...
+
+    @property
+    def validation(self) -> np.ndarray: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def special(self) -> SpecialTokenIds: ...
+
+    @property
+    def train_sentences(self) -> np.ndarray | None: ...
+
+    @property
+    def validation_sentences(self) -> np.ndarray | None: ...
+
+    @property
+    def word_boundaries(self) -> np.ndarray | None: ...
+
+
+class ObjectiveSpec(StrictModel):
+    """The `objective` section of a job spec; each objective subclasses it with its own `type` tag."""
+
+    type: str
+
+    # The model families the objective trains, its default first.
+    families: ClassVar[tuple[ModelFamily, ...]]
+    # `model.dropout` when the client leaves it out; None keeps the model section's default.
+    default_dropout: ClassVar[float | None] = None
+    # The stock transformers class that loads a checkpoint, and what else the card's example imports.
+    checkpoint_class: ClassVar[str]
+    usage_imports: ClassVar[tuple[str, ...]] = ()
+
+    def training(self, job: JobSpec, data: TrainingData) -> ObjectiveTraining:
+        """This objective bound to a job and its data, for the trainer."""
+        raise NotImplementedError
+
+    def check_job(self, job: JobSpec) -> None:
+        """Refuse what the objective cannot train, naming the field (raise `invalid_combination`)."""
+
+    def tokens_per_sequence(self, context_length: int) -> int:
+        """Text tokens one training example reads (see `JobSpec.tokens_per_step`)."""
+        return context_length
+
+    def describe(self) -> str:
+        """The objective and its parameters in a sentence or two, for the model card."""
+        raise NotImplementedError
+
+    def describe_example(self, context_length: int) -> str:
+        """What one example reads, for the model card's tokens-per-step line."""
+        return f"{context_length} tokens"
+
+    def usage_example(self) -> list[str]:
+        """Lines of the model card's loading example after the model is loaded."""
+        return []
+
+
+class ObjectiveTraining:
+    """One objective bound to a job and its data: build the model, draw (inputs, labels), score a prediction.
+
+    Every draw comes from the NumPy generator the trainer passes in, so a batch is a pure function of
+    (seed, step, micro-step).
+    """
+
+    # Contrastive evaluation keeps dropout on: without it the two encodings of a sentence are identical.
+    evaluate_with_dropout: ClassVar[bool] = False
+
+    def __init__(self, job: JobSpec, data: TrainingData) -> None:
+        self.job = job
+        self.data = data
+        self.context_length = job.model.context_length
+
+    def build_model(self) -> PreTrainedModel:
+        """A randomly initialised model of the job's family and shape."""
+        raise NotImplementedError
+
+    def sample(self, split: Split, rng: np.random.Generator, count: int) -> Batch:
+        """`count` examples drawn from a split, as (inputs, labels) on the CPU."""
+        raise NotImplementedError
+
+    def tokens(self, split: Split) -> np.ndarray:
+        """A split's flat token array."""
+        return self.data.train if split == "train" else self.data.validation
+
+    def loss(
+        self, forward: Forward, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Predict, score against the labels, and measure the objective's metrics (name → value)."""
+        raise NotImplementedError
+
+    def save_extras(self, folder: Path) -> None:
+        """Files a checkpoint needs beyond the model and tokenizer (none by default)."""
+
+
+def percent(fraction: float) -> str:
+    """A share as the model card writes it: 0.15 → `15%`."""
+    return f"{fraction * 100:.4g}%"
