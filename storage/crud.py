@@ -12,13 +12,22 @@ import json
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import Update, and_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from selfsup.spec import TrainingSpec
+from storage.status import (
+    ACTIVE_JOB_STATUSES,
+    FINISHED_JOB_STATUSES,
+    CorpusStatus,
+    JobStatus,
+    job_statuses_leading_to,
+)
 from storage.tables import (
     ApiKey,
     Checkpoint,
@@ -32,10 +41,18 @@ from storage.tables import (
     utcnow,
 )
 
-ACTIVE_JOB_STATUSES = ("queued", "running", "paused")
-FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
-
 Row = TypeVar("Row", Corpus, Job)
+
+# The event that records a job's final status.
+_FINISH_EVENTS = {JobStatus.SUCCEEDED: "finished", JobStatus.FAILED: "failed", JobStatus.CANCELLED: "cancelled"}
+
+
+class RequeueOutcome(StrEnum):
+    """What `requeue_after_crash` did with a job whose trainer died or raised."""
+
+    REQUEUED = "requeued"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # the job was not running under the expected lease: someone else acted first
 
 
 def hash_api_key(key: str) -> str:
@@ -127,7 +144,7 @@ def create_corpus(
         compression=compression,
         size_bytes=size_bytes,
         sha256=sha256,
-        status="processing",
+        status=CorpusStatus.PROCESSING,
     )
     session.add(corpus)
     session.flush()
@@ -195,7 +212,7 @@ def create_job(
         max_steps=max_steps,
         idempotency_key=idempotency_key,
         request_sha256=request_sha256,
-        status="queued",
+        status=JobStatus.QUEUED,
     )
     session.add(job)
     session.flush()
@@ -239,39 +256,52 @@ def queued_jobs_reading(*, session: Session, corpus_id: str) -> list[Job]:
         session.scalars(
             select(Job)
             .join(JobCorpus, JobCorpus.job_id == Job.id)
-            .where(JobCorpus.corpus_id == corpus_id, Job.status == "queued")
+            .where(JobCorpus.corpus_id == corpus_id, Job.status == JobStatus.QUEUED)
         )
     )
 
 
 def finish_job(
-    *, session: Session, job_id: str, status: str, message: str, error: str | None = None, owner: str | None = None
+    *,
+    session: Session,
+    job_id: str,
+    status: JobStatus,
+    message: str,
+    error: str | None = None,
+    owner: str | None = None,
 ) -> bool:
     """Move an active job to a final status (once; only by `owner` if given); False if that did not happen."""
-    now = utcnow()
-    conditions = [Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)]
-    if owner is not None:
-        conditions.append(Job.lease_owner == owner)
-    if status == "succeeded":  # a job whose cancel was accepted never ends as succeeded
+    if status not in FINISHED_JOB_STATUSES:
+        raise ValueError(f"{status} is not a final job status")
+    conditions = [Job.lease_owner == owner] if owner is not None else []
+    if status == JobStatus.SUCCEEDED:  # a job whose cancel was accepted never ends as succeeded
         conditions.append(Job.cancel_requested.is_(False))
-    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-        update(Job)
+    moved = _rowcount(
+        session,
+        _move_job(job_id, status)
         .where(*conditions)
-        .values(status=status, error=error, finished_at=now, lease_owner=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
+        .values(error=error, finished_at=utcnow(), lease_owner=None, lease_expires_at=None),
     )
-    if result.rowcount != 1:
+    if moved != 1:
         return False
-    add_event(session=session, job_id=job_id, type=status if status != "succeeded" else "finished", message=message)
+    add_event(session=session, job_id=job_id, type=_FINISH_EVENTS[status], message=message)
     session.flush()
     return True
 
 
-def _idle_update(job_id: str, *statuses: str) -> Any:
-    """An UPDATE of a job in one of `statuses` that no trainer holds."""
+def fail_job(*, session: Session, job_id: str, reason: str, owner: str | None = None) -> bool:
+    """Fail an active job with `reason` (only by `owner` if given); False if it had already ended or moved on."""
+    return finish_job(
+        session=session, job_id=job_id, status=JobStatus.FAILED, message=f"failed: {reason}", error=reason, owner=owner
+    )
+
+
+def _move_job(job_id: str, to: JobStatus, *, among: frozenset[JobStatus] | None = None) -> Update:
+    """An UPDATE moving a job to `to`, only from a status its lifecycle allows (and, if given, in `among`)."""
     return (
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(statuses), Job.lease_owner.is_(None))
+        .where(Job.id == job_id, Job.status.in_(job_statuses_leading_to(to, among=among)))
+        .values(status=to)
         .execution_options(synchronize_session=False)
     )
 
@@ -284,10 +314,8 @@ def _rowcount(session: Session, statement: Any) -> int:
 def request_cancel(*, session: Session, job: Job) -> str:
     """Cancel a queued or paused job now, or ask its trainer to stop; returns the status after the request."""
     now = utcnow()
-    if _rowcount(
-        session,
-        _idle_update(job.id, "queued", "paused").values(status="cancelled", finished_at=now, cancel_requested=True),
-    ):
+    idle = _move_job(job.id, JobStatus.CANCELLED, among=frozenset({JobStatus.QUEUED, JobStatus.PAUSED}))
+    if _rowcount(session, idle.where(Job.lease_owner.is_(None)).values(finished_at=now, cancel_requested=True)):
         add_event(session=session, job_id=job.id, type="cancelled", message=f"cancelled while {job.status}")
     else:
         session.execute(
@@ -304,12 +332,13 @@ def request_cancel(*, session: Session, job: Job) -> str:
 
 def request_pause(*, session: Session, job: Job) -> str:
     """Pause a queued job now, or ask its trainer to checkpoint and stop at the next step boundary."""
-    if _rowcount(session, _idle_update(job.id, "queued").values(status="paused")):
+    idle = _move_job(job.id, JobStatus.PAUSED, among=frozenset({JobStatus.QUEUED}))
+    if _rowcount(session, idle.where(Job.lease_owner.is_(None))):
         add_event(session=session, job_id=job.id, type="paused", message="paused before it started")
     else:
         session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == "running")
+            .where(Job.id == job.id, Job.status == JobStatus.RUNNING)
             .values(pause_requested=True)
             .execution_options(synchronize_session=False)
         )
@@ -321,7 +350,8 @@ def request_pause(*, session: Session, job: Job) -> str:
 
 def resume_paused(*, session: Session, job: Job) -> bool:
     """Queue a paused job again; False if it was not paused."""
-    if not _rowcount(session, _idle_update(job.id, "paused").values(status="queued", pause_requested=False)):
+    resume = _move_job(job.id, JobStatus.QUEUED, among=frozenset({JobStatus.PAUSED}))
+    if not _rowcount(session, resume.where(Job.lease_owner.is_(None)).values(pause_requested=False)):
         return False
     add_event(session=session, job_id=job.id, type="resume_requested", message="queued again after a pause")
     session.flush()
@@ -333,10 +363,9 @@ def mark_paused(*, session: Session, job_id: str, owner: str, step: int) -> bool
     """The trainer saved a checkpoint and lets go of a job whose pause was requested."""
     done = _rowcount(
         session,
-        update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
-        .values(status="paused", pause_requested=False, lease_owner=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False),
+        _move_job(job_id, JobStatus.PAUSED, among=frozenset({JobStatus.RUNNING}))
+        .where(Job.lease_owner == owner)
+        .values(pause_requested=False, lease_owner=None, lease_expires_at=None),
     )
     if done:
         add_event(session=session, job_id=job_id, type="paused", message=f"paused at step {step}; checkpoint saved")
@@ -352,66 +381,50 @@ def claim_job(*, session: Session, job_id: str, owner: str, lease_seconds: float
     return bool(
         _rowcount(
             session,
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status == "queued",
-                Job.lease_owner.is_(None),
-                Job.cancel_requested.is_(False),
-            )
+            _move_job(job_id, JobStatus.RUNNING, among=frozenset({JobStatus.QUEUED}))
+            .where(Job.lease_owner.is_(None), Job.cancel_requested.is_(False))
             .values(
                 lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
-                status="running",
                 attempts=Job.attempts + 1,
                 started_at=func.coalesce(Job.started_at, now),
-            )
-            .execution_options(synchronize_session=False),
+            ),
         )
     )
 
 
-def requeue_after_crash(*, session: Session, job: Job, owner: str | None, error: str) -> str:
+def requeue_after_crash(*, session: Session, job: Job, owner: str | None, error: str) -> RequeueOutcome:
     """A trainer died or raised: queue the job to resume, or fail it once `max_restarts` is spent.
 
     `owner` guards against acting on a job someone else holds now (None: the lease is known to be dead).
-    Returns "requeued", "failed", or "skipped" when the job was not in the expected state.
     """
-    max_restarts = int(job.spec.get("training", {}).get("max_restarts", 3))
+    max_restarts = _max_restarts(job)
     held = Job.lease_owner == owner if owner is not None else Job.lease_owner == job.lease_owner
-    base = (
-        update(Job).where(Job.id == job.id, Job.status == "running", held).execution_options(synchronize_session=False)
-    )
+    running = frozenset({JobStatus.RUNNING})
+    released = {"lease_owner": None, "lease_expires_at": None, "last_error": error}
     if job.restarts < max_restarts:
-        values = {
-            "status": "queued",
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "last_error": error,
-            "restarts": Job.restarts + 1,
-        }
-        if not _rowcount(session, base.values(**values)):
-            return "skipped"
+        requeue = _move_job(job.id, JobStatus.QUEUED, among=running).where(held)
+        if not _rowcount(session, requeue.values(**released, restarts=Job.restarts + 1)):
+            return RequeueOutcome.SKIPPED
         add_event(
             session=session,
             job_id=job.id,
             type="crashed",
             message=f"{error}; resuming (restart {job.restarts + 1} of {max_restarts})",
         )
-        return "requeued"
+        return RequeueOutcome.REQUEUED
     reason = f"gave up after {max_restarts} restarts; last error: {error}"
-    final: dict[str, Any] = {
-        "status": "failed",
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "last_error": error,
-        "error": reason,
-        "finished_at": utcnow(),
-    }
-    if not _rowcount(session, base.values(**final)):
-        return "skipped"
-    add_event(session=session, job_id=job.id, type="failed", message=f"failed: {reason}")
-    return "failed"
+    fail = _move_job(job.id, JobStatus.FAILED, among=running).where(held)
+    if not _rowcount(session, fail.values(**released, error=reason, finished_at=utcnow())):
+        return RequeueOutcome.SKIPPED
+    add_event(session=session, job_id=job.id, type=_FINISH_EVENTS[JobStatus.FAILED], message=f"failed: {reason}")
+    return RequeueOutcome.FAILED
+
+
+def _max_restarts(job: Job) -> int:
+    """The job's `training.max_restarts`; a spec stored before that field existed gets the spec's default."""
+    default = TrainingSpec.model_fields["max_restarts"].default
+    return int(job.spec.get("training", {}).get("max_restarts", default))
 
 
 def lock_job_lease(*, session: Session, job_id: str, owner: str) -> bool:
@@ -422,12 +435,13 @@ def lock_job_lease(*, session: Session, job_id: str, owner: str) -> bool:
 
 def expired_leases(*, session: Session) -> list[Job]:
     """Running jobs whose trainer stopped renewing its lease."""
-    return list(session.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < utcnow())))
+    return list(session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < utcnow())))
 
 
 def running_jobs_of(*, session: Session, owner_prefix: str) -> list[Job]:
     """Running jobs whose lease owner starts with `owner_prefix` (one host's workers)."""
-    return list(session.scalars(select(Job).where(Job.status == "running", Job.lease_owner.startswith(owner_prefix))))
+    running = select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_owner.startswith(owner_prefix))
+    return list(session.scalars(running))
 
 
 def renew_lease(
@@ -444,7 +458,7 @@ def renew_lease(
     now = utcnow()
     result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
         .values(
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             step=step,
@@ -460,13 +474,8 @@ def renew_lease(
 
 def requeue_job(*, session: Session, job_id: str, owner: str, message: str) -> bool:
     """Hand a running job back to the queue (its lease released) for another worker to resume."""
-    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-        update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
-        .values(status="queued", lease_owner=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+    release = _move_job(job_id, JobStatus.QUEUED, among=frozenset({JobStatus.RUNNING})).where(Job.lease_owner == owner)
+    if _rowcount(session, release.values(lease_owner=None, lease_expires_at=None)) != 1:
         return False
     add_event(session=session, job_id=job_id, type="released", message=message)
     return True

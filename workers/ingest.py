@@ -9,6 +9,7 @@ from selfsup.settings import Settings
 from storage import crud
 from storage.blobs import LocalBlobStore, corpus_split_key, corpus_upload_key
 from storage.db import session_scope
+from storage.status import CorpusStatus
 from storage.tables import Corpus
 from workers.celery_app import PREPARE_JOB, enqueue
 from workers.data.documents import IngestError, read_jsonl_texts, rebalance_tiny_split, split_corpus
@@ -20,7 +21,7 @@ def ingest(corpus_id: str, *, settings: Settings, store: LocalBlobStore) -> str:
     """Ingest one corpus; idempotent, so a second delivery redoes the same work or nothing."""
     with session_scope() as session:
         corpus = session.get(Corpus, corpus_id)
-        if corpus is None or corpus.status != "processing":
+        if corpus is None or corpus.status != CorpusStatus.PROCESSING:
             return "nothing to do"
         fmt = corpus.format
     try:
@@ -51,7 +52,7 @@ def ingest(corpus_id: str, *, settings: Settings, store: LocalBlobStore) -> str:
         if corpus is None:  # deleted meanwhile
             store.delete_prefix(f"corpora/{corpus_id}")
             return "deleted during ingest"
-        corpus.status = "ready"
+        corpus.status = CorpusStatus.READY
         corpus.documents = stats.documents
         corpus.characters = stats.characters
         corpus.train_documents = stats.train_documents
@@ -83,14 +84,8 @@ def _fail(corpus_id: str, reason: str) -> str:
         corpus = session.get(Corpus, corpus_id)
         if corpus is None:
             return "deleted during ingest"
-        corpus.status = "failed"
+        corpus.status = CorpusStatus.FAILED
         corpus.error = reason
         for job in crud.queued_jobs_reading(session=session, corpus_id=corpus_id):
-            crud.finish_job(
-                session=session,
-                job_id=job.id,
-                status="failed",
-                message=f"failed: corpus {corpus.name} ({corpus_id}) failed: {reason}",
-                error=f"corpus {corpus.name} ({corpus_id}) failed: {reason}",
-            )
+            crud.fail_job(session=session, job_id=job.id, reason=f"corpus {corpus.name} ({corpus_id}) failed: {reason}")
     return f"failed: {reason}"

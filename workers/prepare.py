@@ -12,6 +12,7 @@ from selfsup.spec import JobSpec
 from storage import crud
 from storage.blobs import LocalBlobStore
 from storage.db import session_scope
+from storage.status import CorpusStatus, JobStatus
 from storage.tables import Job
 from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import build_dataset, dataset_key
@@ -23,21 +24,21 @@ def prepare(job_id: str, *, store: LocalBlobStore) -> str:
     """Tokenize (or reuse) the job's data; fail the job with a reason if its corpora cannot serve it."""
     with session_scope() as session:
         job = session.get(Job, job_id)
-        if job is None or job.status != "queued":
+        if job is None or job.status != JobStatus.QUEUED:
             return "nothing to do"
         if job.dataset_key:
             return "already prepared"
         corpora = crud.job_corpora(session=session, job_id=job_id)
-        failed = [c for c in corpora if c.status == "failed"]
+        failed = [c for c in corpora if c.status == CorpusStatus.FAILED]
         if failed:
             reason = f"corpus {failed[0].name} ({failed[0].id}) failed: {failed[0].error}"
-            crud.finish_job(session=session, job_id=job.id, status="failed", message=f"failed: {reason}", error=reason)
+            crud.fail_job(session=session, job_id=job.id, reason=reason)
             return "failed: corpus failed"
         if len(corpora) < len(job.spec["corpus_ids"]):
             reason = "a corpus of this job was deleted before training started"
-            crud.finish_job(session=session, job_id=job.id, status="failed", message=f"failed: {reason}", error=reason)
+            crud.fail_job(session=session, job_id=job.id, reason=reason)
             return "failed: corpus deleted"
-        if any(c.status != "ready" for c in corpora):
+        if any(c.status != CorpusStatus.READY for c in corpora):
             return "waiting for corpus ingest"
         spec = JobSpec.model_validate(job.spec)
         tokenizer_spec = spec.tokenizer.model_dump(mode="json")  # type: ignore[union-attr]
@@ -71,7 +72,7 @@ def prepare(job_id: str, *, store: LocalBlobStore) -> str:
         # Only the delivery that records the dataset wakes a trainer, so duplicates enqueue nothing.
         result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
             update(Job)
-            .where(Job.id == job_id, Job.status == "queued", Job.dataset_key.is_(None))
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.dataset_key.is_(None))
             .values(dataset_key=key)
         )
     if result.rowcount != 1:
@@ -82,6 +83,4 @@ def prepare(job_id: str, *, store: LocalBlobStore) -> str:
 
 def _fail(job_id: str, reason: str) -> None:
     with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            crud.finish_job(session=session, job_id=job.id, status="failed", message=f"failed: {reason}", error=reason)
+        crud.fail_job(session=session, job_id=job_id, reason=reason)

@@ -18,6 +18,7 @@ from selfsup.settings import get_settings
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.db import session_scope
+from storage.status import CorpusStatus, JobStatus
 from storage.tables import Corpus, Job, utcnow
 from workers.celery_app import INGEST_CORPUS, PREPARE_JOB, RECONCILE, TRAIN_JOB, enqueue, get_celery, waiting_ids
 
@@ -112,10 +113,11 @@ def reconcile() -> str:
     to_train: list[str] = []
     with session_scope() as session:
         # Queued for a while: the broker may have lost the wake-up (restarted without persistence).
-        for job in session.scalars(select(Job).where(Job.status == "queued", Job.updated_at < stale)):
+        for job in session.scalars(select(Job).where(Job.status == JobStatus.QUEUED, Job.updated_at < stale)):
             job.updated_at = now
             (to_train if job.dataset_key else to_prepare).append(job.id)
-        corpora = list(session.scalars(select(Corpus).where(Corpus.status == "processing", Corpus.updated_at < stale)))
+        processing = select(Corpus).where(Corpus.status == CorpusStatus.PROCESSING, Corpus.updated_at < stale)
+        corpora = list(session.scalars(processing))
         for corpus in corpora:
             corpus.updated_at = now
     to_train += _requeue_expired_leases()
@@ -143,7 +145,8 @@ def _requeue_expired_leases() -> list[str]:
             error = (
                 f"worker {job.lease_owner} stopped renewing its lease (killed, crashed or cut off) at step {job.step}"
             )
-            if crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error) == "requeued":
+            outcome = crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error)
+            if outcome == crud.RequeueOutcome.REQUEUED:
                 requeued.append(job.id)
     return requeued
 
@@ -159,7 +162,8 @@ def _recover_from_dead_workers_on_this_host(**_: Any) -> None:
             if pid and _alive(pid):
                 continue
             error = f"worker {job.lease_owner} died at step {job.step}"
-            if crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error) == "requeued":
+            outcome = crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error)
+            if outcome == crud.RequeueOutcome.REQUEUED:
                 requeued.append(job.id)
     for job_id in requeued:
         enqueue(TRAIN_JOB, job_id)

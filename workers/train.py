@@ -32,6 +32,7 @@ from storage.checkpoints import (
     write_checkpoint,
 )
 from storage.db import session_scope
+from storage.status import JobStatus
 from storage.tables import Checkpoint, Corpus, Job, TokenizedDataset, utcnow
 from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import TOKENIZER_DIR, dataset_meta, special_token_ids
@@ -260,7 +261,7 @@ def train(
         log.warning("job %s: lease lost to another worker; stopping without writing", job_id)
         return "lease lost"
     except (TrainingDiverged, CannotTrain) as exc:  # deterministic: running it again would fail again
-        run.finish("failed", f"failed: {exc}", error=str(exc))
+        run.fail(str(exc))
         return "diverged"
     except Exception as exc:  # possibly transient (disk, database, device): resume, up to max_restarts
         log.exception("job %s crashed", job_id)
@@ -268,9 +269,11 @@ def train(
         with session_scope() as session:
             job_row = session.get(Job, job_id)
             outcome = (
-                crud.requeue_after_crash(session=session, job=job_row, owner=owner, error=error) if job_row else ""
+                crud.requeue_after_crash(session=session, job=job_row, owner=owner, error=error)
+                if job_row
+                else crud.RequeueOutcome.SKIPPED
             )
-        if outcome == "requeued":
+        if outcome == crud.RequeueOutcome.REQUEUED:
             enqueue(TRAIN_JOB, job_id)
         return f"crashed ({error}): {outcome}"
 
@@ -325,22 +328,27 @@ class JobRun:
                     return interrupted
             self.control.flush(step=self.trainer.step, tokens_seen=self.trainer.tokens_seen)
         except StopRequested:
-            self.finish("cancelled", f"cancelled at step {self.trainer.step}")
+            self.finish(JobStatus.CANCELLED, f"cancelled at step {self.trainer.step}")
             return "cancelled"
         except PauseRequested:
             return self._pause()
-        if not self.finish("succeeded", f"finished {max_steps} steps, {self.trainer.tokens_seen:,} tokens"):
+        if not self.finish(JobStatus.SUCCEEDED, f"finished {max_steps} steps, {self.trainer.tokens_seen:,} tokens"):
             # A cancel arrived after the last step: honour it rather than report success.
-            self.finish("cancelled", f"cancelled at step {self.trainer.step}, after the last step")
+            self.finish(JobStatus.CANCELLED, f"cancelled at step {self.trainer.step}, after the last step")
             return "cancelled"
         return "succeeded"
 
-    def finish(self, status: str, message: str, *, error: str | None = None) -> bool:
+    def finish(self, status: JobStatus, message: str) -> bool:
         """End the job (only while this worker still holds it); False if that did not happen."""
         with session_scope() as session:
             return crud.finish_job(
-                session=session, job_id=self.job.id, status=status, message=message, error=error, owner=self.owner
+                session=session, job_id=self.job.id, status=status, message=message, owner=self.owner
             )
+
+    def fail(self, reason: str) -> bool:
+        """Fail the job with `reason` (only while this worker still holds it); False if that did not happen."""
+        with session_scope() as session:
+            return crud.fail_job(session=session, job_id=self.job.id, reason=reason, owner=self.owner)
 
     def _build_trainer(self, dataset: TokenizedDataset) -> Trainer:
         meta = dataset_meta(self.store, dataset)
@@ -454,7 +462,7 @@ class JobRun:
         self.control.flush(step=step, tokens_seen=self.trainer.tokens_seen)
         if over_time:
             reason = f"exceeded training.max_runtime_seconds ({limit:g}s) at step {step}; checkpoint saved"
-            self.finish("failed", f"failed: {reason}", error=reason)
+            self.fail(reason)
             return "timed out"
         # The worker is shutting down (a deploy, a preemption): hand the job to another worker.
         with session_scope() as session:
