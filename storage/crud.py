@@ -26,6 +26,7 @@ from storage.status import (
     FINISHED_JOB_STATUSES,
     CorpusStatus,
     JobStatus,
+    corpus_statuses_leading_to,
     job_statuses_leading_to,
 )
 from storage.tables import (
@@ -156,6 +157,11 @@ def get_corpus(*, session: Session, tenant: Tenant, corpus_id: str) -> Corpus | 
     return session.scalar(select(Corpus).where(Corpus.id == corpus_id, Corpus.tenant_id == tenant.id))
 
 
+def get_corpus_by_id(*, session: Session, corpus_id: str) -> Corpus | None:
+    """A corpus whoever owns it (for workers, which act on ids the database gave them)."""
+    return session.get(Corpus, corpus_id)
+
+
 def list_corpora(
     *, session: Session, tenant: Tenant, limit: int, cursor: str | None
 ) -> tuple[list[Corpus], str | None]:
@@ -171,6 +177,61 @@ def corpus_in_use(*, session: Session, corpus_id: str) -> list[str]:
             .join(JobCorpus, JobCorpus.job_id == Job.id)
             .where(JobCorpus.corpus_id == corpus_id, Job.status.in_(ACTIVE_JOB_STATUSES))
         )
+    )
+
+
+def mark_corpus_ready(
+    *,
+    session: Session,
+    corpus_id: str,
+    documents: int,
+    characters: int,
+    train_documents: int,
+    validation_documents: int,
+    ingest_report: dict[str, Any],
+) -> bool:
+    """Record a finished ingest; False if the corpus is gone or no longer processing."""
+    return bool(
+        _rowcount(
+            session,
+            _move_corpus(corpus_id, CorpusStatus.READY).values(
+                documents=documents,
+                characters=characters,
+                train_documents=train_documents,
+                validation_documents=validation_documents,
+                ingest_report=ingest_report,
+            ),
+        )
+    )
+
+
+def fail_corpus(*, session: Session, corpus_id: str, reason: str) -> Corpus | None:
+    """Mark a corpus's ingest failed and fail the queued jobs waiting on it; None if the corpus is gone."""
+    corpus = get_corpus_by_id(session=session, corpus_id=corpus_id)
+    if corpus is None:
+        return None
+    if _rowcount(session, _move_corpus(corpus_id, CorpusStatus.FAILED).values(error=reason)):
+        for job in queued_jobs_reading(session=session, corpus_id=corpus_id):
+            fail_job(session=session, job_id=job.id, reason=f"corpus {corpus.name} ({corpus_id}) failed: {reason}")
+    return corpus
+
+
+def stale_processing_corpora(*, session: Session, untouched_since: datetime) -> list[str]:
+    """Ids of corpora still processing since `untouched_since`; each is touched, so it waits again."""
+    stale = select(Corpus).where(Corpus.status == CorpusStatus.PROCESSING, Corpus.updated_at < untouched_since)
+    corpora = list(session.scalars(stale))
+    for corpus in corpora:
+        corpus.updated_at = utcnow()
+    return [corpus.id for corpus in corpora]
+
+
+def _move_corpus(corpus_id: str, to: CorpusStatus) -> Update:
+    """An UPDATE moving a corpus to `to`, only from a status its lifecycle allows."""
+    return (
+        update(Corpus)
+        .where(Corpus.id == corpus_id, Corpus.status.in_(corpus_statuses_leading_to(to)))
+        .values(status=to)
+        .execution_options(synchronize_session=False)
     )
 
 
@@ -226,6 +287,30 @@ def create_job(
 def get_job(*, session: Session, tenant: Tenant, job_id: str) -> Job | None:
     """One of the tenant's jobs, or None."""
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id))
+
+
+def get_job_by_id(*, session: Session, job_id: str) -> Job | None:
+    """A job whoever owns it (for workers, which act on ids the database gave them)."""
+    return session.get(Job, job_id)
+
+
+def stale_queued_jobs(*, session: Session, untouched_since: datetime) -> list[Job]:
+    """Jobs still queued since `untouched_since`; each is touched, so it waits again before the next look."""
+    jobs = list(session.scalars(select(Job).where(Job.status == JobStatus.QUEUED, Job.updated_at < untouched_since)))
+    for job in jobs:
+        job.updated_at = utcnow()
+    return jobs
+
+
+def record_job_dataset(*, session: Session, job_id: str, dataset_key: str) -> bool:
+    """Name a queued job's tokenized data; False if it was named already (or the job moved on)."""
+    recorded = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.dataset_key.is_(None))
+        .values(dataset_key=dataset_key)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(session, recorded) == 1
 
 
 def list_jobs(

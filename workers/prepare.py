@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from sqlalchemy import update
-from sqlalchemy.engine import CursorResult
 
 from selfsup.spec import JobSpec
 from storage import crud
 from storage.blobs import LocalBlobStore
 from storage.db import session_scope
 from storage.status import CorpusStatus, JobStatus
-from storage.tables import Job
 from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import build_dataset, dataset_key
 
@@ -23,7 +18,7 @@ log = logging.getLogger(__name__)
 def prepare(job_id: str, *, store: LocalBlobStore) -> str:
     """Tokenize (or reuse) the job's data; fail the job with a reason if its corpora cannot serve it."""
     with session_scope() as session:
-        job = session.get(Job, job_id)
+        job = crud.get_job_by_id(session=session, job_id=job_id)
         if job is None or job.status != JobStatus.QUEUED:
             return "nothing to do"
         if job.dataset_key:
@@ -70,12 +65,8 @@ def prepare(job_id: str, *, store: LocalBlobStore) -> str:
         return "failed: too little data"
     with session_scope() as session:
         # Only the delivery that records the dataset wakes a trainer, so duplicates enqueue nothing.
-        result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.dataset_key.is_(None))
-            .values(dataset_key=key)
-        )
-    if result.rowcount != 1:
+        recorded = crud.record_job_dataset(session=session, job_id=job_id, dataset_key=key)
+    if not recorded:
         return "already prepared"
     enqueue(TRAIN_JOB, job_id)
     return f"dataset {key[:12]} ready ({dataset.train_tokens} train tokens); trainer woken"

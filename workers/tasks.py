@@ -12,14 +12,12 @@ from datetime import timedelta
 from typing import Any
 
 from celery.signals import worker_init, worker_ready, worker_shutting_down
-from sqlalchemy import select
 
 from selfsup.settings import get_settings
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.db import session_scope
-from storage.status import CorpusStatus, JobStatus
-from storage.tables import Corpus, Job, utcnow
+from storage.tables import utcnow
 from workers.celery_app import INGEST_CORPUS, PREPARE_JOB, RECONCILE, TRAIN_JOB, enqueue, get_celery, waiting_ids
 
 log = logging.getLogger("selfsup.tasks")
@@ -107,22 +105,17 @@ def train_job(job_id: str) -> str:
 def reconcile() -> str:
     """Re-enqueue what the broker may have lost, resume jobs whose trainer died, sweep broken uploads."""
     settings = get_settings()
-    now = utcnow()
-    stale = now - timedelta(seconds=settings.lease_seconds)
+    stale = utcnow() - timedelta(seconds=settings.lease_seconds)
     to_prepare: list[str] = []
     to_train: list[str] = []
     with session_scope() as session:
         # Queued for a while: the broker may have lost the wake-up (restarted without persistence).
-        for job in session.scalars(select(Job).where(Job.status == JobStatus.QUEUED, Job.updated_at < stale)):
-            job.updated_at = now
+        for job in crud.stale_queued_jobs(session=session, untouched_since=stale):
             (to_train if job.dataset_key else to_prepare).append(job.id)
-        processing = select(Corpus).where(Corpus.status == CorpusStatus.PROCESSING, Corpus.updated_at < stale)
-        corpora = list(session.scalars(processing))
-        for corpus in corpora:
-            corpus.updated_at = now
+        to_ingest = crud.stale_processing_corpora(session=session, untouched_since=stale)
     to_train += _requeue_expired_leases()
     sent = 0
-    for task, ids in ((PREPARE_JOB, to_prepare), (TRAIN_JOB, to_train), (INGEST_CORPUS, [c.id for c in corpora])):
+    for task, ids in ((PREPARE_JOB, to_prepare), (TRAIN_JOB, to_train), (INGEST_CORPUS, to_ingest)):
         # A job waiting behind a long one is still in the queue: only re-send what the broker lost.
         waiting = waiting_ids(task) if ids else set()
         for row_id in ids:

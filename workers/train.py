@@ -237,7 +237,7 @@ def _save_checkpoint(
             keep_last=spec.checkpointing.keep_last,
         )
         for old in stale:
-            session.delete(old)
+            crud.delete_checkpoint(session=session, checkpoint_id=old.id)
     for old in stale:
         store.delete_prefix(old.blob_prefix)
     return checkpoint
@@ -250,7 +250,7 @@ def train(
     with session_scope() as session:
         if not crud.claim_job(session=session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds):
             return "not claimed: finished, cancelled, or held by a live lease elsewhere"
-        job = session.get(Job, job_id)
+        job = crud.get_job_by_id(session=session, job_id=job_id)
         assert job is not None
         corpora = crud.job_corpora(session=session, job_id=job_id)
         dataset = crud.get_dataset(session=session, key=job.dataset_key or "")
@@ -267,7 +267,7 @@ def train(
         log.exception("job %s crashed", job_id)
         error = f"{type(exc).__name__}: {exc}"
         with session_scope() as session:
-            job_row = session.get(Job, job_id)
+            job_row = crud.get_job_by_id(session=session, job_id=job_id)
             outcome = (
                 crud.requeue_after_crash(session=session, job=job_row, owner=owner, error=error)
                 if job_row

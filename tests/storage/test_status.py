@@ -21,7 +21,7 @@ from storage.status import (
     JobStatus,
     job_statuses_leading_to,
 )
-from storage.tables import Base, Job
+from storage.tables import Base, Job, JobCorpus
 
 
 def test_the_api_shows_the_same_statuses_the_tables_store() -> None:
@@ -110,3 +110,47 @@ def test_pause_resume_and_cancel_of_an_idle_job(session: Session) -> None:
     assert crud.request_pause(session=session, job=job) == JobStatus.PAUSED
     assert crud.request_cancel(session=session, job=job) == JobStatus.CANCELLED
     assert not crud.resume_paused(session=session, job=job)
+
+
+def _corpus(session: Session) -> str:
+    tenant = crud.get_or_create_tenant(session=session, name="t")
+    corpus = crud.create_corpus(
+        session=session,
+        tenant=tenant,
+        corpus_id="cor_1",
+        name="plays",
+        fmt="txt",
+        compression=None,
+        size_bytes=1,
+        sha256="0" * 64,
+    )
+    return corpus.id
+
+
+def test_a_corpus_is_ingested_once(session: Session) -> None:
+    corpus_id = _corpus(session)
+    counts: dict[str, Any] = {
+        "documents": 2,
+        "characters": 9,
+        "train_documents": 1,
+        "validation_documents": 1,
+        "ingest_report": {"dropped": {}},
+    }
+    assert crud.mark_corpus_ready(session=session, corpus_id=corpus_id, **counts)
+    assert not crud.mark_corpus_ready(session=session, corpus_id=corpus_id, **counts)
+    assert crud.fail_corpus(session=session, corpus_id=corpus_id, reason="late") is not None
+    corpus = crud.get_corpus_by_id(session=session, corpus_id=corpus_id)
+    assert corpus is not None
+    session.refresh(corpus)
+    assert corpus.status == CorpusStatus.READY and corpus.documents == 2 and corpus.error is None
+
+
+def test_a_failed_corpus_fails_the_jobs_waiting_on_it(session: Session) -> None:
+    corpus_id = _corpus(session)
+    job = _job(session)
+    session.add(JobCorpus(job_id=job.id, corpus_id=corpus_id, position=0))
+    session.flush()
+    assert crud.fail_corpus(session=session, corpus_id=corpus_id, reason="not UTF-8") is not None
+    assert _status(session, job) == JobStatus.FAILED
+    assert job.error == f"corpus plays ({corpus_id}) failed: not UTF-8"
+    assert crud.fail_corpus(session=session, corpus_id="cor_missing", reason="x") is None
