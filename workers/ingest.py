@@ -7,8 +7,9 @@ import logging
 
 from selfsup.settings import Settings
 from storage import crud
-from storage.blobs import LocalBlobStore, corpus_split_key, corpus_upload_key
+from storage.blobs import BlobStore
 from storage.db import session_scope
+from storage.keys import corpus_prefix, corpus_split_key, corpus_upload_key
 from storage.status import CorpusStatus
 from workers.celery_app import PREPARE_JOB, enqueue
 from workers.data.documents import IngestError, read_jsonl_texts, rebalance_tiny_split, split_corpus
@@ -16,7 +17,7 @@ from workers.data.documents import IngestError, read_jsonl_texts, rebalance_tiny
 log = logging.getLogger(__name__)
 
 
-def ingest(corpus_id: str, *, settings: Settings, store: LocalBlobStore) -> str:
+def ingest(corpus_id: str, *, settings: Settings, store: BlobStore) -> str:
     """Ingest one corpus; idempotent, so a second delivery redoes the same work or nothing."""
     with session_scope() as session:
         corpus = crud.get_corpus_by_id(session=session, corpus_id=corpus_id)
@@ -48,7 +49,7 @@ def ingest(corpus_id: str, *, settings: Settings, store: LocalBlobStore) -> str:
 
     with session_scope() as session:
         if crud.get_corpus_by_id(session=session, corpus_id=corpus_id) is None:  # deleted meanwhile
-            store.delete_prefix(f"corpora/{corpus_id}")
+            store.delete_prefix(corpus_prefix(corpus_id))
             return "deleted during ingest"
         if not crud.mark_corpus_ready(
             session=session,
@@ -66,7 +67,7 @@ def ingest(corpus_id: str, *, settings: Settings, store: LocalBlobStore) -> str:
     return f"ready: {stats.documents} documents, {stats.characters} characters"
 
 
-def _rebalance(store: LocalBlobStore, corpus_id: str, settings: Settings) -> tuple[int, int]:
+def _rebalance(store: BlobStore, corpus_id: str, settings: Settings) -> tuple[int, int]:
     splits = {}
     for split in ("train", "validation"):
         with store.open(corpus_split_key(corpus_id, split)) as fh:

@@ -6,7 +6,7 @@ import logging
 
 from selfsup.spec import JobSpec
 from storage import crud
-from storage.blobs import LocalBlobStore
+from storage.blobs import BlobStore
 from storage.db import session_scope
 from storage.status import CorpusStatus, JobStatus
 from workers.celery_app import TRAIN_JOB, enqueue
@@ -15,7 +15,7 @@ from workers.data.datasets import build_dataset, dataset_key
 log = logging.getLogger(__name__)
 
 
-def prepare(job_id: str, *, store: LocalBlobStore) -> str:
+def prepare(job_id: str, *, store: BlobStore) -> str:
     """Tokenize (or reuse) the job's data; fail the job with a reason if its corpora cannot serve it."""
     with session_scope() as session:
         job = crud.get_job_by_id(session=session, job_id=job_id)

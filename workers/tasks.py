@@ -17,6 +17,7 @@ from selfsup.settings import get_settings
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.db import session_scope
+from storage.keys import CORPORA, DATASETS
 from storage.tables import utcnow
 from workers.celery_app import INGEST_CORPUS, PREPARE_JOB, RECONCILE, TRAIN_JOB, enqueue, get_celery, waiting_ids
 
@@ -124,8 +125,8 @@ def reconcile() -> str:
                 sent += 1
     store = get_blob_store()
     swept = [
-        *store.sweep_orphans("corpora", older_than=settings.orphan_seconds),
-        *store.sweep_orphans("datasets", older_than=settings.orphan_seconds),
+        *store.sweep_orphans(CORPORA, older_than=settings.orphan_seconds),
+        *store.sweep_orphans(DATASETS, older_than=settings.orphan_seconds),
     ]
     return f"re-sent {sent} wake-ups; swept {len(swept)} orphaned temporary files"
 

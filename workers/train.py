@@ -23,15 +23,15 @@ from models.build import count_parameters
 from selfsup.settings import Settings
 from selfsup.spec import JobSpec
 from storage import crud
-from storage.blobs import LocalBlobStore
+from storage.blobs import BlobStore
 from storage.checkpoints import (
-    job_checkpoints_prefix,
     lineage_json,
     load_resume_state,
     verify_files,
     write_checkpoint,
 )
 from storage.db import session_scope
+from storage.keys import job_checkpoints_prefix, join_key
 from storage.status import JobStatus
 from storage.tables import Checkpoint, Corpus, Job, TokenizedDataset, utcnow
 from workers.celery_app import TRAIN_JOB, enqueue
@@ -108,7 +108,7 @@ class JobControl:
             raise PauseRequested("paused")
 
 
-def _resume_from_checkpoint(trainer: Trainer, store: LocalBlobStore, job: Job) -> Checkpoint | None:
+def _resume_from_checkpoint(trainer: Trainer, store: BlobStore, job: Job) -> Checkpoint | None:
     """Load the newest checkpoint whose files all match their sha256.
 
     A corrupt or incomplete one is removed (so it is never downloaded either) with an event saying why,
@@ -119,7 +119,7 @@ def _resume_from_checkpoint(trainer: Trainer, store: LocalBlobStore, job: Job) -
         checkpoints = crud.list_checkpoints(session=session, job_id=job.id)
     _remove_unrecorded_checkpoints(store, job.id, {c.blob_prefix for c in checkpoints})
     for checkpoint in reversed(checkpoints):
-        folder = store.local_path(checkpoint.blob_prefix)
+        folder = store.local_copy(checkpoint.blob_prefix)
         problem = verify_files(folder, checkpoint.files + checkpoint.resume_files)
         if problem:
             with session_scope() as session:
@@ -139,12 +139,8 @@ def _resume_from_checkpoint(trainer: Trainer, store: LocalBlobStore, job: Job) -
     return None
 
 
-def _remove_unrecorded_checkpoints(store: LocalBlobStore, job_id: str, recorded: set[str]) -> None:
-    folder = store.local_path(job_checkpoints_prefix(job_id))
-    if not folder.is_dir():
-        return
-    for child in folder.iterdir():
-        prefix = f"{job_checkpoints_prefix(job_id)}/{child.name}"
+def _remove_unrecorded_checkpoints(store: BlobStore, job_id: str, recorded: set[str]) -> None:
+    for prefix in store.list_children(job_checkpoints_prefix(job_id)):
         if prefix not in recorded:
             store.delete_prefix(prefix)
 
@@ -152,7 +148,7 @@ def _remove_unrecorded_checkpoints(store: LocalBlobStore, job_id: str, recorded:
 def _save_checkpoint(
     *,
     trainer: Trainer,
-    store: LocalBlobStore,
+    store: BlobStore,
     job: Job,
     spec: JobSpec,
     corpora: list[Corpus],
@@ -202,7 +198,7 @@ def _save_checkpoint(
         job_id=job.id,
         version=version,
         save_model=trainer.save_pretrained,
-        tokenizer_dir=store.local_path(f"{dataset.blob_prefix}/{TOKENIZER_DIR}"),
+        tokenizer_dir=store.local_copy(join_key(dataset.blob_prefix, TOKENIZER_DIR)),
         text_files={"README.md": render_model_card(lineage), "selfsup.json": lineage_json(lineage)},
         resume_state=trainer.state_dict(),
         before_rename=lambda: faults.before_checkpoint_rename(version),
@@ -243,9 +239,7 @@ def _save_checkpoint(
     return checkpoint
 
 
-def train(
-    job_id: str, *, owner: str, settings: Settings, store: LocalBlobStore, should_stop: Callable[[], bool]
-) -> str:
+def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, should_stop: Callable[[], bool]) -> str:
     """Claim and train a job to its end (or until `should_stop()`); returns what happened, for the log."""
     with session_scope() as session:
         if not crud.claim_job(session=session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds):
@@ -289,7 +283,7 @@ class JobRun:
         *,
         owner: str,
         settings: Settings,
-        store: LocalBlobStore,
+        store: BlobStore,
         should_stop: Callable[[], bool],
     ) -> None:
         self.job = job
@@ -353,7 +347,7 @@ class JobRun:
     def _build_trainer(self, dataset: TokenizedDataset) -> Trainer:
         meta = dataset_meta(self.store, dataset)
         data = TokenArrays.open(
-            self.store.local_path(dataset.blob_prefix),
+            self.store.local_copy(dataset.blob_prefix),
             dtype=meta["dtype"],
             vocab_size=meta["vocab_size"],
             special=special_token_ids(meta),
