@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 from api.schemas import CheckpointFile, CheckpointPublic, CorpusPublic, JobPublic
 from selfsup.spec import JobSpec
 from storage import crud
+from storage.status import JobStatus
 from storage.tables import Checkpoint, Corpus, Job
 
 
@@ -20,7 +21,7 @@ def job_public(job: Job) -> JobPublic:
     metrics = {k: float(v) for k, v in (job.latest_metrics or {}).items()}
     eta = None
     tps = metrics.get("tokens_per_second")
-    if job.status == "running" and tps:
+    if job.status == JobStatus.RUNNING and tps:
         tokens_per_step = JobSpec.model_validate(job.spec).tokens_per_step
         eta = round((job.max_steps - job.step) * tokens_per_step / tps, 1)
     return JobPublic(

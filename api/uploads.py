@@ -17,7 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from api.errors import ApiError
-from storage.blobs import LocalBlobStore
+from storage.blobs import BlobStore
 
 _JSONL_TYPES = {
     "application/jsonl",
@@ -87,7 +87,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 
 
 async def receive_upload(
-    request: Request, *, store: LocalBlobStore, key: str, name: str | None, limit: int
+    request: Request, *, store: BlobStore, key: str, name: str | None, limit: int
 ) -> ReceivedUpload:
     """Stream the request body into `key`; raises ApiError (413, 415, 422) without keeping anything."""
     declared = request.headers.get("content-length")

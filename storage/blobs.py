@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from selfsup.settings import get_settings
+from storage.keys import join_key
+
+CHUNK_SIZE = 1024 * 1024
 
 
 class BlobStore(Protocol):
-    """What selfsup needs from storage for files; `LocalBlobStore` implements it, an object store could."""
+    """What selfsup needs from storage for files; `LocalBlobStore` implements it, an object store could.
+
+    Keys are `/`-separated and built by `storage.keys`. Nothing here promises a local file: a caller
+    that must have one (a memory map, a model loader) asks `local_copy`, which an object store serves
+    by downloading into a worker-side cache.
+    """
 
     def writer(self, key: str) -> AbstractContextManager[BinaryIO]:
         """A file to write `key` into; it appears only when the block exits without error."""
@@ -31,13 +39,21 @@ class BlobStore(Protocol):
         """A local folder whose files appear under `prefix` together, only when the block succeeds."""
 
     def open(self, key: str) -> BinaryIO:
-        """Read `key`."""
+        """Read `key` from its start, as a stream."""
 
-    def local_path(self, key: str) -> Path:
-        """A local file or folder holding `key` (memory-mapped by trainers, streamed by downloads)."""
+    def open_range(
+        self, key: str, start: int = 0, end: int | None = None, *, chunk_size: int = CHUNK_SIZE
+    ) -> Iterator[bytes]:
+        """The bytes of `key` from `start` up to (not including) `end`, or to its end, in chunks."""
 
     def exists(self, key: str) -> bool:
         """Whether `key` is stored."""
+
+    def list_children(self, prefix: str) -> list[str]:
+        """The keys one level below `prefix` (files and sub-prefixes alike); empty if there are none."""
+
+    def local_copy(self, prefix: str) -> Path:
+        """A local, read-only file or folder holding what is stored under `prefix`, which never changes once written."""
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every blob under `prefix`."""
@@ -87,9 +103,23 @@ class LocalBlobStore:
         """Read `key`."""
         return open(self.path(key), "rb")
 
-    def local_path(self, key: str) -> Path:
-        """The file itself."""
-        return self.path(key)
+    def open_range(
+        self, key: str, start: int = 0, end: int | None = None, *, chunk_size: int = CHUNK_SIZE
+    ) -> Iterator[bytes]:
+        """The bytes of `key` in [`start`, `end`), read in chunks; the file is opened before the first one."""
+        fh = self.open(key)
+        return _read_range(fh, start, end, chunk_size)
+
+    def list_children(self, prefix: str) -> list[str]:
+        """The files and folders directly inside `prefix`'s folder."""
+        folder = self.path(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return []
+        return sorted(join_key(prefix, child.name) for child in folder.iterdir())
+
+    def local_copy(self, prefix: str) -> Path:
+        """The stored file or folder itself: blobs are local already, so nothing is copied."""
+        return self.path(prefix.rstrip("/"))
 
     def exists(self, key: str) -> bool:
         """Whether `key` is stored."""
@@ -157,16 +187,19 @@ class LocalBlobStore:
         return removed
 
 
-def corpus_upload_key(corpus_id: str) -> str:
-    """Blob key of a corpus's bytes as uploaded."""
-    return f"corpora/{corpus_id}/upload"
+def _read_range(fh: BinaryIO, start: int, end: int | None, chunk_size: int) -> Iterator[bytes]:
+    with fh:
+        fh.seek(start)
+        remaining = None if end is None else end - start
+        while remaining is None or remaining > 0:
+            block = fh.read(chunk_size if remaining is None else min(chunk_size, remaining))
+            if not block:
+                return
+            if remaining is not None:
+                remaining -= len(block)
+            yield block
 
 
-def corpus_split_key(corpus_id: str, split: str) -> str:
-    """Blob key of one split (`train`, `validation`) of an ingested corpus, as JSONL."""
-    return f"corpora/{corpus_id}/{split}.jsonl"
-
-
-def get_blob_store() -> LocalBlobStore:
+def get_blob_store() -> BlobStore:
     """The configured blob store."""
     return LocalBlobStore(get_settings().resolved_blob_dir)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import shutil
 import tarfile
 from collections.abc import Callable, Iterator
@@ -16,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storage.blobs import LocalBlobStore
+from storage.blobs import BlobStore
+from storage.keys import checkpoint_prefix, join_key
 
 RESUME_DIR = "resume"
 RESUME_STATE_FILE = "trainer_state.pt"
@@ -29,16 +29,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1024 * 1024), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def checkpoint_prefix(job_id: str, version: int) -> str:
-    """A fresh blob prefix for a job's checkpoint version (unique, so two writers never share one)."""
-    return f"checkpoints/{job_id}/v{version:06d}-{secrets.token_hex(4)}"
-
-
-def job_checkpoints_prefix(job_id: str) -> str:
-    """The blob prefix under which all of a job's checkpoints live."""
-    return f"checkpoints/{job_id}"
 
 
 @dataclass
@@ -60,7 +50,7 @@ def _manifest(folder: Path, root: Path, *, exclude: str | None = None) -> list[d
 
 def write_checkpoint(
     *,
-    store: LocalBlobStore,
+    store: BlobStore,
     job_id: str,
     version: int,
     save_model: Callable[[Path], None],
@@ -109,21 +99,19 @@ def load_resume_state(folder: Path) -> dict[str, Any]:
     return state
 
 
-def iter_tar(folder: Path, files: list[dict[str, Any]], chunk: int = 1024 * 1024) -> Iterator[bytes]:
-    """A ustar archive of the listed files, streamed; its length is `tar_size(files)`."""
+def iter_tar(store: BlobStore, prefix: str, files: list[dict[str, Any]], chunk: int = 1024 * 1024) -> Iterator[bytes]:
+    """A ustar archive of the listed files under `prefix`, streamed; its length is `tar_size(files)`."""
     for entry in files:
         info = tarfile.TarInfo(entry["name"])
         info.size = entry["size_bytes"]
         info.mode = 0o644
         yield info.tobuf(format=tarfile.USTAR_FORMAT)
         remaining = entry["size_bytes"]
-        with open(folder / entry["name"], "rb") as fh:
-            while remaining > 0:
-                block = fh.read(min(chunk, remaining))
-                if not block:
-                    raise OSError(f"{entry['name']} is shorter than recorded")
-                remaining -= len(block)
-                yield block
+        for block in store.open_range(join_key(prefix, entry["name"]), 0, remaining, chunk_size=chunk):
+            remaining -= len(block)
+            yield block
+        if remaining > 0:
+            raise OSError(f"{entry['name']} is shorter than recorded")
         pad = -entry["size_bytes"] % 512
         if pad:
             yield b"\0" * pad

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from selfsup.settings import get_settings
@@ -71,3 +71,8 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def ping(session: Session) -> None:
+    """A round trip to the database (readiness checks)."""
+    session.execute(text("SELECT 1"))

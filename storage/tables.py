@@ -23,6 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from storage.status import CorpusStatus, JobStatus
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on every backend (SQLite stores naive values)."""
@@ -82,7 +84,7 @@ class Corpus(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("cor"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default="processing")  # processing | ready | failed
+    status: Mapped[str] = mapped_column(String(16), default=CorpusStatus.PROCESSING)  # a CorpusStatus
     error: Mapped[str | None] = mapped_column(Text, default=None)
     format: Mapped[str] = mapped_column(String(16))  # txt | jsonl
     compression: Mapped[str | None] = mapped_column(String(16), default=None)  # gzip | None
@@ -108,8 +110,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
-    # queued | running | paused | succeeded | failed | cancelled
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)  # a JobStatus
     spec: Mapped[dict[str, Any]] = mapped_column()
     step: Mapped[int] = mapped_column(BigInteger, default=0)
     max_steps: Mapped[int] = mapped_column(BigInteger)

@@ -7,20 +7,21 @@ import logging
 
 from selfsup.settings import Settings
 from storage import crud
-from storage.blobs import LocalBlobStore, corpus_split_key, corpus_upload_key
+from storage.blobs import BlobStore
 from storage.db import session_scope
-from storage.tables import Corpus
+from storage.keys import corpus_prefix, corpus_split_key, corpus_upload_key
+from storage.status import CorpusStatus
 from workers.celery_app import PREPARE_JOB, enqueue
 from workers.data.documents import IngestError, read_jsonl_texts, rebalance_tiny_split, split_corpus
 
 log = logging.getLogger(__name__)
 
 
-def ingest(corpus_id: str, *, settings: Settings, store: LocalBlobStore) -> str:
+def ingest(corpus_id: str, *, settings: Settings, store: BlobStore) -> str:
     """Ingest one corpus; idempotent, so a second delivery redoes the same work or nothing."""
     with session_scope() as session:
-        corpus = session.get(Corpus, corpus_id)
-        if corpus is None or corpus.status != "processing":
+        corpus = crud.get_corpus_by_id(session=session, corpus_id=corpus_id)
+        if corpus is None or corpus.status != CorpusStatus.PROCESSING:
             return "nothing to do"
         fmt = corpus.format
     try:
@@ -47,23 +48,26 @@ def ingest(corpus_id: str, *, settings: Settings, store: LocalBlobStore) -> str:
         return _fail(corpus_id, f"internal error during ingest: {type(exc).__name__}: {exc}")
 
     with session_scope() as session:
-        corpus = session.get(Corpus, corpus_id)
-        if corpus is None:  # deleted meanwhile
-            store.delete_prefix(f"corpora/{corpus_id}")
+        if crud.get_corpus_by_id(session=session, corpus_id=corpus_id) is None:  # deleted meanwhile
+            store.delete_prefix(corpus_prefix(corpus_id))
             return "deleted during ingest"
-        corpus.status = "ready"
-        corpus.documents = stats.documents
-        corpus.characters = stats.characters
-        corpus.train_documents = stats.train_documents
-        corpus.validation_documents = stats.validation_documents
-        corpus.ingest_report = {"dropped": stats.dropped}
+        if not crud.mark_corpus_ready(
+            session=session,
+            corpus_id=corpus_id,
+            documents=stats.documents,
+            characters=stats.characters,
+            train_documents=stats.train_documents,
+            validation_documents=stats.validation_documents,
+            ingest_report={"dropped": stats.dropped},
+        ):
+            return "nothing to do"  # another delivery finished it first
         waiting = [job.id for job in crud.queued_jobs_reading(session=session, corpus_id=corpus_id)]
     for job_id in waiting:
         enqueue(PREPARE_JOB, job_id)
     return f"ready: {stats.documents} documents, {stats.characters} characters"
 
 
-def _rebalance(store: LocalBlobStore, corpus_id: str, settings: Settings) -> tuple[int, int]:
+def _rebalance(store: BlobStore, corpus_id: str, settings: Settings) -> tuple[int, int]:
     splits = {}
     for split in ("train", "validation"):
         with store.open(corpus_split_key(corpus_id, split)) as fh:
@@ -80,17 +84,6 @@ def _rebalance(store: LocalBlobStore, corpus_id: str, settings: Settings) -> tup
 
 def _fail(corpus_id: str, reason: str) -> str:
     with session_scope() as session:
-        corpus = session.get(Corpus, corpus_id)
-        if corpus is None:
+        if crud.fail_corpus(session=session, corpus_id=corpus_id, reason=reason) is None:
             return "deleted during ingest"
-        corpus.status = "failed"
-        corpus.error = reason
-        for job in crud.queued_jobs_reading(session=session, corpus_id=corpus_id):
-            crud.finish_job(
-                session=session,
-                job_id=job.id,
-                status="failed",
-                message=f"failed: corpus {corpus.name} ({corpus_id}) failed: {reason}",
-                error=f"corpus {corpus.name} ({corpus_id}) failed: {reason}",
-            )
     return f"failed: {reason}"

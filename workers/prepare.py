@@ -3,41 +3,37 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from sqlalchemy import update
-from sqlalchemy.engine import CursorResult
 
 from selfsup.spec import JobSpec
 from storage import crud
-from storage.blobs import LocalBlobStore
+from storage.blobs import BlobStore
 from storage.db import session_scope
-from storage.tables import Job
+from storage.status import CorpusStatus, JobStatus
 from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import build_dataset, dataset_key
 
 log = logging.getLogger(__name__)
 
 
-def prepare(job_id: str, *, store: LocalBlobStore) -> str:
+def prepare(job_id: str, *, store: BlobStore) -> str:
     """Tokenize (or reuse) the job's data; fail the job with a reason if its corpora cannot serve it."""
     with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None or job.status != "queued":
+        job = crud.get_job_by_id(session=session, job_id=job_id)
+        if job is None or job.status != JobStatus.QUEUED:
             return "nothing to do"
         if job.dataset_key:
             return "already prepared"
         corpora = crud.job_corpora(session=session, job_id=job_id)
-        failed = [c for c in corpora if c.status == "failed"]
+        failed = [c for c in corpora if c.status == CorpusStatus.FAILED]
         if failed:
             reason = f"corpus {failed[0].name} ({failed[0].id}) failed: {failed[0].error}"
-            crud.finish_job(session=session, job_id=job.id, status="failed", message=f"failed: {reason}", error=reason)
+            crud.fail_job(session=session, job_id=job.id, reason=reason)
             return "failed: corpus failed"
         if len(corpora) < len(job.spec["corpus_ids"]):
             reason = "a corpus of this job was deleted before training started"
-            crud.finish_job(session=session, job_id=job.id, status="failed", message=f"failed: {reason}", error=reason)
+            crud.fail_job(session=session, job_id=job.id, reason=reason)
             return "failed: corpus deleted"
-        if any(c.status != "ready" for c in corpora):
+        if any(c.status != CorpusStatus.READY for c in corpora):
             return "waiting for corpus ingest"
         spec = JobSpec.model_validate(job.spec)
         tokenizer_spec = spec.tokenizer.model_dump(mode="json")  # type: ignore[union-attr]
@@ -69,12 +65,8 @@ def prepare(job_id: str, *, store: LocalBlobStore) -> str:
         return "failed: too little data"
     with session_scope() as session:
         # Only the delivery that records the dataset wakes a trainer, so duplicates enqueue nothing.
-        result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued", Job.dataset_key.is_(None))
-            .values(dataset_key=key)
-        )
-    if result.rowcount != 1:
+        recorded = crud.record_job_dataset(session=session, job_id=job_id, dataset_key=key)
+    if not recorded:
         return "already prepared"
     enqueue(TRAIN_JOB, job_id)
     return f"dataset {key[:12]} ready ({dataset.train_tokens} train tokens); trainer woken"
@@ -82,6 +74,4 @@ def prepare(job_id: str, *, store: LocalBlobStore) -> str:
 
 def _fail(job_id: str, reason: str) -> None:
     with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            crud.finish_job(session=session, job_id=job.id, status="failed", message=f"failed: {reason}", error=reason)
+        crud.fail_job(session=session, job_id=job_id, reason=reason)

@@ -12,13 +12,13 @@ from datetime import timedelta
 from typing import Any
 
 from celery.signals import worker_init, worker_ready, worker_shutting_down
-from sqlalchemy import select
 
 from selfsup.settings import get_settings
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.db import session_scope
-from storage.tables import Corpus, Job, utcnow
+from storage.keys import CORPORA, DATASETS
+from storage.tables import utcnow
 from workers.celery_app import INGEST_CORPUS, PREPARE_JOB, RECONCILE, TRAIN_JOB, enqueue, get_celery, waiting_ids
 
 log = logging.getLogger("selfsup.tasks")
@@ -106,21 +106,17 @@ def train_job(job_id: str) -> str:
 def reconcile() -> str:
     """Re-enqueue what the broker may have lost, resume jobs whose trainer died, sweep broken uploads."""
     settings = get_settings()
-    now = utcnow()
-    stale = now - timedelta(seconds=settings.lease_seconds)
+    stale = utcnow() - timedelta(seconds=settings.lease_seconds)
     to_prepare: list[str] = []
     to_train: list[str] = []
     with session_scope() as session:
         # Queued for a while: the broker may have lost the wake-up (restarted without persistence).
-        for job in session.scalars(select(Job).where(Job.status == "queued", Job.updated_at < stale)):
-            job.updated_at = now
+        for job in crud.stale_queued_jobs(session=session, untouched_since=stale):
             (to_train if job.dataset_key else to_prepare).append(job.id)
-        corpora = list(session.scalars(select(Corpus).where(Corpus.status == "processing", Corpus.updated_at < stale)))
-        for corpus in corpora:
-            corpus.updated_at = now
+        to_ingest = crud.stale_processing_corpora(session=session, untouched_since=stale)
     to_train += _requeue_expired_leases()
     sent = 0
-    for task, ids in ((PREPARE_JOB, to_prepare), (TRAIN_JOB, to_train), (INGEST_CORPUS, [c.id for c in corpora])):
+    for task, ids in ((PREPARE_JOB, to_prepare), (TRAIN_JOB, to_train), (INGEST_CORPUS, to_ingest)):
         # A job waiting behind a long one is still in the queue: only re-send what the broker lost.
         waiting = waiting_ids(task) if ids else set()
         for row_id in ids:
@@ -129,8 +125,8 @@ def reconcile() -> str:
                 sent += 1
     store = get_blob_store()
     swept = [
-        *store.sweep_orphans("corpora", older_than=settings.orphan_seconds),
-        *store.sweep_orphans("datasets", older_than=settings.orphan_seconds),
+        *store.sweep_orphans(CORPORA, older_than=settings.orphan_seconds),
+        *store.sweep_orphans(DATASETS, older_than=settings.orphan_seconds),
     ]
     return f"re-sent {sent} wake-ups; swept {len(swept)} orphaned temporary files"
 
@@ -143,7 +139,8 @@ def _requeue_expired_leases() -> list[str]:
             error = (
                 f"worker {job.lease_owner} stopped renewing its lease (killed, crashed or cut off) at step {job.step}"
             )
-            if crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error) == "requeued":
+            outcome = crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error)
+            if outcome == crud.RequeueOutcome.REQUEUED:
                 requeued.append(job.id)
     return requeued
 
@@ -159,7 +156,8 @@ def _recover_from_dead_workers_on_this_host(**_: Any) -> None:
             if pid and _alive(pid):
                 continue
             error = f"worker {job.lease_owner} died at step {job.step}"
-            if crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error) == "requeued":
+            outcome = crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error)
+            if outcome == crud.RequeueOutcome.REQUEUED:
                 requeued.append(job.id)
     for job_id in requeued:
         enqueue(TRAIN_JOB, job_id)

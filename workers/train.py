@@ -24,14 +24,11 @@ from models.build import count_parameters
 from selfsup.settings import Settings
 from selfsup.spec import JobSpec
 from storage import crud
-from storage.blobs import LocalBlobStore
-from storage.checkpoints import (
-    WrittenCheckpoint,
-    job_checkpoints_prefix,
-    load_resume_state,
-    verify_files,
-)
+from storage.blobs import BlobStore
+from storage.checkpoints import WrittenCheckpoint, load_resume_state, verify_files
 from storage.db import session_scope
+from storage.keys import job_checkpoints_prefix, join_key
+from storage.status import JobStatus
 from storage.tables import Checkpoint, Corpus, Job, TokenizedDataset, utcnow
 from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import TOKENIZER_DIR, dataset_meta, special_token_ids
@@ -149,7 +146,7 @@ class ThroughputWindow:
         return rate
 
 
-def _resume_from_checkpoint(trainer: Trainer, store: LocalBlobStore, job: Job) -> Checkpoint | None:
+def _resume_from_checkpoint(trainer: Trainer, store: BlobStore, job: Job) -> Checkpoint | None:
     """Load the newest checkpoint whose files all match their sha256.
 
     A corrupt or incomplete one is removed (so it is never downloaded either) with an event saying why,
@@ -160,7 +157,7 @@ def _resume_from_checkpoint(trainer: Trainer, store: LocalBlobStore, job: Job) -
         checkpoints = crud.list_checkpoints(session=session, job_id=job.id)
     _remove_unrecorded_checkpoints(store, job.id, {c.blob_prefix for c in checkpoints})
     for checkpoint in reversed(checkpoints):
-        folder = store.local_path(checkpoint.blob_prefix)
+        folder = store.local_copy(checkpoint.blob_prefix)
         problem = verify_files(folder, checkpoint.files + checkpoint.resume_files)
         if problem:
             with session_scope() as session:
@@ -180,12 +177,12 @@ def _resume_from_checkpoint(trainer: Trainer, store: LocalBlobStore, job: Job) -
     return None
 
 
-def _open_trainer(spec: JobSpec, store: LocalBlobStore, dataset: TokenizedDataset) -> tuple[Trainer, dict[str, Any]]:
+def _open_trainer(spec: JobSpec, store: BlobStore, dataset: TokenizedDataset) -> tuple[Trainer, dict[str, Any]]:
     """A trainer on the dataset's token arrays, and the dataset's meta; `CannotTrain` if they do not fit the spec."""
     try:
         meta = dataset_meta(store, dataset)
         data = TokenArrays.open(
-            store.local_path(dataset.blob_prefix),
+            store.local_copy(dataset.blob_prefix),
             dtype=meta["dtype"],
             vocab_size=meta["vocab_size"],
             special=special_token_ids(meta),
@@ -195,7 +192,7 @@ def _open_trainer(spec: JobSpec, store: LocalBlobStore, dataset: TokenizedDatase
         raise CannotTrain(f"cannot start training: {exc}") from exc
 
 
-def _resume_or_start(trainer: Trainer, store: LocalBlobStore, job: Job, *, owner: str) -> Checkpoint | None:
+def _resume_or_start(trainer: Trainer, store: BlobStore, job: Job, *, owner: str) -> Checkpoint | None:
     """Resume from the newest good checkpoint, if any, and say so in an event; returns that checkpoint."""
     resumed = _resume_from_checkpoint(trainer, store, job)
     with session_scope() as session:
@@ -219,12 +216,8 @@ def _resume_or_start(trainer: Trainer, store: LocalBlobStore, job: Job, *, owner
     return resumed
 
 
-def _remove_unrecorded_checkpoints(store: LocalBlobStore, job_id: str, recorded: set[str]) -> None:
-    folder = store.local_path(job_checkpoints_prefix(job_id))
-    if not folder.is_dir():
-        return
-    for child in folder.iterdir():
-        prefix = f"{job_checkpoints_prefix(job_id)}/{child.name}"
+def _remove_unrecorded_checkpoints(store: BlobStore, job_id: str, recorded: set[str]) -> None:
+    for prefix in store.list_children(job_checkpoints_prefix(job_id)):
         if prefix not in recorded:
             store.delete_prefix(prefix)
 
@@ -240,7 +233,7 @@ class Lease:
     job_id: str
     owner: str
 
-    def finish(self, status: str, message: str) -> bool:
+    def finish(self, status: JobStatus, message: str) -> bool:
         """End the job with `status` and an event saying `message`; False if that did not happen."""
         with session_scope() as session:
             return crud.finish_job(
@@ -250,14 +243,7 @@ class Lease:
     def fail(self, reason: str) -> bool:
         """End the job as failed, saying why; False if that did not happen."""
         with session_scope() as session:
-            return crud.finish_job(
-                session=session,
-                job_id=self.job_id,
-                status="failed",
-                message=f"failed: {reason}",
-                error=reason,
-                owner=self.owner,
-            )
+            return crud.fail_job(session=session, job_id=self.job_id, reason=reason, owner=self.owner)
 
     def pause(self, step: int) -> None:
         """Let go of the job as paused at `step` (it resumes from its newest checkpoint)."""
@@ -280,7 +266,7 @@ class Lease:
             return crud.next_checkpoint_version(session=session, job_id=self.job_id)
 
     def record_checkpoint(
-        self, store: LocalBlobStore, written: WrittenCheckpoint, record: CheckpointRecord, *, keep_last: int
+        self, store: BlobStore, written: WrittenCheckpoint, record: CheckpointRecord, *, keep_last: int
     ) -> None:
         """Record a written checkpoint and its event, then prune all but the newest `keep_last`.
 
@@ -316,19 +302,17 @@ class Lease:
                 checkpoints=crud.list_checkpoints(session=session, job_id=self.job_id), keep_last=keep_last
             )
             for old in stale:
-                session.delete(old)
+                crud.delete_checkpoint(session=session, checkpoint_id=old.id)
         for old in stale:
             store.delete_prefix(old.blob_prefix)
 
 
-def train(
-    job_id: str, *, owner: str, settings: Settings, store: LocalBlobStore, should_stop: Callable[[], bool]
-) -> str:
+def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, should_stop: Callable[[], bool]) -> str:
     """Claim and train a job to its end (or until `should_stop()`); returns what happened, for the log."""
     with session_scope() as session:
         if not crud.claim_job(session=session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds):
             return "not claimed: finished, cancelled, or held by a live lease elsewhere"
-        job = session.get(Job, job_id)
+        job = crud.get_job_by_id(session=session, job_id=job_id)
         assert job is not None
         corpora = crud.job_corpora(session=session, job_id=job_id)
         dataset = crud.get_dataset(session=session, key=job.dataset_key or "")
@@ -345,11 +329,13 @@ def train(
         log.exception("job %s crashed", job_id)
         error = f"{type(exc).__name__}: {exc}"
         with session_scope() as session:
-            job_row = session.get(Job, job_id)
+            job_row = crud.get_job_by_id(session=session, job_id=job_id)
             outcome = (
-                crud.requeue_after_crash(session=session, job=job_row, owner=owner, error=error) if job_row else ""
+                crud.requeue_after_crash(session=session, job=job_row, owner=owner, error=error)
+                if job_row
+                else crud.RequeueOutcome.SKIPPED
             )
-        if outcome == "requeued":
+        if outcome == crud.RequeueOutcome.REQUEUED:
             enqueue(TRAIN_JOB, job_id)
         return f"crashed ({error}): {outcome}"
 
@@ -365,7 +351,7 @@ class JobRun:
         *,
         owner: str,
         settings: Settings,
-        store: LocalBlobStore,
+        store: BlobStore,
         should_stop: Callable[[], bool],
     ) -> None:
         self.job = job
@@ -404,7 +390,7 @@ class JobRun:
             dataset=dataset,
             corpus_tokens=meta.get("corpus_tokens", {}),
         )
-        self.tokenizer_dir = self.store.local_path(f"{dataset.blob_prefix}/{TOKENIZER_DIR}")
+        self.tokenizer_dir = self.store.local_copy(join_key(dataset.blob_prefix, TOKENIZER_DIR))
         resumed = _resume_or_start(self.trainer, self.store, self.job, owner=self.owner)
         if resumed is not None:
             self.control.latest = dict(resumed.metrics)
@@ -511,13 +497,15 @@ class JobRun:
         match ending:
             case Ending.SUCCEEDED:
                 max_steps = self.spec.training.max_steps
-                if self.lease.finish("succeeded", f"finished {max_steps} steps, {self.trainer.tokens_seen:,} tokens"):
+                if self.lease.finish(
+                    JobStatus.SUCCEEDED, f"finished {max_steps} steps, {self.trainer.tokens_seen:,} tokens"
+                ):
                     return "succeeded"
                 # A cancel arrived after the last step: honour it rather than report success.
-                self.lease.finish("cancelled", f"cancelled at step {step}, after the last step")
+                self.lease.finish(JobStatus.CANCELLED, f"cancelled at step {step}, after the last step")
                 return "cancelled"
             case Ending.CANCELLED:
-                self.lease.finish("cancelled", f"cancelled at step {step}")
+                self.lease.finish(JobStatus.CANCELLED, f"cancelled at step {step}")
                 return "cancelled"
             case Ending.PAUSED:
                 self._checkpoint_unless_saved()

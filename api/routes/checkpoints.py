@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 
 from api.deps import OwnedCheckpoint, SessionDep
+from api.downloads import blob_download
 from api.errors import ApiError
 from api.presenters import checkpoint_public
 from api.schemas import CheckpointPublic
 from storage.blobs import get_blob_store
 from storage.checkpoints import iter_tar, tar_size
+from storage.keys import join_key
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 
@@ -29,9 +31,8 @@ def get_checkpoint(checkpoint: OwnedCheckpoint, session: SessionDep) -> Checkpoi
     responses={200: {"content": {"application/x-tar": {}}}},
 )
 def download_archive(checkpoint: OwnedCheckpoint) -> StreamingResponse:
-    folder = get_blob_store().local_path(checkpoint.blob_prefix)
     return StreamingResponse(
-        iter_tar(folder, checkpoint.files),
+        iter_tar(get_blob_store(), checkpoint.blob_prefix, checkpoint.files),
         media_type="application/x-tar",
         headers={
             "Content-Length": str(tar_size(checkpoint.files)),
@@ -44,16 +45,19 @@ def download_archive(checkpoint: OwnedCheckpoint) -> StreamingResponse:
     "/{checkpoint_id}/files/{name}",
     summary="Download one file of a checkpoint",
     description="Honours `Range`. The response carries the file's recorded sha256 in `X-Checksum-Sha256`.",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
 )
-def download_file(checkpoint: OwnedCheckpoint, name: str) -> FileResponse:
+def download_file(checkpoint: OwnedCheckpoint, name: str, request: Request) -> Response:
     entry = next((f for f in checkpoint.files if f["name"] == name), None)
     if entry is None:
         names = ", ".join(f["name"] for f in checkpoint.files)
         raise ApiError(404, f"checkpoint {checkpoint.id} has no file {name!r}; it has: {names}")
-    folder = get_blob_store().local_path(checkpoint.blob_prefix)
-    return FileResponse(
-        folder / entry["name"],
+    return blob_download(
+        request,
+        store=get_blob_store(),
+        key=join_key(checkpoint.blob_prefix, entry["name"]),
         filename=entry["name"],
-        headers={"X-Checksum-Sha256": entry["sha256"]},
+        size=entry["size_bytes"],
+        sha256=entry["sha256"],
+        last_modified=checkpoint.created_at,
     )

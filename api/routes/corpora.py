@@ -14,7 +14,8 @@ from api.schemas import CorporaPage, CorpusPublic
 from api.uploads import receive_upload
 from selfsup.settings import get_settings
 from storage import crud
-from storage.blobs import corpus_upload_key, get_blob_store
+from storage.blobs import get_blob_store
+from storage.keys import corpus_prefix, corpus_upload_key
 from storage.tables import new_id
 from workers.celery_app import INGEST_CORPUS
 
@@ -119,5 +120,5 @@ def delete_corpus(corpus: OwnedCorpus, session: SessionDep) -> Response:
         )
     crud.delete_corpus(session=session, corpus=corpus)
     session.commit()
-    get_blob_store().delete_prefix(f"corpora/{corpus.id}")
+    get_blob_store().delete_prefix(corpus_prefix(corpus.id))
     return Response(status_code=204)

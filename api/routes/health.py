@@ -9,13 +9,13 @@ from __future__ import annotations
 import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import run_db
 from api.schemas import Health
 from selfsup.broker import broker_url
 from selfsup.settings import get_settings
+from storage.db import ping
 
 router = APIRouter(tags=["health"])
 
@@ -37,7 +37,7 @@ def _ping_broker() -> None:
 async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        await run_db(request, lambda session: session.execute(text("SELECT 1")))
+        await run_db(request, ping)
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - readiness reports any failure as not ready
         checks["database"] = f"unavailable: {type(exc).__name__}"

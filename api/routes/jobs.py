@@ -23,6 +23,8 @@ from api.schemas import (
 )
 from selfsup.spec import JobSpec
 from storage import crud
+from storage.status import FINISHED_JOB_STATUSES, CorpusStatus
+from storage.status import JobStatus as Status
 from storage.tables import Job, Tenant
 from workers.celery_app import PREPARE_JOB, TRAIN_JOB
 
@@ -96,7 +98,7 @@ def _check_corpora(spec: JobSpec, *, tenant: Tenant, session: Session) -> None:
         corpus = crud.get_corpus(session=session, tenant=tenant, corpus_id=corpus_id)
         if corpus is None:
             problems.append({"field": f"corpus_ids[{i}]", "message": f"no corpus {corpus_id}"})
-        elif corpus.status == "failed":
+        elif corpus.status == CorpusStatus.FAILED:
             problems.append(
                 {"field": f"corpus_ids[{i}]", "message": f"corpus {corpus_id} failed ingest: {corpus.error}"}
             )
@@ -130,7 +132,7 @@ def get_job(job: OwnedJob) -> JobPublic:
     responses={409: {"description": "The job already finished"}},
 )
 def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
-    if job.status in crud.FINISHED_JOB_STATUSES:
+    if job.status in FINISHED_JOB_STATUSES:
         raise ApiError(409, f"job {job.id} already finished ({job.status}); nothing to cancel")
     crud.request_cancel(session=session, job=job)
     return job_public(job)
@@ -146,7 +148,7 @@ def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     responses={409: {"description": "The job is not queued or running"}},
 )
 def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
-    if job.status not in ("queued", "running"):
+    if job.status not in (Status.QUEUED, Status.RUNNING):
         raise ApiError(409, f"job {job.id} is {job.status}; only a queued or running job can be paused")
     crud.request_pause(session=session, job=job)
     return job_public(job)
@@ -160,7 +162,7 @@ def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     responses={409: {"description": "The job is not paused"}},
 )
 def resume_job(job: OwnedJob, session: SessionDep) -> JobPublic:
-    if job.status != "paused":
+    if job.status != Status.PAUSED:
         raise ApiError(409, f"job {job.id} is {job.status}, not paused; nothing to resume")
     if not crud.resume_paused(session=session, job=job):
         raise ApiError(409, f"job {job.id} is still pausing; try again when its status is paused")

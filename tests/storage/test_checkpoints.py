@@ -37,7 +37,7 @@ def _write(store: LocalBlobStore, tmp_path: Path, version: int = 1):  # type: ig
 def test_checkpoint_is_written_whole_and_verifies(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path / "blobs")
     written = _write(store, tmp_path)
-    folder = store.local_path(written.prefix)
+    folder = store.path(written.prefix)
     assert sorted(f["name"] for f in written.files) == [
         "README.md",
         "config.json",
@@ -79,8 +79,7 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
 def test_streamed_tar_has_the_announced_length_and_contents(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path / "blobs")
     written = _write(store, tmp_path)
-    folder = store.local_path(written.prefix)
-    blob = b"".join(iter_tar(folder, written.files, chunk=7))
+    blob = b"".join(iter_tar(store, written.prefix, written.files, chunk=7))
     assert len(blob) == tar_size(written.files)
     with tarfile.open(fileobj=io.BytesIO(blob)) as archive:
         assert sorted(archive.getnames()) == sorted(f["name"] for f in written.files)

@@ -21,7 +21,8 @@ from pydantic import TypeAdapter
 
 from models.build import SpecialTokenIds
 from selfsup.spec import TokenizerSpec
-from storage.blobs import LocalBlobStore, corpus_split_key
+from storage.blobs import BlobStore
+from storage.keys import corpus_split_key, dataset_prefix, join_key
 from storage.tables import Corpus, TokenizedDataset
 from workers.data.documents import read_jsonl_texts
 from workers.data.token_arrays import TokenArrays
@@ -54,11 +55,11 @@ DocumentSources = Mapping[str, Callable[[str], Iterable[str]]]
 
 
 def build_dataset(
-    *, store: LocalBlobStore, key: str, corpora: Sequence[Corpus], tokenizer_spec: dict[str, Any]
+    *, store: BlobStore, key: str, corpora: Sequence[Corpus], tokenizer_spec: dict[str, Any]
 ) -> TokenizedDataset:
     """Train the tokenizer on the training split and write both splits as flat token arrays."""
     spec = _tokenizer_spec.validate_python(tokenizer_spec)
-    prefix = f"datasets/{key}"
+    prefix = dataset_prefix(key)
     sources = {corpus.id: functools.partial(_corpus_documents, store, corpus) for corpus in corpora}
     with store.staging_dir(prefix) as staging:
         meta = write_dataset(staging, spec, sources)
@@ -107,7 +108,7 @@ def open_dataset(folder: Path) -> TokenArrays:
     return TokenArrays.open(folder, dtype=meta["dtype"], vocab_size=meta["vocab_size"], special=special_token_ids(meta))
 
 
-def _corpus_documents(store: LocalBlobStore, corpus: Corpus, split: str) -> Iterator[str]:
+def _corpus_documents(store: BlobStore, corpus: Corpus, split: str) -> Iterator[str]:
     with store.open(corpus_split_key(corpus.id, split)) as fh:
         yield from read_jsonl_texts(fh)
 
@@ -123,9 +124,10 @@ def _portable_tokenizer_config(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2))
 
 
-def dataset_meta(store: LocalBlobStore, dataset: TokenizedDataset) -> dict[str, Any]:
+def dataset_meta(store: BlobStore, dataset: TokenizedDataset) -> dict[str, Any]:
     """The dataset's `meta.json`."""
-    meta: dict[str, Any] = json.loads(store.local_path(f"{dataset.blob_prefix}/meta.json").read_text())
+    with store.open(join_key(dataset.blob_prefix, "meta.json")) as fh:
+        meta: dict[str, Any] = json.load(fh)
     return meta
 
 

@@ -17,7 +17,7 @@ import transformers
 
 from models.build import count_parameters
 from selfsup.spec import JobSpec
-from storage.blobs import LocalBlobStore
+from storage.blobs import BlobStore
 from storage.checkpoints import WrittenCheckpoint, lineage_json, write_checkpoint
 from storage.tables import Corpus, Job, TokenizedDataset
 from workers.training.model_card import render_model_card
@@ -103,7 +103,7 @@ def checkpoint_text_files(manifest: dict[str, Any]) -> dict[str, str]:
 
 def write_checkpoint_folder(
     *,
-    store: LocalBlobStore,
+    store: BlobStore,
     trainer: Trainer,
     run: RunLineage,
     record: CheckpointRecord,

@@ -1,0 +1,131 @@
+"""Database access for the API and the workers: keyword-only functions that take the session.
+
+Routes and tasks call these; nothing else writes SQL. Tenant scoping happens here, so a query
+can never forget it. One module per resource; import the package (`from storage import crud`).
+"""
+
+from __future__ import annotations
+
+from storage.crud.checkpoints import (
+    add_checkpoint,
+    checkpoint_aliases,
+    delete_checkpoint,
+    get_checkpoint,
+    list_checkpoints,
+    next_checkpoint_version,
+    prunable_checkpoints,
+)
+from storage.crud.corpora import (
+    corpus_in_use,
+    create_corpus,
+    delete_corpus,
+    fail_corpus,
+    get_corpus,
+    get_corpus_by_id,
+    list_corpora,
+    mark_corpus_ready,
+    stale_processing_corpora,
+)
+from storage.crud.datasets import (
+    add_dataset,
+    get_dataset,
+)
+from storage.crud.events import (
+    add_event,
+    delete_metrics_after,
+    list_events,
+    list_metrics,
+    write_metrics,
+)
+from storage.crud.jobs import (
+    RequeueOutcome,
+    claim_job,
+    create_job,
+    expired_leases,
+    fail_job,
+    find_job_by_idempotency_key,
+    finish_job,
+    get_job,
+    get_job_by_id,
+    job_corpora,
+    list_jobs,
+    lock_job_lease,
+    mark_paused,
+    queued_jobs_reading,
+    record_job_dataset,
+    renew_lease,
+    request_cancel,
+    request_fingerprint,
+    request_pause,
+    requeue_after_crash,
+    requeue_job,
+    resume_paused,
+    running_jobs_of,
+    stale_queued_jobs,
+)
+from storage.crud.paging import (
+    decode_cursor,
+    encode_cursor,
+)
+from storage.crud.tenants import (
+    create_api_key,
+    get_or_create_tenant,
+    hash_api_key,
+    tenant_for_key,
+)
+
+__all__ = [
+    "RequeueOutcome",
+    "add_checkpoint",
+    "add_dataset",
+    "add_event",
+    "checkpoint_aliases",
+    "claim_job",
+    "corpus_in_use",
+    "create_api_key",
+    "create_corpus",
+    "create_job",
+    "decode_cursor",
+    "delete_checkpoint",
+    "delete_corpus",
+    "delete_metrics_after",
+    "encode_cursor",
+    "expired_leases",
+    "fail_corpus",
+    "fail_job",
+    "find_job_by_idempotency_key",
+    "finish_job",
+    "get_checkpoint",
+    "get_corpus",
+    "get_corpus_by_id",
+    "get_dataset",
+    "get_job",
+    "get_job_by_id",
+    "get_or_create_tenant",
+    "hash_api_key",
+    "job_corpora",
+    "list_checkpoints",
+    "list_corpora",
+    "list_events",
+    "list_jobs",
+    "list_metrics",
+    "lock_job_lease",
+    "mark_corpus_ready",
+    "mark_paused",
+    "next_checkpoint_version",
+    "prunable_checkpoints",
+    "queued_jobs_reading",
+    "record_job_dataset",
+    "renew_lease",
+    "request_cancel",
+    "request_fingerprint",
+    "request_pause",
+    "requeue_after_crash",
+    "requeue_job",
+    "resume_paused",
+    "running_jobs_of",
+    "stale_processing_corpora",
+    "stale_queued_jobs",
+    "tenant_for_key",
+    "write_metrics",
+]

@@ -1,0 +1,61 @@
+"""A job's events and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy.orm import Session
+
+from storage.tables import (
+    Event,
+    Metric,
+)
+
+
+def add_event(*, session: Session, job_id: str, type: str, message: str) -> None:
+    """Append an event to a job's history."""
+    session.add(Event(job_id=job_id, type=type, message=message))
+
+
+def list_events(*, session: Session, job_id: str, after_id: int | None = None) -> list[Event]:
+    """A job's events, oldest first."""
+    query = select(Event).where(Event.job_id == job_id)
+    if after_id is not None:
+        query = query.where(Event.id > after_id)
+    return list(session.scalars(query.order_by(Event.id)))
+
+
+def write_metrics(*, session: Session, job_id: str, rows: Sequence[tuple[int, str, float, datetime]]) -> None:
+    """Store a batch of (step, name, value, time); a value for an existing (step, name) replaces it."""
+    if not rows:
+        return
+    latest: dict[tuple[int, str], tuple[float, datetime]] = {}
+    for step, name, value, time in rows:
+        latest[(step, name)] = (value, time)
+    session.execute(delete(Metric).where(Metric.job_id == job_id, tuple_(Metric.step, Metric.name).in_(list(latest))))
+    session.execute(
+        insert(Metric),
+        [
+            {"job_id": job_id, "step": step, "name": name, "value": value, "time": time}
+            for (step, name), (value, time) in latest.items()
+        ],
+    )
+
+
+def delete_metrics_after(*, session: Session, job_id: str, step: int) -> None:
+    """Forget metrics past `step` (a resumed job replays those steps)."""
+    session.execute(delete(Metric).where(Metric.job_id == job_id, Metric.step > step))
+
+
+def list_metrics(
+    *, session: Session, job_id: str, name: str | None, after_step: int | None, limit: int
+) -> list[Metric]:
+    """A job's metrics in step order."""
+    query = select(Metric).where(Metric.job_id == job_id)
+    if name:
+        query = query.where(Metric.name == name)
+    if after_step is not None:
+        query = query.where(Metric.step > after_step)
+    return list(session.scalars(query.order_by(Metric.step, Metric.name).limit(limit)))

@@ -1,0 +1,357 @@
+"""Jobs: creation, every change of status (checked against `storage.status`), and the trainer's lease."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Update, func, select, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
+
+from selfsup.spec import TrainingSpec
+from storage.crud._sql import rowcount
+from storage.crud.events import add_event
+from storage.crud.paging import page
+from storage.status import (
+    ACTIVE_JOB_STATUSES,
+    FINISHED_JOB_STATUSES,
+    JobStatus,
+    job_statuses_leading_to,
+)
+from storage.tables import (
+    Corpus,
+    Job,
+    JobCorpus,
+    Tenant,
+    utcnow,
+)
+
+# The event that records a job's final status.
+_FINISH_EVENTS = {JobStatus.SUCCEEDED: "finished", JobStatus.FAILED: "failed", JobStatus.CANCELLED: "cancelled"}
+
+
+class RequeueOutcome(StrEnum):
+    """What `requeue_after_crash` did with a job whose trainer died or raised."""
+
+    REQUEUED = "requeued"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # the job was not running under the expected lease: someone else acted first
+
+
+def request_fingerprint(body: Any) -> str:
+    """A stable hash of a request body, to tell a repeated request from a different one."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def find_job_by_idempotency_key(*, session: Session, tenant: Tenant, key: str) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created, if any."""
+    return session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
+
+
+def create_job(
+    *,
+    session: Session,
+    tenant: Tenant,
+    spec: dict[str, Any],
+    name: str,
+    corpus_ids: Sequence[str],
+    max_steps: int,
+    idempotency_key: str | None,
+    request_sha256: str | None,
+) -> Job:
+    """Record a queued job and the corpora it reads. Raises IntegrityError on an idempotency race."""
+    job = Job(
+        tenant_id=tenant.id,
+        name=name,
+        spec=spec,
+        max_steps=max_steps,
+        idempotency_key=idempotency_key,
+        request_sha256=request_sha256,
+        status=JobStatus.QUEUED,
+    )
+    session.add(job)
+    session.flush()
+    for position, corpus_id in enumerate(corpus_ids):
+        session.add(JobCorpus(job_id=job.id, corpus_id=corpus_id, position=position))
+    add_event(session=session, job_id=job.id, type="queued", message="job queued")
+    session.flush()
+    return job
+
+
+def get_job(*, session: Session, tenant: Tenant, job_id: str) -> Job | None:
+    """One of the tenant's jobs, or None."""
+    return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id))
+
+
+def get_job_by_id(*, session: Session, job_id: str) -> Job | None:
+    """A job whoever owns it (for workers, which act on ids the database gave them)."""
+    return session.get(Job, job_id)
+
+
+def stale_queued_jobs(*, session: Session, untouched_since: datetime) -> list[Job]:
+    """Jobs still queued since `untouched_since`; each is touched, so it waits again before the next look."""
+    jobs = list(session.scalars(select(Job).where(Job.status == JobStatus.QUEUED, Job.updated_at < untouched_since)))
+    for job in jobs:
+        job.updated_at = utcnow()
+    return jobs
+
+
+def record_job_dataset(*, session: Session, job_id: str, dataset_key: str) -> bool:
+    """Name a queued job's tokenized data; False if it was named already (or the job moved on)."""
+    recorded = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.dataset_key.is_(None))
+        .values(dataset_key=dataset_key)
+        .execution_options(synchronize_session=False)
+    )
+    return rowcount(session, recorded) == 1
+
+
+def list_jobs(
+    *, session: Session, tenant: Tenant, status: str | None, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """A page of the tenant's jobs, newest first, optionally of one status."""
+    filters: list[Any] = [Job.tenant_id == tenant.id]
+    if status:
+        filters.append(Job.status == status)
+    return page(session, Job, filters, limit=limit, cursor=cursor)
+
+
+def job_corpora(*, session: Session, job_id: str) -> list[Corpus]:
+    """The corpora a job reads, in the order its spec lists them."""
+    return list(
+        session.scalars(
+            select(Corpus)
+            .join(JobCorpus, JobCorpus.corpus_id == Corpus.id)
+            .where(JobCorpus.job_id == job_id)
+            .order_by(JobCorpus.position)
+        )
+    )
+
+
+def queued_jobs_reading(*, session: Session, corpus_id: str) -> list[Job]:
+    """Queued jobs that wait on a corpus."""
+    return list(
+        session.scalars(
+            select(Job)
+            .join(JobCorpus, JobCorpus.job_id == Job.id)
+            .where(JobCorpus.corpus_id == corpus_id, Job.status == JobStatus.QUEUED)
+        )
+    )
+
+
+def finish_job(
+    *,
+    session: Session,
+    job_id: str,
+    status: JobStatus,
+    message: str,
+    error: str | None = None,
+    owner: str | None = None,
+) -> bool:
+    """Move an active job to a final status (once; only by `owner` if given); False if that did not happen."""
+    if status not in FINISHED_JOB_STATUSES:
+        raise ValueError(f"{status} is not a final job status")
+    conditions = [Job.lease_owner == owner] if owner is not None else []
+    if status == JobStatus.SUCCEEDED:  # a job whose cancel was accepted never ends as succeeded
+        conditions.append(Job.cancel_requested.is_(False))
+    moved = rowcount(
+        session,
+        _move_job(job_id, status)
+        .where(*conditions)
+        .values(error=error, finished_at=utcnow(), lease_owner=None, lease_expires_at=None),
+    )
+    if moved != 1:
+        return False
+    add_event(session=session, job_id=job_id, type=_FINISH_EVENTS[status], message=message)
+    session.flush()
+    return True
+
+
+def fail_job(*, session: Session, job_id: str, reason: str, owner: str | None = None) -> bool:
+    """Fail an active job with `reason` (only by `owner` if given); False if it had already ended or moved on."""
+    return finish_job(
+        session=session, job_id=job_id, status=JobStatus.FAILED, message=f"failed: {reason}", error=reason, owner=owner
+    )
+
+
+def _move_job(job_id: str, to: JobStatus, *, among: frozenset[JobStatus] | None = None) -> Update:
+    """An UPDATE moving a job to `to`, only from a status its lifecycle allows (and, if given, in `among`)."""
+    return (
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(job_statuses_leading_to(to, among=among)))
+        .values(status=to)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def request_cancel(*, session: Session, job: Job) -> str:
+    """Cancel a queued or paused job now, or ask its trainer to stop; returns the status after the request."""
+    now = utcnow()
+    idle = _move_job(job.id, JobStatus.CANCELLED, among=frozenset({JobStatus.QUEUED, JobStatus.PAUSED}))
+    if rowcount(session, idle.where(Job.lease_owner.is_(None)).values(finished_at=now, cancel_requested=True)):
+        add_event(session=session, job_id=job.id, type="cancelled", message=f"cancelled while {job.status}")
+    else:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status.in_(ACTIVE_JOB_STATUSES))
+            .values(cancel_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        add_event(session=session, job_id=job.id, type="cancel_requested", message="cancel requested")
+    session.flush()
+    session.refresh(job)
+    return job.status
+
+
+def request_pause(*, session: Session, job: Job) -> str:
+    """Pause a queued job now, or ask its trainer to checkpoint and stop at the next step boundary."""
+    idle = _move_job(job.id, JobStatus.PAUSED, among=frozenset({JobStatus.QUEUED}))
+    if rowcount(session, idle.where(Job.lease_owner.is_(None))):
+        add_event(session=session, job_id=job.id, type="paused", message="paused before it started")
+    else:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.RUNNING)
+            .values(pause_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        add_event(session=session, job_id=job.id, type="pause_requested", message="pause requested")
+    session.flush()
+    session.refresh(job)
+    return job.status
+
+
+def resume_paused(*, session: Session, job: Job) -> bool:
+    """Queue a paused job again; False if it was not paused."""
+    resume = _move_job(job.id, JobStatus.QUEUED, among=frozenset({JobStatus.PAUSED}))
+    if not rowcount(session, resume.where(Job.lease_owner.is_(None)).values(pause_requested=False)):
+        return False
+    add_event(session=session, job_id=job.id, type="resume_requested", message="queued again after a pause")
+    session.flush()
+    session.refresh(job)
+    return True
+
+
+def mark_paused(*, session: Session, job_id: str, owner: str, step: int) -> bool:
+    """The trainer saved a checkpoint and lets go of a job whose pause was requested."""
+    done = rowcount(
+        session,
+        _move_job(job_id, JobStatus.PAUSED, among=frozenset({JobStatus.RUNNING}))
+        .where(Job.lease_owner == owner)
+        .values(pause_requested=False, lease_owner=None, lease_expires_at=None),
+    )
+    if done:
+        add_event(session=session, job_id=job_id, type="paused", message=f"paused at step {step}; checkpoint saved")
+    return bool(done)
+
+
+def claim_job(*, session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+    """Take a queued job's lease; exactly one caller can win, whatever the broker delivers."""
+    now = utcnow()
+    return bool(
+        rowcount(
+            session,
+            _move_job(job_id, JobStatus.RUNNING, among=frozenset({JobStatus.QUEUED}))
+            .where(Job.lease_owner.is_(None), Job.cancel_requested.is_(False))
+            .values(
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now),
+            ),
+        )
+    )
+
+
+def requeue_after_crash(*, session: Session, job: Job, owner: str | None, error: str) -> RequeueOutcome:
+    """A trainer died or raised: queue the job to resume, or fail it once `max_restarts` is spent.
+
+    `owner` guards against acting on a job someone else holds now (None: the lease is known to be dead).
+    """
+    max_restarts = _max_restarts(job)
+    held = Job.lease_owner == owner if owner is not None else Job.lease_owner == job.lease_owner
+    running = frozenset({JobStatus.RUNNING})
+    released = {"lease_owner": None, "lease_expires_at": None, "last_error": error}
+    if job.restarts < max_restarts:
+        requeue = _move_job(job.id, JobStatus.QUEUED, among=running).where(held)
+        if not rowcount(session, requeue.values(**released, restarts=Job.restarts + 1)):
+            return RequeueOutcome.SKIPPED
+        add_event(
+            session=session,
+            job_id=job.id,
+            type="crashed",
+            message=f"{error}; resuming (restart {job.restarts + 1} of {max_restarts})",
+        )
+        return RequeueOutcome.REQUEUED
+    reason = f"gave up after {max_restarts} restarts; last error: {error}"
+    fail = _move_job(job.id, JobStatus.FAILED, among=running).where(held)
+    if not rowcount(session, fail.values(**released, error=reason, finished_at=utcnow())):
+        return RequeueOutcome.SKIPPED
+    add_event(session=session, job_id=job.id, type=_FINISH_EVENTS[JobStatus.FAILED], message=f"failed: {reason}")
+    return RequeueOutcome.FAILED
+
+
+def _max_restarts(job: Job) -> int:
+    """The job's `training.max_restarts`; a spec stored before that field existed gets the spec's default."""
+    default = TrainingSpec.model_fields["max_restarts"].default
+    return int(job.spec.get("training", {}).get("max_restarts", default))
+
+
+def lock_job_lease(*, session: Session, job_id: str, owner: str) -> bool:
+    """Lock the job row for this transaction and tell whether `owner` still holds its lease."""
+    holder = session.scalar(select(Job.lease_owner).where(Job.id == job_id).with_for_update())
+    return holder == owner
+
+
+def expired_leases(*, session: Session) -> list[Job]:
+    """Running jobs whose trainer stopped renewing its lease."""
+    return list(session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < utcnow())))
+
+
+def running_jobs_of(*, session: Session, owner_prefix: str) -> list[Job]:
+    """Running jobs whose lease owner starts with `owner_prefix` (one host's workers)."""
+    running = select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_owner.startswith(owner_prefix))
+    return list(session.scalars(running))
+
+
+def renew_lease(
+    *,
+    session: Session,
+    job_id: str,
+    owner: str,
+    lease_seconds: float,
+    step: int,
+    tokens_seen: int,
+    latest_metrics: dict[str, float],
+) -> Job | None:
+    """Extend the lease and publish progress; None when the lease was lost to another worker."""
+    now = utcnow()
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+        .values(
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            step=step,
+            tokens_seen=tokens_seen,
+            latest_metrics=latest_metrics,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def requeue_job(*, session: Session, job_id: str, owner: str, message: str) -> bool:
+    """Hand a running job back to the queue (its lease released) for another worker to resume."""
+    release = _move_job(job_id, JobStatus.QUEUED, among=frozenset({JobStatus.RUNNING})).where(Job.lease_owner == owner)
+    if rowcount(session, release.values(lease_owner=None, lease_expires_at=None)) != 1:
+        return False
+    add_event(session=session, job_id=job_id, type="released", message=message)
+    return True
