@@ -3,6 +3,9 @@
 corpora/<corpus_id>/upload                 the bytes as uploaded
 corpora/<corpus_id>/<split>.jsonl          an ingested split (train, validation)
 datasets/<dataset_key>/...                 a tokenized dataset folder
+curated/<curation_key>/                    a curated dataset's kept text, once per curation key:
+    source-<i>/<split>.jsonl               the kept documents of source i's split (train, validation)
+    report.json                            the curation report (written last: its presence means done)
 checkpoints/<job_id>/v<version>-<random>/  one checkpoint (a Hugging Face folder and resume/)
 """
 
@@ -12,6 +15,7 @@ import secrets
 
 CORPORA = "corpora"
 DATASETS = "datasets"
+CURATED = "curated"
 CHECKPOINTS = "checkpoints"
 
 
@@ -38,6 +42,29 @@ def corpus_split_key(corpus_id: str, split: str) -> str:
 def dataset_prefix(dataset_key: str) -> str:
     """The blob prefix of a tokenized dataset, named by its cache key."""
     return join_key(DATASETS, dataset_key)
+
+
+def curation_prefix(curation_key: str) -> str:
+    """The blob prefix of the kept text and report of one curation (shared by datasets with the same key)."""
+    return join_key(CURATED, curation_key)
+
+
+def curated_split_file(source_index: int, split: str) -> str:
+    """The path, inside a curation's folder, of one source's kept documents of a split, as JSONL."""
+    return f"source-{source_index}/{split}.jsonl"
+
+
+def curated_split_key(curation_key: str, source_index: int, split: str) -> str:
+    """Blob key of one source's kept documents of a split (`train`, `validation`)."""
+    return join_key(curation_prefix(curation_key), curated_split_file(source_index, split))
+
+
+CURATION_REPORT_FILE = "report.json"
+
+
+def curation_report_key(curation_key: str) -> str:
+    """Blob key of a curation's report (JSON)."""
+    return join_key(curation_prefix(curation_key), CURATION_REPORT_FILE)
 
 
 def job_checkpoints_prefix(job_id: str) -> str:

@@ -1,4 +1,4 @@
-"""The lifecycles of a job and a corpus: their statuses and the moves between them, written once.
+"""The lifecycles of a job, a corpus and a curated dataset: their statuses and the moves between them, written once.
 
 The values are the strings stored in the `status` columns and shown by the API; `crud` checks every
 change of status against the tables below, in Python and in the UPDATE's WHERE clause.
@@ -23,6 +23,14 @@ class JobStatus(StrEnum):
 
 class CorpusStatus(StrEnum):
     """Where an uploaded corpus is in ingest."""
+
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class DatasetStatus(StrEnum):
+    """Where a curated dataset is in curation."""
 
     PROCESSING = "processing"
     READY = "ready"
@@ -60,6 +68,13 @@ CORPUS_TRANSITIONS: Mapping[CorpusStatus, frozenset[CorpusStatus]] = {
     CorpusStatus.FAILED: frozenset(),
 }
 
+# A dataset is curated once: it becomes ready (curated, or reusing an identical curation) or fails, and stays so.
+DATASET_TRANSITIONS: Mapping[DatasetStatus, frozenset[DatasetStatus]] = {
+    DatasetStatus.PROCESSING: frozenset({DatasetStatus.READY, DatasetStatus.FAILED}),
+    DatasetStatus.READY: frozenset(),
+    DatasetStatus.FAILED: frozenset(),
+}
+
 FINISHED_JOB_STATUSES = frozenset(status for status, moves in JOB_TRANSITIONS.items() if not moves)
 ACTIVE_JOB_STATUSES = frozenset(JobStatus) - FINISHED_JOB_STATUSES
 
@@ -78,3 +93,8 @@ def job_statuses_leading_to(target: JobStatus, *, among: frozenset[JobStatus] | 
 def corpus_statuses_leading_to(target: CorpusStatus) -> frozenset[CorpusStatus]:
     """The statuses a corpus may move to `target` from."""
     return frozenset(status for status, moves in CORPUS_TRANSITIONS.items() if target in moves)
+
+
+def dataset_statuses_leading_to(target: DatasetStatus) -> frozenset[DatasetStatus]:
+    """The statuses a curated dataset may move to `target` from."""
+    return frozenset(status for status, moves in DATASET_TRANSITIONS.items() if target in moves)

@@ -1,4 +1,4 @@
-"""The database tables: the single source of truth for tenants, corpora, jobs, metrics and checkpoints."""
+"""The database tables: the single source of truth for tenants, corpora, datasets, jobs, metrics and checkpoints."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from storage.status import CorpusStatus, JobStatus
+from storage.status import CorpusStatus, DatasetStatus, JobStatus
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -99,6 +99,32 @@ class Corpus(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class Dataset(Base):
+    """A curated mixture of corpora (`POST /v1/datasets`); its kept text is stored once per `curation_key`."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dst"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=DatasetStatus.PROCESSING)  # a DatasetStatus
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The request with every default filled in (`DatasetCreate.canonical()`).
+    request: Mapped[dict[str, Any]] = mapped_column()
+    # [{corpus_id, name, sha256, weight, share}] of the sources and [{corpus_id, name, sha256}] of the
+    # evaluation corpora, as they were when the dataset was asked for (lineage outlives a deleted corpus).
+    source_corpora: Mapped[list[Any]] = mapped_column()
+    evaluation_corpora: Mapped[list[Any]] = mapped_column(default=list)
+    # sha256 over the sources' contents in order, their weights, the curation spec and the evaluation
+    # corpora's contents: datasets with one key share one curation run and its blobs.
+    curation_key: Mapped[str] = mapped_column(String(64), index=True)
+    totals: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -125,6 +151,10 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     request_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     dataset_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The curated dataset the job trains on, when its spec names `dataset_id` instead of `corpus_ids`.
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL", name="fk_jobs_dataset_id_datasets"), default=None, index=True
+    )
     # The lease: who trains this job now, and until when that claim holds without a heartbeat.
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)

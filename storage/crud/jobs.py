@@ -63,10 +63,12 @@ def create_job(
     max_steps: int,
     idempotency_key: str | None,
     request_sha256: str | None,
+    dataset_id: str | None = None,
 ) -> Job:
-    """Record a queued job and the corpora it reads. Raises IntegrityError on an idempotency race."""
+    """Record a queued job and the corpora or dataset it reads. Raises IntegrityError on an idempotency race."""
     job = Job(
         tenant_id=tenant.id,
+        dataset_id=dataset_id,
         name=name,
         spec=spec,
         max_steps=max_steps,

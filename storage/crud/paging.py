@@ -13,13 +13,14 @@ from sqlalchemy.orm import Session
 
 from storage.tables import (
     Corpus,
+    Dataset,
     Job,
 )
 
-Row = TypeVar("Row", Corpus, Job)
+Row = TypeVar("Row", Corpus, Dataset, Job)
 
 
-def encode_cursor(row: Corpus | Job) -> str:
+def encode_cursor(row: Corpus | Dataset | Job) -> str:
     """An opaque cursor pointing just after `row` in newest-first order."""
     raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")

@@ -24,6 +24,7 @@ TABLES = {
     "events",
     "checkpoints",
     "tokenized_datasets",
+    "datasets",
 }
 
 
@@ -53,7 +54,7 @@ def _roundtrip(url: str) -> None:
     migrate.upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     engine.dispose()
 
 
