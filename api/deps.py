@@ -27,7 +27,8 @@ from api.errors import ApiError
 from selfsup.settings import get_settings
 from storage import crud
 from storage.db import get_sessionmaker, pool_capacity, session_scope
-from storage.tables import Checkpoint, Corpus, Job, Tenant
+from storage.status import CorpusStatus
+from storage.tables import Checkpoint, Corpus, Dataset, Job, Tenant
 from workers.celery_app import enqueue
 
 log = logging.getLogger("selfsup.api")
@@ -135,6 +136,14 @@ def owned_corpus(corpus_id: str, tenant: TenantDep, session: SessionDep) -> Corp
     return corpus
 
 
+def owned_dataset(dataset_id: str, tenant: TenantDep, session: SessionDep) -> Dataset:
+    """The caller's curated dataset, or 404."""
+    dataset = crud.get_curated_dataset(session=session, tenant=tenant, dataset_id=dataset_id)
+    if dataset is None:
+        raise ApiError(404, f"no dataset {dataset_id}")
+    return dataset
+
+
 def owned_job(job_id: str, tenant: TenantDep, session: SessionDep) -> Job:
     """The caller's job, or 404."""
     job = crud.get_job(session=session, tenant=tenant, job_id=job_id)
@@ -152,6 +161,7 @@ def owned_checkpoint(checkpoint_id: str, tenant: TenantDep, session: SessionDep)
 
 
 OwnedCorpus = Annotated[Corpus, Depends(owned_corpus)]
+OwnedDataset = Annotated[Dataset, Depends(owned_dataset)]
 OwnedJob = Annotated[Job, Depends(owned_job)]
 OwnedCheckpoint = Annotated[Checkpoint, Depends(owned_checkpoint)]
 
@@ -169,6 +179,23 @@ async def page_cursor(
 
 
 CursorDep = Annotated[str | None, Depends(page_cursor)]
+
+
+def readable_corpora(session: Session, tenant: Tenant, named: list[tuple[str, str]]) -> list[Corpus]:
+    """The tenant's corpora named by `(field, corpus_id)` pairs, in order; 422 naming each field whose corpus
+    is missing (or another tenant's) or failed ingest. Corpora still processing are fine: work waits for them."""
+    found, problems = [], []
+    for field, corpus_id in named:
+        corpus = crud.get_corpus(session=session, tenant=tenant, corpus_id=corpus_id)
+        if corpus is None:
+            problems.append({"field": field, "message": f"no corpus {corpus_id}"})
+        elif corpus.status == CorpusStatus.FAILED:
+            problems.append({"field": field, "message": f"corpus {corpus_id} failed ingest: {corpus.error}"})
+        else:
+            found.append(corpus)
+    if problems:
+        raise ApiError(422, "; ".join(f"{p['field']}: {p['message']}" for p in problems), details=problems)
+    return found
 
 
 def wake_worker(task: str, row_id: str) -> None:

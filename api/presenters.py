@@ -4,16 +4,35 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from api.schemas import CheckpointFile, CheckpointPublic, CorpusPublic, JobPublic
+from api.schemas import CheckpointFile, CheckpointPublic, CorpusPublic, DatasetPublic, DatasetSourcePublic, JobPublic
 from selfsup.spec import JobSpec
 from storage import crud
 from storage.status import JobStatus
-from storage.tables import Checkpoint, Corpus, Job
+from storage.tables import Checkpoint, Corpus, Dataset, Job
 
 
 def corpus_public(corpus: Corpus) -> CorpusPublic:
     """A corpus as clients see it."""
     return CorpusPublic.model_validate(corpus, from_attributes=True)
+
+
+def dataset_public(dataset: Dataset) -> DatasetPublic:
+    """A curated dataset as clients see it (never its curation key or blob locations)."""
+    return DatasetPublic(
+        id=dataset.id,
+        name=dataset.name,
+        status=dataset.status,  # type: ignore[arg-type]
+        error=dataset.error,
+        sources=[
+            DatasetSourcePublic(corpus_id=s["corpus_id"], name=s["name"], weight=s["weight"], share=s["share"])
+            for s in dataset.source_corpora
+        ],
+        curation=dataset.request.get("curation"),
+        decontaminate_against=list(dataset.request.get("decontaminate_against", [])),
+        totals=dataset.totals,
+        created_at=dataset.created_at,
+        finished_at=dataset.finished_at,
+    )
 
 
 def job_public(job: Job) -> JobPublic:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 CorpusStatus = Literal["processing", "ready", "failed"]
+DatasetStatus = Literal["processing", "ready", "failed"]
 JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 
 
@@ -34,6 +35,39 @@ class CorpusPublic(BaseModel):
 
 class CorporaPage(BaseModel):
     data: list[CorpusPublic]
+    next_cursor: str | None = None
+
+
+class DatasetSourcePublic(BaseModel):
+    """One corpus of a dataset's mixture."""
+
+    corpus_id: str
+    name: str = Field(description="The corpus's name when the dataset was made.")
+    weight: float = Field(description="As requested.")
+    share: float = Field(description="The weight normalised: this source's share of the training tokens.")
+
+
+class DatasetPublic(BaseModel):
+    """A curated dataset: a mixture of corpora, cleaned by the curation rules."""
+
+    id: str = Field(examples=["dst_3c9e1a7b5d2f4e6a8b0c"])
+    name: str
+    status: DatasetStatus
+    error: str | None = Field(default=None, description="Why curation failed, when it did.")
+    sources: list[DatasetSourcePublic]
+    curation: dict[str, Any] | None = Field(
+        description="The curation rules with every default filled in; null: no rule but decontamination."
+    )
+    decontaminate_against: list[str]
+    totals: dict[str, Any] | None = Field(
+        default=None, description="The curation report's totals, once ready; the whole report is at `/report`."
+    )
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+class DatasetsPage(BaseModel):
+    data: list[DatasetPublic]
     next_cursor: str | None = None
 
 

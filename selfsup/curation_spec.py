@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from selfsup.spec_types import StrictModel
+from selfsup.spec_types import StrictModel, invalid_combination
 
 CorpusId = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -136,9 +136,11 @@ class DatasetCreate(StrictModel):
 
     @model_validator(mode="after")
     def _distinct_sources(self) -> DatasetCreate:
-        ids = [s.corpus_id for s in self.sources]
-        if len(set(ids)) != len(ids):
-            raise ValueError("sources must not repeat a corpus_id")
+        seen: set[str] = set()
+        for i, source in enumerate(self.sources):
+            if source.corpus_id in seen:
+                raise invalid_combination(f"sources[{i}].corpus_id", f"repeats corpus {source.corpus_id}")
+            seen.add(source.corpus_id)
         return self
 
     def mixture_weights(self) -> dict[str, float]:

@@ -1,17 +1,18 @@
 """The job spec: what a client submits to `POST /v1/jobs`, validated field by field.
 
-Every section refuses unknown fields, and everything but `corpus_ids` and `objective` has a default,
-so `{"corpus_ids": [...], "objective": {"type": "masked_lm"}}` is a complete job: the objective picks
-the model family, and the family picks the tokenizer and its special tokens.
+Every section refuses unknown fields, and everything but the data (`corpus_ids`, or `dataset_id` for a
+curated dataset) and `objective` has a default, so `{"corpus_ids": [...], "objective": {"type": "masked_lm"}}`
+is a complete job: the objective picks the model family, and the family picks the tokenizer and its
+special tokens.
 """
 
 from __future__ import annotations
 
 import functools
 import operator
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from models.objectives import OBJECTIVES, objective_type
 from models.objectives.base import ObjectiveSpec
@@ -185,10 +186,21 @@ UNION_TAGS: dict[str, set[str]] = {
 
 
 class JobSpec(StrictModel):
-    """A pretraining job: which corpora, which exercise, which model, and how long."""
+    """A pretraining job: which corpora (or curated dataset), which exercise, which model, and how long."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    corpus_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1, max_length=64)
+    corpus_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The corpora to train on, uncurated, one weight each. Exactly one of corpus_ids and dataset_id.",
+    )
+    dataset_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="A curated dataset (`POST /v1/datasets`) to train on, its sources drawn by their weights.",
+    )
     objective: AnyObjective
     tokenizer: TokenizerSpec | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -214,9 +226,22 @@ class JobSpec(StrictModel):
         },
     )
 
+    @model_serializer(mode="wrap")
+    def _leave_out_the_unused_data_field(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A corpus job's stored spec (and so its request fingerprint and lineage) stays what it was.
+        dumped: dict[str, Any] = handler(self)
+        for data_field in ("corpus_ids", "dataset_id"):
+            if dumped.get(data_field, ...) is None:
+                del dumped[data_field]
+        return dumped
+
     @model_validator(mode="after")
     def _fill_defaults_and_check_the_combination(self) -> JobSpec:
-        if len(set(self.corpus_ids)) != len(self.corpus_ids):
+        if self.corpus_ids is None and self.dataset_id is None:
+            raise invalid_combination("corpus_ids", "name the data: corpus_ids (a list of corpus ids) or dataset_id")
+        if self.corpus_ids is not None and self.dataset_id is not None:
+            raise invalid_combination("dataset_id", "name either corpus_ids or dataset_id, not both")
+        if self.corpus_ids is not None and len(set(self.corpus_ids)) != len(self.corpus_ids):
             raise ValueError("corpus_ids must not repeat an id")
         objective = self.objective
         if "family" not in self.model.model_fields_set:

@@ -18,10 +18,17 @@ GPU_QUEUE = "gpu"
 
 INGEST_CORPUS = "selfsup.ingest_corpus"
 PREPARE_JOB = "selfsup.prepare_job"
+CURATE_DATASET = "selfsup.curate_dataset"
 TRAIN_JOB = "selfsup.train_job"
 RECONCILE = "selfsup.reconcile"
 
-TASK_QUEUES = {INGEST_CORPUS: CPU_QUEUE, PREPARE_JOB: CPU_QUEUE, TRAIN_JOB: GPU_QUEUE, RECONCILE: CPU_QUEUE}
+TASK_QUEUES = {
+    INGEST_CORPUS: CPU_QUEUE,
+    CURATE_DATASET: CPU_QUEUE,
+    PREPARE_JOB: CPU_QUEUE,
+    TRAIN_JOB: GPU_QUEUE,
+    RECONCILE: CPU_QUEUE,
+}
 
 
 def make_celery() -> Celery:

@@ -11,7 +11,7 @@ from storage.blobs import BlobStore
 from storage.db import session_scope
 from storage.keys import corpus_prefix, corpus_split_key, corpus_upload_key
 from storage.status import CorpusStatus
-from workers.celery_app import PREPARE_JOB, enqueue
+from workers.celery_app import CURATE_DATASET, PREPARE_JOB, enqueue
 from workers.data.documents import IngestError, read_jsonl_texts, rebalance_tiny_split, split_corpus
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def ingest(corpus_id: str, *, settings: Settings, store: BlobStore) -> str:
         return _fail(corpus_id, f"internal error during ingest: {type(exc).__name__}: {exc}")
 
     with session_scope() as session:
-        if crud.get_corpus_by_id(session=session, corpus_id=corpus_id) is None:  # deleted meanwhile
+        corpus = crud.get_corpus_by_id(session=session, corpus_id=corpus_id)
+        if corpus is None:  # deleted meanwhile
             store.delete_prefix(corpus_prefix(corpus_id))
             return "deleted during ingest"
         if not crud.mark_corpus_ready(
@@ -62,8 +63,11 @@ def ingest(corpus_id: str, *, settings: Settings, store: BlobStore) -> str:
         ):
             return "nothing to do"  # another delivery finished it first
         waiting = [job.id for job in crud.queued_jobs_reading(session=session, corpus_id=corpus_id)]
+        curating = crud.processing_curated_datasets(session=session, tenant_id=corpus.tenant_id)
     for job_id in waiting:
         enqueue(PREPARE_JOB, job_id)
+    for dataset_id in curating:  # a dataset of the tenant may wait for this corpus; one that does not, returns
+        enqueue(CURATE_DATASET, dataset_id)
     return f"ready: {stats.documents} documents, {stats.characters} characters"
 
 
@@ -84,6 +88,10 @@ def _rebalance(store: BlobStore, corpus_id: str, settings: Settings) -> tuple[in
 
 def _fail(corpus_id: str, reason: str) -> str:
     with session_scope() as session:
-        if crud.fail_corpus(session=session, corpus_id=corpus_id, reason=reason) is None:
+        corpus = crud.fail_corpus(session=session, corpus_id=corpus_id, reason=reason)
+        if corpus is None:
             return "deleted during ingest"
+        curating = crud.processing_curated_datasets(session=session, tenant_id=corpus.tenant_id)
+    for dataset_id in curating:  # a dataset waiting for this corpus now fails with its reason
+        enqueue(CURATE_DATASET, dataset_id)
     return f"failed: {reason}"

@@ -1,14 +1,21 @@
-"""The prepare task body: make sure a queued job's tokenized data exists, then wake a trainer."""
+"""The prepare task body: make sure a queued job's tokenized data exists, then wake a trainer.
+
+A job names corpora (tokenized as they are, once per corpora and tokenizer) or a curated dataset
+(waited for until curated, then its kept text tokenized once per curation, sources and tokenizer,
+each source drawn by its weight).
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from selfsup.spec import JobSpec
 from storage import crud
 from storage.blobs import BlobStore
 from storage.db import session_scope
-from storage.status import CorpusStatus, JobStatus
+from storage.status import CorpusStatus, DatasetStatus, JobStatus
+from storage.tables import Corpus, Dataset, TokenizedDataset
 from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import build_dataset, dataset_key
 
@@ -23,26 +30,46 @@ def prepare(job_id: str, *, store: BlobStore) -> str:
             return "nothing to do"
         if job.dataset_key:
             return "already prepared"
-        corpora = crud.job_corpora(session=session, job_id=job_id)
-        failed = [c for c in corpora if c.status == CorpusStatus.FAILED]
-        if failed:
-            reason = f"corpus {failed[0].name} ({failed[0].id}) failed: {failed[0].error}"
-            crud.fail_job(session=session, job_id=job.id, reason=reason)
-            return "failed: corpus failed"
-        if len(corpora) < len(job.spec["corpus_ids"]):
-            reason = "a corpus of this job was deleted before training started"
-            crud.fail_job(session=session, job_id=job.id, reason=reason)
-            return "failed: corpus deleted"
-        if any(c.status != CorpusStatus.READY for c in corpora):
-            return "waiting for corpus ingest"
         spec = JobSpec.model_validate(job.spec)
         tokenizer_spec = spec.tokenizer.model_dump(mode="json")  # type: ignore[union-attr]
-        key = dataset_key([c.sha256 for c in corpora], tokenizer_spec)
+        data: list[Corpus] | Dataset
+        if job.dataset_id is not None or spec.dataset_id is not None:
+            curated = crud.get_curated_dataset_by_id(session=session, dataset_id=job.dataset_id or "")
+            if curated is None:
+                crud.fail_job(session=session, job_id=job.id, reason="its dataset was deleted before training started")
+                return "failed: dataset deleted"
+            if curated.status == DatasetStatus.FAILED:
+                reason = f"dataset {curated.name} ({curated.id}) failed: {curated.error}"
+                crud.fail_job(session=session, job_id=job.id, reason=reason)
+                return "failed: dataset failed"
+            if curated.status != DatasetStatus.READY:
+                return "waiting for dataset curation"
+            from workers.data.curated import curated_dataset_key
+
+            data = curated
+            key = curated_dataset_key(
+                curated.curation_key, [s["corpus_id"] for s in curated.source_corpora], tokenizer_spec
+            )
+        else:
+            corpora = crud.job_corpora(session=session, job_id=job_id)
+            failed = [c for c in corpora if c.status == CorpusStatus.FAILED]
+            if failed:
+                reason = f"corpus {failed[0].name} ({failed[0].id}) failed: {failed[0].error}"
+                crud.fail_job(session=session, job_id=job.id, reason=reason)
+                return "failed: corpus failed"
+            if len(corpora) < len(job.spec["corpus_ids"]):
+                reason = "a corpus of this job was deleted before training started"
+                crud.fail_job(session=session, job_id=job.id, reason=reason)
+                return "failed: corpus deleted"
+            if any(c.status != CorpusStatus.READY for c in corpora):
+                return "waiting for corpus ingest"
+            data = corpora
+            key = dataset_key([c.sha256 for c in corpora], tokenizer_spec)
         dataset = crud.get_dataset(session=session, key=key)
 
     if dataset is None:
         try:
-            built = build_dataset(store=store, key=key, corpora=corpora, tokenizer_spec=tokenizer_spec)
+            built = _build(store=store, key=key, data=data, tokenizer_spec=tokenizer_spec)
         except Exception as exc:
             log.exception("tokenizing for job %s failed", job_id)
             _fail(job_id, f"tokenization failed: {type(exc).__name__}: {exc}")
@@ -70,6 +97,17 @@ def prepare(job_id: str, *, store: BlobStore) -> str:
         return "already prepared"
     enqueue(TRAIN_JOB, job_id)
     return f"dataset {key[:12]} ready ({dataset.train_tokens} train tokens); trainer woken"
+
+
+def _build(
+    *, store: BlobStore, key: str, data: list[Corpus] | Dataset, tokenizer_spec: dict[str, Any]
+) -> TokenizedDataset:
+    """Tokenize a job's corpora as they are, or a curated dataset's kept text by its sources' weights."""
+    if isinstance(data, Dataset):
+        from workers.data.curated import build_curated_dataset
+
+        return build_curated_dataset(store=store, key=key, dataset=data, tokenizer_spec=tokenizer_spec)
+    return build_dataset(store=store, key=key, corpora=data, tokenizer_spec=tokenizer_spec)
 
 
 def _fail(job_id: str, reason: str) -> None:

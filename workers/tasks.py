@@ -17,9 +17,18 @@ from selfsup.settings import get_settings
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.db import session_scope
-from storage.keys import CORPORA, DATASETS
+from storage.keys import CORPORA, CURATED, DATASETS
 from storage.tables import utcnow
-from workers.celery_app import INGEST_CORPUS, PREPARE_JOB, RECONCILE, TRAIN_JOB, enqueue, get_celery, waiting_ids
+from workers.celery_app import (
+    CURATE_DATASET,
+    INGEST_CORPUS,
+    PREPARE_JOB,
+    RECONCILE,
+    TRAIN_JOB,
+    enqueue,
+    get_celery,
+    waiting_ids,
+)
 
 log = logging.getLogger("selfsup.tasks")
 app = get_celery()
@@ -56,6 +65,7 @@ def _prepare_worker(**_: Any) -> None:
     import torch
     import transformers
 
+    import workers.curate
     import workers.ingest
     import workers.prepare
     import workers.train  # noqa: F401
@@ -78,6 +88,14 @@ def ingest_corpus(corpus_id: str) -> str:
     from workers.ingest import ingest
 
     return ingest(corpus_id, settings=get_settings(), store=get_blob_store())
+
+
+@selfsup_task(CURATE_DATASET)
+def curate_dataset(dataset_id: str) -> str:
+    """Curate a dataset's corpora once per curation key (or reuse that curation), then wake its jobs."""
+    from workers.curate import curate_dataset as curate
+
+    return curate(dataset_id, settings=get_settings(), store=get_blob_store())
 
 
 @selfsup_task(PREPARE_JOB)
@@ -104,7 +122,8 @@ def train_job(job_id: str) -> str:
 
 @selfsup_task(RECONCILE)
 def reconcile() -> str:
-    """Re-enqueue what the broker may have lost, resume jobs whose trainer died, sweep broken uploads."""
+    """Re-enqueue what the broker may have lost (jobs, ingests, curations), resume jobs whose trainer died, sweep
+    broken uploads."""
     settings = get_settings()
     stale = utcnow() - timedelta(seconds=settings.lease_seconds)
     to_prepare: list[str] = []
@@ -114,9 +133,16 @@ def reconcile() -> str:
         for job in crud.stale_queued_jobs(session=session, untouched_since=stale):
             (to_train if job.dataset_key else to_prepare).append(job.id)
         to_ingest = crud.stale_processing_corpora(session=session, untouched_since=stale)
+        # A curation touches its dataset as it goes, so only a lost wake-up or a dead worker looks stale.
+        to_curate = crud.stale_processing_curated_datasets(session=session, untouched_since=stale)
     to_train += _requeue_expired_leases()
     sent = 0
-    for task, ids in ((PREPARE_JOB, to_prepare), (TRAIN_JOB, to_train), (INGEST_CORPUS, to_ingest)):
+    for task, ids in (
+        (PREPARE_JOB, to_prepare),
+        (TRAIN_JOB, to_train),
+        (INGEST_CORPUS, to_ingest),
+        (CURATE_DATASET, to_curate),
+    ):
         # A job waiting behind a long one is still in the queue: only re-send what the broker lost.
         waiting = waiting_ids(task) if ids else set()
         for row_id in ids:
@@ -127,6 +153,7 @@ def reconcile() -> str:
     swept = [
         *store.sweep_orphans(CORPORA, older_than=settings.orphan_seconds),
         *store.sweep_orphans(DATASETS, older_than=settings.orphan_seconds),
+        *store.sweep_orphans(CURATED, older_than=settings.orphan_seconds),
     ]
     return f"re-sent {sent} wake-ups; swept {len(swept)} orphaned temporary files"
 

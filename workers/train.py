@@ -29,7 +29,7 @@ from storage.checkpoints import WrittenCheckpoint, load_resume_state, verify_fil
 from storage.db import session_scope
 from storage.keys import job_checkpoints_prefix, join_key
 from storage.status import JobStatus
-from storage.tables import Checkpoint, Corpus, Job, TokenizedDataset, utcnow
+from storage.tables import Checkpoint, Corpus, Dataset, Job, TokenizedDataset, utcnow
 from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import TOKENIZER_DIR, dataset_meta, special_token_ids
 from workers.data.token_arrays import TokenArrays
@@ -316,7 +316,13 @@ def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, shou
         assert job is not None
         corpora = crud.job_corpora(session=session, job_id=job_id)
         dataset = crud.get_dataset(session=session, key=job.dataset_key or "")
-    run = JobRun(job, corpora, dataset, owner=owner, settings=settings, store=store, should_stop=should_stop)
+        curated = crud.get_curated_dataset_by_id(session=session, dataset_id=job.dataset_id) if job.dataset_id else None
+        if curated is not None:  # a job on a curated dataset reads its sources' corpora (those not deleted since)
+            by_id = crud.corpora_by_ids(session=session, corpus_ids=[s["corpus_id"] for s in curated.source_corpora])
+            corpora = [by_id[s["corpus_id"]] for s in curated.source_corpora if s["corpus_id"] in by_id]
+    run = JobRun(
+        job, corpora, dataset, curated=curated, owner=owner, settings=settings, store=store, should_stop=should_stop
+    )
     try:
         return run.run()
     except LeaseLost:
@@ -349,6 +355,7 @@ class JobRun:
         corpora: list[Corpus],
         dataset: TokenizedDataset | None,
         *,
+        curated: Dataset | None = None,
         owner: str,
         settings: Settings,
         store: BlobStore,
@@ -358,6 +365,7 @@ class JobRun:
         self.spec = JobSpec.model_validate(job.spec)
         self.corpora = corpora
         self.dataset = dataset
+        self.curated = curated
         self.owner = owner
         self.store = store
         self.should_stop = should_stop
@@ -389,6 +397,7 @@ class JobRun:
             corpora=self.corpora,
             dataset=dataset,
             corpus_tokens=meta.get("corpus_tokens", {}),
+            curated=self.curated,
         )
         self.tokenizer_dir = self.store.local_copy(join_key(dataset.blob_prefix, TOKENIZER_DIR))
         resumed = _resume_or_start(self.trainer, self.store, self.job, owner=self.owner)

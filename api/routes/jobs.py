@@ -23,7 +23,7 @@ from api.schemas import (
 )
 from selfsup.spec import JobSpec
 from storage import crud
-from storage.status import FINISHED_JOB_STATUSES, CorpusStatus
+from storage.status import FINISHED_JOB_STATUSES, CorpusStatus, DatasetStatus
 from storage.status import JobStatus as Status
 from storage.tables import Job, Tenant
 from workers.celery_app import PREPARE_JOB, TRAIN_JOB
@@ -57,14 +57,15 @@ def create_job(
         earlier = crud.find_job_by_idempotency_key(session=session, tenant=tenant, key=idempotency_key)
         if earlier is not None:
             return _replay(earlier, fingerprint, response)
-    _check_corpora(spec, tenant=tenant, session=session)
+    dataset_id = _check_data(spec, tenant=tenant, session=session)
     try:
         job = crud.create_job(
             session=session,
             tenant=tenant,
             spec=canonical,
             name=spec.name or f"{spec.objective.type}-{spec.model.family}",
-            corpus_ids=spec.corpus_ids,
+            corpus_ids=spec.corpus_ids or [],
+            dataset_id=dataset_id,
             max_steps=spec.training.max_steps,
             idempotency_key=idempotency_key,
             request_sha256=fingerprint,
@@ -92,9 +93,25 @@ def _replay(job: Job, fingerprint: str, response: Response) -> JobPublic:
     return job_public(job)
 
 
+def _check_data(spec: JobSpec, *, tenant: Tenant, session: Session) -> str | None:
+    """422 unless the job's corpora (or curated dataset) are the caller's and usable; returns the dataset id."""
+    if spec.dataset_id is None:
+        _check_corpora(spec, tenant=tenant, session=session)
+        return None
+    dataset = crud.get_curated_dataset(session=session, tenant=tenant, dataset_id=spec.dataset_id)
+    problem = None
+    if dataset is None:
+        problem = f"no dataset {spec.dataset_id}"
+    elif dataset.status == DatasetStatus.FAILED:
+        problem = f"dataset {spec.dataset_id} failed curation: {dataset.error}"
+    if problem:
+        raise ApiError(422, f"dataset_id: {problem}", details=[{"field": "dataset_id", "message": problem}])
+    return spec.dataset_id
+
+
 def _check_corpora(spec: JobSpec, *, tenant: Tenant, session: Session) -> None:
     problems = []
-    for i, corpus_id in enumerate(spec.corpus_ids):
+    for i, corpus_id in enumerate(spec.corpus_ids or []):
         corpus = crud.get_corpus(session=session, tenant=tenant, corpus_id=corpus_id)
         if corpus is None:
             problems.append({"field": f"corpus_ids[{i}]", "message": f"no corpus {corpus_id}"})

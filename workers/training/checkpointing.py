@@ -19,7 +19,7 @@ from models.build import count_parameters
 from selfsup.spec import JobSpec
 from storage.blobs import BlobStore
 from storage.checkpoints import WrittenCheckpoint, lineage_json, write_checkpoint
-from storage.tables import Corpus, Job, TokenizedDataset
+from storage.tables import Corpus, Dataset, Job, TokenizedDataset
 from workers.training.model_card import render_model_card
 from workers.training.trainer import Trainer
 
@@ -29,11 +29,13 @@ LINEAGE_FILE = "selfsup.json"
 
 @dataclass(frozen=True)
 class RunLineage:
-    """What every checkpoint of one job shares in its lineage: the job, its corpora and its tokenized data."""
+    """What every checkpoint of one job shares in its lineage: the job, its corpora, its tokenized data and,
+    for a job on a curated dataset, that dataset (sources, weights, curation spec, report totals)."""
 
     job: dict[str, Any]
     corpora: list[dict[str, Any]]
     dataset: dict[str, Any]
+    curated_dataset: dict[str, Any] | None = None
 
     @classmethod
     def of(
@@ -44,9 +46,11 @@ class RunLineage:
         corpora: Sequence[Corpus],
         dataset: TokenizedDataset,
         corpus_tokens: dict[str, Any],
+        curated: Dataset | None = None,
     ) -> RunLineage:
         """The lineage of a job's rows; `corpus_tokens` is the dataset's per-corpus token count."""
         return cls(
+            curated_dataset=curated_lineage(curated) if curated is not None else None,
             job={"id": job.id, "name": job.name, "spec": spec.model_dump(mode="json")},
             corpora=[
                 {"id": c.id, "name": c.name, "sha256": c.sha256, "documents": c.documents, "characters": c.characters}
@@ -59,6 +63,21 @@ class RunLineage:
                 "corpus_tokens": corpus_tokens,
             },
         )
+
+
+def curated_lineage(dataset: Dataset) -> dict[str, Any]:
+    """A curated dataset as lineage names it: what was mixed, how, how it was cleaned, and what that removed."""
+    return {
+        "id": dataset.id,
+        "name": dataset.name,
+        "sources": [
+            {k: source[k] for k in ("corpus_id", "name", "sha256", "weight", "share")}
+            for source in dataset.source_corpora
+        ],
+        "curation": dataset.request.get("curation"),
+        "decontaminate_against": dataset.evaluation_corpora,
+        "report_totals": dataset.totals,
+    }
 
 
 @dataclass(frozen=True)
@@ -80,10 +99,12 @@ def software_versions() -> dict[str, str]:
 
 def checkpoint_manifest(run: RunLineage, record: CheckpointRecord, *, parameters: int) -> dict[str, Any]:
     """The content of `selfsup.json`: where a checkpoint came from and where training stood."""
+    curated = {"curated_dataset": run.curated_dataset} if run.curated_dataset is not None else {}
     return {
         "job": run.job,
         "corpora": run.corpora,
         "dataset": run.dataset,
+        **curated,
         "checkpoint": {
             "version": record.version,
             "step": record.step,

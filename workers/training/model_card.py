@@ -44,6 +44,7 @@ def render_model_card(lineage: dict[str, Any]) -> str:
         for c in lineage["corpora"]
     )
     metric_rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(ckpt["metrics"].items()))
+    curated = _curated_section(lineage["curated_dataset"]) if lineage.get("curated_dataset") else ""
     return f"""---
 library_name: transformers
 tags: [selfsup, {objective.type}, {model["family"]}]
@@ -73,7 +74,7 @@ Tokens: {data["train_tokens"]:,} for training, {data["validation_tokens"]:,} for
 | name | id | sha256 | documents | tokens (train / validation) |
 | --- | --- | --- | --- | --- |
 {corpora_rows}
-
+{curated}
 ## Metrics at this checkpoint
 | metric | value |
 | --- | --- |
@@ -120,3 +121,40 @@ def _tokens(counts: dict[str, int] | None) -> str:
     if not counts:
         return "—"
     return f"{counts.get('train', 0):,} / {counts.get('validation', 0):,}"
+
+
+def _curated_section(curated: dict[str, Any]) -> str:
+    """The model card's account of a curated dataset: its mixture, its rules and what curation removed."""
+    sources = "\n".join(
+        f"| {s['name']} | `{s['corpus_id']}` | {s['weight']:g} | {s['share']:.3f} |" for s in curated["sources"]
+    )
+    against = ", ".join(f"`{c['corpus_id']}` ({c['name']})" for c in curated.get("decontaminate_against") or [])
+    curation = curated.get("curation")
+    if curation is None:  # a plain mixture: only decontamination runs, and only against named corpora
+        rules = "`decontamination` only" if against else "none (a plain mixture)"
+    else:
+        rules = ", ".join(f"`{rule}`" for rule, section in curation.items() if (section or {}).get("enabled")) or "none"
+    totals = curated.get("report_totals") or {}
+    total_rows = "\n".join(f"| {k} | {_total(v)} |" for k, v in totals.items())
+    return f"""
+## Curated dataset
+Dataset `{curated["id"]}` ({curated["name"]}): the corpora above, curated by selfsup, then mixed; training
+batches draw each source in proportion to its share of the tokens.
+
+| source | corpus | weight | share |
+| --- | --- | --- | --- |
+{sources}
+
+- Curation rules on: {rules}.{f" Decontaminated against {against}." if against else ""} The full spec,
+  with every threshold, is under `curated_dataset.curation` in `selfsup.json`.
+
+| curation report total | value |
+| --- | --- |
+{total_rows}
+"""
+
+
+def _total(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_total(v)}" for k, v in value.items())
+    return f"{value:,}" if isinstance(value, int) else str(value)
