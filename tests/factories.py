@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.orm import Session
 
 from tests.service import wait_until
 
@@ -108,3 +109,47 @@ def write_shakespeare_dataset(folder: Path, tokenizer_spec: Any, n_bytes: int = 
     splits = shakespeare_documents(n_bytes)
     write_dataset(folder, tokenizer_spec, {"shakespeare": lambda split: splits[split]})
     return open_dataset(folder)
+
+
+def create_dataset(client: httpx.Client, request: dict[str, Any]) -> dict[str, Any]:
+    """POST a dataset request and return the 201 body."""
+    response = client.post("/v1/datasets", json=request)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def wait_for_dataset(client: httpx.Client, dataset_id: str, timeout: float = 300) -> dict[str, Any]:
+    """Poll a dataset until curation finished (ready or failed)."""
+
+    def finished() -> dict[str, Any] | None:
+        body = client.get(f"/v1/datasets/{dataset_id}").json()
+        return body if body["status"] != "processing" else None
+
+    return wait_until(finished, timeout=timeout, what=f"dataset {dataset_id} curation")  # type: ignore[no-any-return]
+
+
+def pending_corpus(service: Any, tenant: str = "alice") -> str:
+    """A corpus whose upload is recorded but whose ingest has not run (its wake-up was lost): it stays
+    `processing` until the reconciler's next look at it (`SELFSUP_LEASE_SECONDS` later), then fails, as its
+    bytes were never stored. Recorded through `storage.crud` in the service's own database."""
+    from storage import crud
+    from storage.db import make_engine
+    from storage.tables import new_id
+
+    url = service.env.get("SELFSUP_DATABASE_URL") or f"sqlite:///{service.home / 'selfsup.db'}"
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            corpus = crud.create_corpus(
+                session=session,
+                tenant=crud.get_or_create_tenant(session=session, name=tenant),
+                corpus_id=new_id("cor"),
+                name="pending.txt",
+                fmt="txt",
+                compression=None,
+                size_bytes=1,
+                sha256=new_id("sha"),
+            )
+            return corpus.id
+    finally:
+        engine.dispose()
