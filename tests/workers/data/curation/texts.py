@@ -19,7 +19,8 @@ def words(n: int, seed: int = 0) -> list[str]:
 
 
 def prose(n_words: int, seed: int = 0, per_line: int = 10) -> str:
-    """Lines of `per_line` words ending in a full stop, with "the" and "and" in the first line."""
-    ws = ["the", "and"] + words(max(0, n_words - 2), seed)
+    """Lines of `per_line` words ending in a full stop, with "the" and "and" (lower case) in the first line."""
+    rest = words(max(0, n_words - 2), seed)
+    ws = rest[:1] + ["the", "and"] + rest[1:]
     lines = [" ".join(ws[i : i + per_line]).capitalize() + "." for i in range(0, len(ws), per_line)]
     return "\n".join(lines)
