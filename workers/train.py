@@ -434,6 +434,7 @@ class JobRun:
                 "grad_norm": result.grad_norm,
                 "tokens_per_second": self.window.close(),
                 **result.extra,
+                **{f"tokens/{name}": float(tokens) for name, tokens in self.trainer.tokens_by_source.items()},
             },
         )
 
