@@ -31,8 +31,7 @@ from storage.keys import job_checkpoints_prefix, join_key
 from storage.status import JobStatus
 from storage.tables import Checkpoint, Corpus, Dataset, Job, TokenizedDataset, utcnow
 from workers.celery_app import TRAIN_JOB, enqueue
-from workers.data.datasets import TOKENIZER_DIR, dataset_meta, special_token_ids
-from workers.data.token_arrays import TokenArrays
+from workers.data.datasets import TOKENIZER_DIR, dataset_meta, open_token_arrays
 from workers.faults import Faults
 from workers.training.checkpointing import CheckpointRecord, RunLineage, write_checkpoint_folder
 from workers.training.trainer import StepResult, Trainer, TrainingDiverged, pick_device
@@ -181,12 +180,7 @@ def _open_trainer(spec: JobSpec, store: BlobStore, dataset: TokenizedDataset) ->
     """A trainer on the dataset's token arrays, and the dataset's meta; `CannotTrain` if they do not fit the spec."""
     try:
         meta = dataset_meta(store, dataset)
-        data = TokenArrays.open(
-            store.local_copy(dataset.blob_prefix),
-            dtype=meta["dtype"],
-            vocab_size=meta["vocab_size"],
-            special=special_token_ids(meta),
-        )
+        data = open_token_arrays(store.local_copy(dataset.blob_prefix), meta)
         return Trainer(spec, data, device=pick_device()), meta
     except ValueError as exc:
         raise CannotTrain(f"cannot start training: {exc}") from exc
@@ -449,6 +443,7 @@ class JobRun:
                 "grad_norm": result.grad_norm,
                 "tokens_per_second": self.window.close(),
                 **result.extra,
+                **{f"tokens/{name}": float(tokens) for name, tokens in self.trainer.tokens_by_source.items()},
             },
         )
 

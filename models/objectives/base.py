@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+    from models import windows
     from models.build import SpecialTokenIds
+    from models.windows import MixtureSource
     from selfsup.spec import JobSpec
 
 # The label value that torch's cross-entropy (and transformers) skip.
@@ -55,6 +57,10 @@ def deferred(*names: str) -> tuple[DeferredModule, ...]:
     return tuple(DeferredModule(name) for name in names)
 
 
+if not TYPE_CHECKING:
+    (windows,) = deferred("models.windows")
+
+
 class TrainingData(Protocol):
     """The tokenized splits an objective draws from (`workers.data.token_arrays.TokenArrays`)."""
 
@@ -78,6 +84,9 @@ class TrainingData(Protocol):
 
     @property
     def word_boundaries(self) -> np.ndarray | None: ...
+
+    @property
+    def sources(self) -> tuple[MixtureSource, ...]: ...
 
 
 class ObjectiveSpec(StrictModel):
@@ -121,7 +130,8 @@ class ObjectiveTraining:
     """One objective bound to a job and its data: build the model, draw (inputs, labels), score a prediction.
 
     Every draw comes from the NumPy generator the trainer passes in, so a batch is a pure function of
-    (seed, step, micro-step).
+    (seed, step, micro-step). On a weighted mixture of sources, a training batch's first draw is
+    `draw_sources` (the trainer replays it to count the tokens each source supplied).
     """
 
     # Contrastive evaluation keeps dropout on: without it the two encodings of a sentence are identical.
@@ -143,6 +153,21 @@ class ObjectiveTraining:
     def tokens(self, split: Split) -> np.ndarray:
         """A split's flat token array."""
         return self.data.train if split == "train" else self.data.validation
+
+    def draw_sources(self, split: Split, rng: np.random.Generator, count: int) -> np.ndarray | None:
+        """Which mixture source each of `count` examples comes from; None without a mixture or off training."""
+        if split != "train" or not self.data.sources:
+            return None
+        return windows.draw_sources(self.data.sources, count=count, rng=rng)
+
+    def sample_windows(self, split: Split, rng: np.random.Generator, count: int, *, window: int) -> torch.Tensor:
+        """`count` windows of a split; on a mixture, each training window inside a source drawn by weight."""
+        picks = self.draw_sources(split, rng, count)
+        if picks is None:
+            return windows.sample_windows(self.tokens(split), window=window, count=count, rng=rng)
+        windows.check_sources_hold_a_window(self.data.sources, window)
+        segments = windows.segment_table(self.data.sources)[picks]
+        return windows.sample_windows(self.tokens(split), window=window, count=count, rng=rng, segments=segments)
 
     def loss(
         self, forward: Forward, inputs: torch.Tensor, labels: torch.Tensor

@@ -25,10 +25,10 @@ if TYPE_CHECKING:
     import torch.nn.functional as F
     from transformers import PreTrainedModel
 
-    from models import build, windows
+    from models import build
     from selfsup.spec import JobSpec
 else:
-    F, build, windows = deferred("torch.nn.functional", "models.build", "models.windows")
+    F, build = deferred("torch.nn.functional", "models.build")
 
 
 class CausalLMObjective(ObjectiveSpec):
@@ -64,7 +64,7 @@ class CausalLMTraining(ObjectiveTraining):
 
     def sample(self, split: Split, rng: np.random.Generator, count: int) -> Batch:
         """Windows of `context_length + 1` tokens, split into inputs and next-token labels."""
-        batch = windows.sample_windows(self.tokens(split), window=self.context_length + 1, count=count, rng=rng)
+        batch = self.sample_windows(split, rng, count, window=self.context_length + 1)
         return manufacture_causal_lm_batch(batch)
 
     def loss(

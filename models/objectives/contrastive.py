@@ -121,6 +121,17 @@ class ContrastiveTraining(ObjectiveTraining):
                     f"contrastive needs at least 2 sentences of 20 characters or more in the {name} split, "
                     f"found {0 if spans is None else len(spans)}; upload more text"
                 )
+        # On a mixture, each source's training sentences: a contiguous range of the sorted sentence table.
+        self.source_sentences = np.zeros((0, 2), dtype=np.int64)
+        if data.sources:
+            assert data.train_sentences is not None
+            self.source_sentences = sentence_ranges(data.train_sentences, windows.segment_table(data.sources))
+            for source, (first, end) in zip(data.sources, self.source_sentences.tolist(), strict=True):
+                if source.weight > 0 and end - first < 2:
+                    raise ValueError(
+                        f"contrastive needs at least 2 sentences of 20 characters or more in source "
+                        f"{source.name}'s training split, found {end - first}; upload more text"
+                    )
 
     def build_model(self) -> PreTrainedModel:
         """A bare BERT or RoBERTa encoder (its hidden states are the embeddings)."""
@@ -133,13 +144,17 @@ class ContrastiveTraining(ObjectiveTraining):
         tokens = self.tokens(split)
         spans = self.data.train_sentences if split == "train" else self.data.validation_sentences
         assert spans is not None
-        # Each group of batch_size rows holds distinct sentences: a repeat would be a false negative.
-        chosen = np.concatenate(
-            [
-                rng.choice(len(spans), size=min(self.batch_size, count - start, len(spans)), replace=False)
-                for start in range(0, count, self.batch_size)
-            ]
-        )
+        picks = self.draw_sources(split, rng, count)
+        if picks is not None:
+            chosen = choose_sentences_by_source(self.source_sentences, picks, group_size=self.batch_size, rng=rng)
+        else:
+            # Each group of batch_size rows holds distinct sentences: a repeat would be a false negative.
+            chosen = np.concatenate(
+                [
+                    rng.choice(len(spans), size=min(self.batch_size, count - start, len(spans)), replace=False)
+                    for start in range(0, count, self.batch_size)
+                ]
+            )
         rows = []
         for start, end in spans[chosen]:
             end = min(int(end), int(start) + self.context_length - 2)
@@ -198,6 +213,30 @@ class ContrastiveTraining(ObjectiveTraining):
             path = folder / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(content, indent=2) + "\n")
+
+
+def sentence_ranges(sentences: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """The [first, end) indices into a sorted (n, 2) sentence table of the sentences starting in each segment."""
+    return np.searchsorted(np.asarray(sentences[:, 0]), segments, side="left").astype(np.int64).reshape(-1, 2)
+
+
+def choose_sentences_by_source(
+    ranges: np.ndarray, picks: np.ndarray, *, group_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """One sentence index per row, from the sentence range of the row's source, distinct within each group.
+
+    Rows keep their order. A source drawn more often in a group than it has sentences fills what it can,
+    and the rest of its rows are left out (a repeat would be a false negative).
+    """
+    chosen = np.full(len(picks), -1, dtype=np.int64)
+    for start in range(0, len(picks), group_size):
+        group = picks[start : start + group_size]
+        for source in np.unique(group):
+            rows = start + np.flatnonzero(group == source)
+            first, end = (int(x) for x in ranges[source])
+            take = min(len(rows), end - first)
+            chosen[rows[:take]] = first + rng.choice(end - first, size=take, replace=False)
+    return chosen[chosen >= 0]
 
 
 def pool_embeddings(

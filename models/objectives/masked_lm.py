@@ -120,7 +120,7 @@ class MaskedLMTraining(ObjectiveTraining):
 
     def sample(self, split: Split, rng: np.random.Generator, count: int) -> Batch:
         """Wrapped windows with some tokens hidden; labels at the chosen positions only."""
-        batch = windows.sample_windows(self.tokens(split), window=self.context_length - 2, count=count, rng=rng)
+        batch = self.sample_windows(split, rng, count, window=self.context_length - 2)
         batch = windows.wrap_windows(batch, self.begin, self.end)
         word_ids = None
         if self.boundaries is not None:

@@ -119,7 +119,7 @@ class SpanCorruptionTraining(ObjectiveTraining):
 
     def sample(self, split: Split, rng: np.random.Generator, count: int) -> Batch:
         """Corrupted windows (right-padded) and their targets (padded with -100)."""
-        batch = windows.sample_windows(self.tokens(split), window=self.window, count=count, rng=rng)
+        batch = self.sample_windows(split, rng, count, window=self.window)
         return manufacture_span_corruption_batch(
             batch,
             noise_density=self.parameters.noise_density,

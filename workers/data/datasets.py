@@ -4,6 +4,11 @@ A dataset folder holds `tokenizer/` (the saved tokenizer), `train.bin` and `vali
 token arrays, documents joined by the end-of-text token), `train.sentences.npy` and
 `validation.sentences.npy` (token offsets of each sentence, for contrastive training),
 `word_boundaries.npy` (which tokens begin and end words, for whole-word masking) and `meta.json`.
+
+The sources are written one after the other, so each is a contiguous segment of both arrays. A dataset
+written with mixture weights records, under `sources` in its meta, each source's normalised weight and
+its [start, end) token offsets in each split, which training draws from by weight
+(`models.windows.MixtureSource`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,7 @@ import numpy as np
 from pydantic import TypeAdapter
 
 from models.build import SpecialTokenIds
+from models.windows import MixtureSource
 from selfsup.spec import TokenizerSpec
 from storage.blobs import BlobStore
 from storage.keys import corpus_split_key, dataset_prefix, join_key
@@ -74,8 +81,11 @@ def build_dataset(
     )
 
 
-def write_dataset(folder: Path, spec: AnyTokenizerSpec, sources: DocumentSources) -> dict[str, Any]:
+def write_dataset(
+    folder: Path, spec: AnyTokenizerSpec, sources: DocumentSources, weights: Mapping[str, float] | None = None
+) -> dict[str, Any]:
     """Write a dataset folder (see the module docstring) from each source's documents; returns its meta."""
+    shares = None if weights is None else normalised_weights(weights, sources=list(sources))
     tokenizer = train_tokenizer(spec, itertools.chain.from_iterable(read("train") for read in sources.values()))
     tokenizer.save_pretrained(folder / TOKENIZER_DIR)
     _portable_tokenizer_config(folder / TOKENIZER_DIR / "tokenizer_config.json")
@@ -98,14 +108,63 @@ def write_dataset(folder: Path, spec: AnyTokenizerSpec, sources: DocumentSources
         "validation_tokens": sum(counts["validation"] for counts in corpus_tokens.values()),
         "corpus_tokens": corpus_tokens,
     }
+    if shares is not None:
+        meta["sources"] = _source_segments(corpus_tokens, shares)
     (folder / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
 
 
+def normalised_weights(weights: Mapping[str, float], *, sources: Sequence[str]) -> dict[str, float]:
+    """Each source's mixture weight divided by their sum, in the sources' order; refuses a mismatch."""
+    if set(weights) != set(sources):
+        raise ValueError(f"mixture weights name {sorted(weights)}, the sources are {sorted(sources)}")
+    if any(not math.isfinite(w) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"mixture weights must be finite, non-negative and not all zero: {dict(weights)}")
+    total = sum(weights.values())
+    return {name: weights[name] / total for name in sources}
+
+
+def _source_segments(corpus_tokens: dict[str, dict[str, int]], shares: dict[str, float]) -> list[dict[str, Any]]:
+    """Each source's weight and [start, end) token offsets in each split, in the order they were written."""
+    segments: list[dict[str, Any]] = []
+    start = {"train": 0, "validation": 0}
+    for name, share in shares.items():
+        segment: dict[str, Any] = {"name": name, "weight": share}
+        for split in ("train", "validation"):
+            end = start[split] + corpus_tokens[name][split]
+            segment[split] = [start[split], end]
+            start[split] = end
+        segments.append(segment)
+    return segments
+
+
+def mixture_sources(meta: dict[str, Any]) -> tuple[MixtureSource, ...]:
+    """The weighted sources recorded in a dataset's meta; () for a dataset written without weights."""
+    return tuple(
+        MixtureSource(
+            name=source["name"],
+            weight=float(source["weight"]),
+            train=(int(source["train"][0]), int(source["train"][1])),
+            validation=(int(source["validation"][0]), int(source["validation"][1])),
+        )
+        for source in meta.get("sources", ())
+    )
+
+
+def open_token_arrays(folder: Path, meta: dict[str, Any]) -> TokenArrays:
+    """The token arrays of a dataset folder, described by its meta (special ids, mixture sources)."""
+    return TokenArrays.open(
+        folder,
+        dtype=meta["dtype"],
+        vocab_size=meta["vocab_size"],
+        special=special_token_ids(meta),
+        sources=mixture_sources(meta),
+    )
+
+
 def open_dataset(folder: Path) -> TokenArrays:
-    """The token arrays of a dataset folder, with the special ids from its `meta.json`."""
-    meta = json.loads((folder / "meta.json").read_text())
-    return TokenArrays.open(folder, dtype=meta["dtype"], vocab_size=meta["vocab_size"], special=special_token_ids(meta))
+    """The token arrays of a dataset folder, with the special ids and mixture sources from its `meta.json`."""
+    return open_token_arrays(folder, json.loads((folder / "meta.json").read_text()))
 
 
 def _corpus_documents(store: BlobStore, corpus: Corpus, split: str) -> Iterator[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from models.build import SpecialTokenIds
+from models.windows import MixtureSource
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,19 @@ class TokenArrays:
     validation_sentences: np.ndarray | None = None
     # (2, vocab_size) bool: which tokens begin a word, and after which a new word begins (whole-word masking).
     word_boundaries: np.ndarray | None = None
+    # The weighted sources, each a segment of both splits, of a dataset built as a mixture; () otherwise.
+    sources: tuple[MixtureSource, ...] = ()
 
     @classmethod
-    def open(cls, folder: Path, *, dtype: str, vocab_size: int, special: SpecialTokenIds) -> TokenArrays:
+    def open(
+        cls,
+        folder: Path,
+        *,
+        dtype: str,
+        vocab_size: int,
+        special: SpecialTokenIds,
+        sources: tuple[MixtureSource, ...] = (),
+    ) -> TokenArrays:
         """Memory-map `train.bin` and `validation.bin` in `folder`, and load the sentence and word tables."""
 
         def optional(name: str) -> np.ndarray | None:
@@ -40,4 +51,5 @@ class TokenArrays:
             train_sentences=optional("train.sentences.npy"),
             validation_sentences=optional("validation.sentences.npy"),
             word_boundaries=optional("word_boundaries.npy"),
+            sources=sources,
         )

@@ -73,6 +73,8 @@ class Trainer:
         self.forward = torch.compile(self.model) if compile else self.model
         self.step = 0
         self.tokens_seen = 0
+        # Training tokens drawn from each source of a weighted mixture so far (empty without one).
+        self.tokens_by_source = {source.name: 0 for source in data.sources}
         # The objective's metrics from the latest `evaluate()` (val_masked_accuracy, val_retrieval_accuracy).
         self.last_eval_metrics: dict[str, float] = {}
 
@@ -84,8 +86,19 @@ class Trainer:
 
     def batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (inputs, labels) of one micro-batch: a pure function of the seed and the step."""
-        rng = np.random.default_rng([self.spec.training.seed, step, micro_step])
+        rng = self._batch_rng(step, micro_step)
         return self._on_device(self.objective.sample("train", rng, self.spec.training.batch_size))
+
+    def source_tokens_at(self, step: int) -> dict[str, int]:
+        """Training tokens each mixture source supplies to `step`'s batches (empty without a mixture)."""
+        training, sources = self.spec.training, self.data.sources
+        drawn = np.zeros(len(sources), dtype=np.int64)
+        for micro_step in range(training.grad_accum_steps):
+            # The same first draw the micro-batch makes, replayed from the same generator.
+            picks = self.objective.draw_sources("train", self._batch_rng(step, micro_step), training.batch_size)
+            if picks is not None:
+                drawn += np.bincount(picks, minlength=len(sources))
+        return {source.name: int(n) * self.spec.tokens_per_sequence for source, n in zip(sources, drawn, strict=True)}
 
     def loss_and_metrics(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss, and the objective's metrics on the same prediction."""
@@ -115,6 +128,8 @@ class Trainer:
             raise TrainingDiverged(f"training diverged: the gradient norm is {grad_norm} at step {self.step + 1}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        for name, tokens in self.source_tokens_at(self.step).items():
+            self.tokens_by_source[name] += tokens
         self.step += 1
         self.tokens_seen += self.spec.tokens_per_step
         extra = {name: total / training.grad_accum_steps for name, total in metric_sums.items()}
@@ -144,6 +159,9 @@ class Trainer:
         self.model.save_pretrained(folder)
         self.objective.save_extras(folder)
 
+    def _batch_rng(self, step: int, micro_step: int) -> np.random.Generator:
+        return np.random.default_rng([self.spec.training.seed, step, micro_step])
+
     def _on_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, labels = batch
         return inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
@@ -169,6 +187,7 @@ class Trainer:
         state: dict[str, Any] = {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
+            "tokens_by_source": dict(self.tokens_by_source),
             "optimizer": self.optimizer.state_dict(),
             "rng": {
                 "python": _python_rng_state(),
@@ -184,6 +203,8 @@ class Trainer:
         """Continue from a saved state (the weights are loaded separately, from the checkpoint)."""
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
+        # A state saved before mixtures were counted has no such entry.
+        self.tokens_by_source.update({name: int(n) for name, n in state.get("tokens_by_source", {}).items()})
         self.optimizer.load_state_dict(state["optimizer"])
         rng = state["rng"]
         _set_python_rng_state(rng["python"])

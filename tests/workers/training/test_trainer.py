@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from models.build import SpecialTokenIds
+from models.windows import MixtureSource
 from selfsup.spec import JobSpec, TrainingSpec
 from workers.data.token_arrays import TokenArrays
 from workers.training.optim import configure_optimizer, learning_rate_at
@@ -103,5 +105,52 @@ def test_resuming_from_saved_state_gives_the_same_weights(tmp_path: object) -> N
     resumed.load_state_dict(saved["trainer"])
     for _ in range(7):
         resumed.train_step()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def _mixture_data() -> TokenArrays:
+    """Two sources one after the other, mixed 0.7 / 0.3."""
+    plain = _data()
+    sources = (
+        MixtureSource(name="cor_a", weight=0.7, train=(0, 3000), validation=(0, 500)),
+        MixtureSource(name="cor_b", weight=0.3, train=(3000, 5000), validation=(500, 1000)),
+    )
+    return dataclasses.replace(plain, sources=sources)
+
+
+def test_tokens_drawn_per_source_follow_the_weights() -> None:
+    trainer = Trainer(_spec(grad_accum_steps=2), _mixture_data(), device=torch.device("cpu"))
+    drawn = {"cor_a": 0, "cor_b": 0}
+    for step in range(50):
+        for name, tokens in trainer.source_tokens_at(step).items():
+            drawn[name] += tokens
+    # 400 windows at p = 0.7: the standard error of the share is 0.023; allow about 2.5 of them.
+    assert sum(drawn.values()) == 50 * trainer.spec.tokens_per_step
+    assert abs(drawn["cor_a"] / sum(drawn.values()) - 0.7) < 0.06
+    assert Trainer(_spec(), _data(), device=torch.device("cpu")).source_tokens_at(0) == {}
+
+
+def test_resuming_a_mixture_continues_its_per_source_counts_and_batches(tmp_path: object) -> None:
+    spec = _spec(max_steps=8)
+    straight = Trainer(spec, _mixture_data(), device=torch.device("cpu"))
+    for _ in range(8):
+        straight.train_step()
+    assert sum(straight.tokens_by_source.values()) == straight.tokens_seen
+
+    first = Trainer(spec, _mixture_data(), device=torch.device("cpu"))
+    for _ in range(3):
+        first.train_step()
+    path = f"{tmp_path}/state.pt"
+    torch.save({"model": first.model.state_dict(), "trainer": first.state_dict()}, path)
+    saved = torch.load(path, weights_only=True)
+    resumed = Trainer(spec, _mixture_data(), device=torch.device("cpu"))
+    resumed.model.load_state_dict(saved["model"])
+    resumed.load_state_dict(saved["trainer"])
+    assert resumed.tokens_by_source == first.tokens_by_source
+    for step in range(3, 8):
+        assert torch.equal(resumed.batch(step, 0)[0], straight.batch(step, 0)[0])
+        resumed.train_step()
+    assert resumed.tokens_by_source == straight.tokens_by_source
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
