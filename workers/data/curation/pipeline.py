@@ -47,6 +47,12 @@ TOP_LINES = 20
 _SPILL_HEADER = struct.Struct("<IQI")
 
 
+def count_tokens(text: str) -> int:
+    """Word tokens (whitespace-separated): a dataset is curated once for every tokenizer, so its report counts
+    words; a job's `tokens/<source>` metrics count its own tokenizer's tokens."""
+    return len(text.split())
+
+
 @dataclass(frozen=True)
 class CurationSource:
     """One corpus to curate: `documents()` must give the same documents, in order, every time it is called."""
@@ -75,6 +81,7 @@ class RuleReport(BaseModel):
 
     documents_removed: int = 0
     characters_removed: int = 0
+    tokens_removed: int = Field(default=0, description="Word tokens removed (whitespace-separated words).")
     lines_removed: int = 0
     replacements: int = 0
     reasons: dict[str, int] = Field(default_factory=dict, description="Documents removed, by reason.")
@@ -92,6 +99,8 @@ class SourceReport(BaseModel):
     documents_out: int = 0
     characters_in: int = 0
     characters_out: int = 0
+    tokens_in: int = Field(default=0, description="Word tokens (whitespace-separated words) before curation.")
+    tokens_out: int = Field(default=0, description="Word tokens (whitespace-separated words) kept.")
     rules: dict[str, RuleReport] = Field(default_factory=lambda: {rule: RuleReport() for rule in RULES})
 
 
@@ -102,6 +111,8 @@ class CurationReport(BaseModel):
     documents_out: int = 0
     characters_in: int = 0
     characters_out: int = 0
+    tokens_in: int = Field(default=0, description="Word tokens (whitespace-separated words) before curation.")
+    tokens_out: int = Field(default=0, description="Word tokens (whitespace-separated words) kept.")
     rules: dict[str, RuleReport] = Field(default_factory=lambda: {rule: RuleReport() for rule in RULES})
     sources: list[SourceReport] = Field(default_factory=list)
     spec: CurationSpec = Field(default_factory=CurationSpec)
@@ -127,11 +138,13 @@ class _Tally:
             reason = verdict.reason or rule
             r.documents_removed += 1
             r.characters_removed += len(before)
+            r.tokens_removed += count_tokens(before)
             r.reasons[reason] = r.reasons.get(reason, 0) + 1
             if len(r.examples) < MAX_EXAMPLES:
                 r.examples.append(_example(reason, before))
         else:
             r.characters_removed += max(0, len(before) - len(verdict.text))
+            r.tokens_removed += max(0, count_tokens(before) - count_tokens(verdict.text))
             if verdict.lines_removed and rule != "c4_lines" and len(r.examples) < MAX_EXAMPLES:
                 for line in verdict.removed_lines[: MAX_EXAMPLES - len(r.examples)]:
                     r.examples.append(_example("boilerplate_line", line))
@@ -197,6 +210,7 @@ def curate(
                 return
         tally.report.documents_out += 1
         tally.report.characters_out += len(text)
+        tally.report.tokens_out += count_tokens(text)
         on_kept(source_index, text)
 
     # Pass 2: the per-document rules.
@@ -209,6 +223,7 @@ def curate(
                 index, doc_index = doc_index, doc_index + 1
                 tally.report.documents_in += 1
                 tally.report.characters_in += len(original)
+                tally.report.tokens_in += count_tokens(original)
                 text: str | None = original
                 if exact is not None:
                     verdict, new_cluster = exact.check(original)
@@ -266,10 +281,13 @@ def _assemble(spec: CurationSpec, tallies: list[_Tally], line_filter: LineDedupF
         report.documents_out += source.documents_out
         report.characters_in += source.characters_in
         report.characters_out += source.characters_out
+        report.tokens_in += source.tokens_in
+        report.tokens_out += source.tokens_out
         for rule in RULES:
             mine, total = source.rules[rule], report.rules[rule]
             total.documents_removed += mine.documents_removed
             total.characters_removed += mine.characters_removed
+            total.tokens_removed += mine.tokens_removed
             total.lines_removed += mine.lines_removed
             total.replacements += mine.replacements
             total.duplicate_clusters += mine.duplicate_clusters

@@ -62,6 +62,13 @@ def test_report_counts_what_was_planted(tmp_path: Path) -> None:
     assert [i for i, _ in kept] == [0] * 10 + [1]
     assert not any(BOILER in text or "jane.doe" in text for _, text in kept)
     assert report.characters_out == sum(len(text) for _, text in kept)
+    # Word tokens: every planted document in, the kept ones out, a removed document's words per rule.
+    a, b = _sources()
+    assert report.tokens_in == sum(len(d.split()) for d in a + b)
+    assert report.tokens_out == sum(len(text.split()) for _, text in kept)
+    assert r["exact_dedup"].tokens_removed == len(a[0].split())
+    assert r["line_dedup"].tokens_removed == 4 * len(BOILER.split())
+    assert r["c4_lines"].tokens_removed == len(b[4].split())
     assert all(len(e.text) <= 500 for rule in RULES for e in r[rule].examples)
     assert json.loads(report.model_dump_json())["rules"]["pii"]["replacements"] == 1
     assert not list(tmp_path.rglob("*.bin"))
