@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 from selfsup.curation_spec import CurationSpec  # noqa: E402
 from workers.data.curation import CurationSource, curate  # noqa: E402
@@ -70,7 +70,7 @@ def _read(path: Path) -> Iterator[str]:
             yield json.loads(line)
 
 
-def run(mb: float, tmp: Path) -> dict[str, object]:
+def run(mb: float, tmp: Path, processes: int) -> dict[str, object]:
     """Writes the two sources to files (outside the timing), then times `curate` reading them."""
     docs = list(documents(mb))
     split = int(len(docs) * 0.7)
@@ -87,7 +87,9 @@ def run(mb: float, tmp: Path) -> dict[str, object]:
         kept[0] += 1
 
     start = time.perf_counter()
-    report = curate([a, b], CurationSpec(), evaluation=evaluation, workdir=tmp / f"work-{mb}", on_kept=on_kept)
+    report = curate(
+        [a, b], CurationSpec(), evaluation=evaluation, workdir=tmp / f"work-{mb}", on_kept=on_kept, processes=processes
+    )
     seconds = time.perf_counter() - start
     mb_in = report.characters_in / 1e6
     return {
@@ -96,6 +98,7 @@ def run(mb: float, tmp: Path) -> dict[str, object]:
         "documents_out": report.documents_out,
         "seconds": seconds,
         "mb_per_s": mb_in / seconds,
+        "processes": processes,
         "removed": {rule: r.documents_removed for rule, r in report.rules.items()},
         "lines_removed": {rule: r.lines_removed for rule, r in report.rules.items() if r.lines_removed},
     }
@@ -105,12 +108,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=float, nargs="+", default=[20, 50, 100, 200])
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--processes", type=int, default=os.cpu_count() or 1, help="worker processes for the per-document rules"
+    )
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for mb in args.mb:
             load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-            res = run(mb, Path(tmp))
+            res = run(mb, Path(tmp), args.processes)
             res["uptime_before"] = load
             print(json.dumps(res), flush=True)
             runs.append(res)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=10.0, gt=0)
     broker_visibility_timeout: int = Field(default=3600, gt=0)
     worker_cpu_concurrency: int = Field(default=1, ge=1)
+    curation_processes: int | None = Field(
+        default=None, ge=1, description="Processes a dataset's curation runs its per-document rules in; all cores."
+    )
     orphan_seconds: float = Field(
         default=3600.0, gt=0, description="Temporary blobs untouched this long (broken uploads) are removed."
     )
@@ -77,6 +81,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.resolved_home / 'selfsup.db'}"
+
+    @property
+    def resolved_curation_processes(self) -> int:
+        """How many processes curation uses: the setting, else every core of the machine."""
+        return self.curation_processes or os.cpu_count() or 1
 
     @property
     def resolved_blob_dir(self) -> Path:

@@ -65,6 +65,7 @@ def curate_dataset(dataset_id: str, *, settings: Settings, store: BlobStore) -> 
                 evaluation=evaluation,
                 workdir=Path(workdir),
                 heartbeat=_Heartbeat(dataset_id, every_seconds=settings.lease_seconds / 3),
+                processes=settings.resolved_curation_processes,
             )
     except FileNotFoundError as exc:
         return _fail(dataset_id, key, f"a corpus's ingested text is missing from storage ({exc.filename})")

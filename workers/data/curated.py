@@ -89,8 +89,12 @@ def run_curation(
     evaluation: Sequence[Corpus],
     workdir: Path,
     heartbeat: Callable[[], None] = lambda: None,
+    processes: int = 1,
 ) -> dict[str, Any]:
-    """Curate the sources' splits, store the kept text and the report under the key at once; returns the report."""
+    """Curate the sources' splits, store the kept text and the report under the key at once; returns the report.
+
+    The per-document rules run in `processes` worker processes.
+    """
     order = curation_order(len(sources))
     curation_sources = [
         CurationSource(
@@ -119,6 +123,7 @@ def run_curation(
                 evaluation=evaluation_documents,
                 workdir=workdir,
                 on_kept=keep,
+                processes=processes,
             )
         finally:
             for out in outputs:

@@ -7,13 +7,20 @@ Passes over the sources (each `CurationSource.documents()` is called once per pa
 3. with near dedup on: the clusters, then the spill file read back through near dedup and decontamination.
 Kept documents reach `on_kept(source_index, text)` in their original order. Memory is bounded by the rules'
 batch settings except for exact dedup's set of hashes (8 bytes of text hash per distinct document).
+
+The rules that look at one document at a time (line dedup's removal, C4 lines, Gopher, PII) are most of the
+time; with `processes > 1` they run on batches of documents in that many worker processes, a bounded number
+of batches in flight, and the results are taken back in order, so the outcome is the same as with one.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import struct
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -45,6 +52,9 @@ MAX_EXAMPLES = 3
 EXAMPLE_CHARS = 500
 TOP_LINES = 20
 _SPILL_HEADER = struct.Struct("<IQI")
+BATCH_DOCUMENTS = 256
+
+log = logging.getLogger(__name__)
 
 
 def count_tokens(text: str) -> int:
@@ -163,6 +173,105 @@ def _read_spill(path: Path) -> Iterable[tuple[int, int, str]]:
             yield source, doc, f.read(size).decode("utf-8", "surrogatepass")
 
 
+@dataclass(frozen=True)
+class _Step:
+    """What one per-document rule did to one document."""
+
+    rule: str
+    before: str
+    verdict: Verdict
+    line_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class _DocumentRules:
+    """The rules that look at one document at a time, in the spec's order: line dedup's removal, C4 lines,
+    Gopher repetition, Gopher quality, PII."""
+
+    def __init__(self, spec: CurationSpec, line_filter: LineDedupFilter | None) -> None:
+        self.line_filter = line_filter
+        self.c4 = C4LinesFilter(spec.c4_lines) if spec.c4_lines.enabled else None
+        self.rest: list[tuple[str, Callable[[str], Verdict]]] = []
+        if spec.gopher_repetition.enabled:
+            self.rest.append(("gopher_repetition", GopherRepetitionFilter(spec.gopher_repetition).apply))
+        if spec.gopher_quality.enabled:
+            self.rest.append(("gopher_quality", GopherQualityFilter(spec.gopher_quality).apply))
+        if spec.pii.enabled:
+            self.rest.append(("pii", PiiFilter(spec.pii).apply))
+
+    def __call__(self, text: str) -> list[_Step]:
+        """Every step the document went through; the last one's verdict is its fate."""
+        steps: list[_Step] = []
+        current: str | None = text
+        if self.line_filter is not None:
+            verdict = self.line_filter.apply(text)
+            steps.append(_Step("line_dedup", text, verdict))
+            current = verdict.text
+        if current is not None and self.c4 is not None:
+            verdict, line_reasons = self.c4.apply(current)
+            steps.append(_Step("c4_lines", current, verdict, dict(line_reasons)))
+            current = verdict.text
+        for rule, apply in self.rest:
+            if current is None:
+                break
+            verdict = apply(current)
+            steps.append(_Step(rule, current, verdict))
+            current = verdict.text
+        return steps
+
+
+_WORKER_RULES: _DocumentRules | None = None
+
+
+def _start_worker(spec: CurationSpec, boilerplate: dict[int, int] | None) -> None:
+    global _WORKER_RULES
+    line_filter = LineDedupFilter(spec.line_dedup, boilerplate) if boilerplate is not None else None
+    _WORKER_RULES = _DocumentRules(spec, line_filter)
+
+
+def _run_batch(texts: list[str]) -> list[list[_Step]]:
+    assert _WORKER_RULES is not None
+    return [_WORKER_RULES(text) for text in texts]
+
+
+def _in_order(
+    rules: _DocumentRules,
+    spec: CurationSpec,
+    processes: int,
+    documents: Iterable[tuple[int, int, str]],
+) -> Iterator[tuple[int, int, str, list[_Step]]]:
+    """`(source, index, text, steps)` for each document, in order; in `processes` worker processes if > 1."""
+    if processes <= 1:
+        for source, index, text in documents:
+            yield source, index, text, rules(text)
+        return
+    boilerplate = rules.line_filter.boilerplate if rules.line_filter is not None else None
+    # spawn, not fork: the worker that calls this has torch (and its thread pools) loaded.
+    with ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(spec, boilerplate),
+    ) as pool:
+        pending: deque[tuple[list[tuple[int, int, str]], Future[list[list[_Step]]]]] = deque()
+
+        def drain(limit: int) -> Iterator[tuple[int, int, str, list[_Step]]]:
+            while len(pending) > limit:
+                batch, future = pending.popleft()
+                for (source, index, text), steps in zip(batch, future.result(), strict=True):
+                    yield source, index, text, steps
+
+        batch: list[tuple[int, int, str]] = []
+        for item in documents:
+            batch.append(item)
+            if len(batch) == BATCH_DOCUMENTS:
+                pending.append((batch, pool.submit(_run_batch, [t for _, _, t in batch])))
+                batch = []
+                yield from drain(2 * processes)  # a bounded number of batches in flight
+        if batch:
+            pending.append((batch, pool.submit(_run_batch, [t for _, _, t in batch])))
+        yield from drain(0)
+
+
 def curate(
     sources: Sequence[CurationSource],
     spec: CurationSpec,
@@ -170,8 +279,12 @@ def curate(
     evaluation: Iterable[str] = (),
     workdir: Path,
     on_kept: Callable[[int, str], None],
+    processes: int = 1,
 ) -> CurationReport:
-    """Applies the enabled rules of `spec` to `sources`, hands each kept document to `on_kept`, and reports."""
+    """Applies the enabled rules of `spec` to `sources`, hands each kept document to `on_kept`, and reports.
+
+    `processes` > 1 runs the per-document rules in that many worker processes (same result).
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tallies = [_Tally(SourceReport(name=s.name)) for s in sources]
@@ -189,14 +302,7 @@ def curate(
         # Pass 2 replays exact dedup from scratch: the same documents in the same order, the same decisions.
         exact = ExactDedupFilter() if spec.exact_dedup.enabled else None
 
-    per_doc: list[tuple[str, Callable[[str], Verdict]]] = []
-    c4 = C4LinesFilter(spec.c4_lines) if spec.c4_lines.enabled else None
-    if spec.gopher_repetition.enabled:
-        per_doc.append(("gopher_repetition", GopherRepetitionFilter(spec.gopher_repetition).apply))
-    if spec.gopher_quality.enabled:
-        per_doc.append(("gopher_quality", GopherQualityFilter(spec.gopher_quality).apply))
-    if spec.pii.enabled:
-        per_doc.append(("pii", PiiFilter(spec.pii).apply))
+    rules = _DocumentRules(spec, line_filter)
     decont = DecontaminationFilter(spec.decontamination, evaluation) if spec.decontamination.enabled else None
     near = NearDedupIndex(spec.near_dedup, workdir / "near_dedup") if spec.near_dedup.enabled else None
 
@@ -213,10 +319,9 @@ def curate(
         tally.report.tokens_out += count_tokens(text)
         on_kept(source_index, text)
 
-    # Pass 2: the per-document rules.
-    spill_path = workdir / "near_dedup_survivors.bin"
-    doc_index = 0
-    with spill_path.open("wb") as spill:
+    # Pass 2: exact dedup here, in order; the per-document rules (in worker processes when asked).
+    def survivors() -> Iterator[tuple[int, int, str]]:
+        doc_index = 0
         for source_index, source in enumerate(sources):
             tally = tallies[source_index]
             for original in source.documents():
@@ -224,37 +329,33 @@ def curate(
                 tally.report.documents_in += 1
                 tally.report.characters_in += len(original)
                 tally.report.tokens_in += count_tokens(original)
-                text: str | None = original
                 if exact is not None:
                     verdict, new_cluster = exact.check(original)
                     tally.record("exact_dedup", original, verdict)
                     tally.report.rules["exact_dedup"].duplicate_clusters += int(new_cluster)
-                    text = verdict.text
-                if text is not None and line_filter is not None:
-                    verdict = line_filter.apply(text)
-                    tally.record("line_dedup", text, verdict)
-                    line_filter.count_removed(verdict, tally.removed_lines)
-                    text = verdict.text
-                if text is not None and c4 is not None:
-                    verdict, line_reasons = c4.apply(text)
-                    tally.record("c4_lines", text, verdict)
-                    reasons = tally.report.rules["c4_lines"].line_reasons
-                    for reason, n in line_reasons.items():
-                        reasons[reason] = reasons.get(reason, 0) + n
-                    text = verdict.text
-                for rule, apply in per_doc:
-                    if text is None:
-                        break
-                    verdict = apply(text)
-                    tally.record(rule, text, verdict)
-                    text = verdict.text
-                if text is None:
-                    continue
-                if near is not None:
-                    near.add(index, text)
-                    _write_spill(spill, source_index, index, text)
-                else:
-                    finish(source_index, text)
+                    if verdict.text is None:
+                        continue
+                yield source_index, index, original
+
+    spill_path = workdir / "near_dedup_survivors.bin"
+    with spill_path.open("wb") as spill:
+        for source_index, index, original, steps in _in_order(rules, spec, processes, survivors()):
+            tally = tallies[source_index]
+            for step in steps:
+                tally.record(step.rule, step.before, step.verdict)
+                if step.rule == "line_dedup" and line_filter is not None:
+                    line_filter.count_removed(step.verdict, tally.removed_lines)
+                reasons = tally.report.rules[step.rule].line_reasons
+                for reason, n in step.line_reasons.items():
+                    reasons[reason] = reasons.get(reason, 0) + n
+            text = steps[-1].verdict.text if steps else original
+            if text is None:
+                continue
+            if near is not None:
+                near.add(index, text)
+                _write_spill(spill, source_index, index, text)
+            else:
+                finish(source_index, text)
 
     # Pass 3: near dedup's clusters, then the survivors read back.
     if near is not None:

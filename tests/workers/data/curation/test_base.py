@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from datatrove.data import Document
 from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
 from datatrove.utils.word_tokenizers import load_word_tokenizer
 
+from tests.factories import SHAKESPEARE
 from workers.data.curation.base import WORD_TOKENIZER, normalise, text_hash
-
-SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
 
 
 def test_tokens_match_spacy_on_plain_prose() -> None:

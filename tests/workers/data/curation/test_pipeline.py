@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from selfsup.curation_spec import CurationSpec
 from tests.workers.data.curation.texts import prose, words
-from workers.data.curation import RULES, CurationReport, CurationSource, curate
+from workers.data.curation import RULES, CurationReport, CurationSource, curate, pipeline
 
 BOILER = "Click here to subscribe to our newsletter."
 EVAL = " ".join(words(30, seed=999))
@@ -30,7 +32,7 @@ def _sources() -> tuple[list[str], list[str]]:
     return a, b
 
 
-def _run(tmp_path: Path, spec: CurationSpec) -> tuple[CurationReport, list[tuple[int, str]]]:
+def _run(tmp_path: Path, spec: CurationSpec, processes: int = 1) -> tuple[CurationReport, list[tuple[int, str]]]:
     a, b = _sources()
     kept: list[tuple[int, str]] = []
     report = curate(
@@ -39,6 +41,7 @@ def _run(tmp_path: Path, spec: CurationSpec) -> tuple[CurationReport, list[tuple
         evaluation=[EVAL],
         workdir=tmp_path,
         on_kept=lambda i, text: kept.append((i, text)),
+        processes=processes,
     )
     return report, kept
 
@@ -80,3 +83,11 @@ def test_disabled_rules_report_nothing(tmp_path: Path) -> None:
     assert report.documents_out == report.documents_in == 16
     assert all(report.rules[rule] == report.rules[rule].__class__() for rule in RULES)
     assert [text for _, text in kept] == [t for src in _sources() for t in src]
+
+
+def test_worker_processes_give_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "BATCH_DOCUMENTS", 3)  # several batches in flight, taken back in order
+    serial, kept_serial = _run(tmp_path / "serial", CurationSpec())
+    parallel, kept_parallel = _run(tmp_path / "parallel", CurationSpec(), processes=2)
+    assert kept_parallel == kept_serial
+    assert parallel.model_dump() == serial.model_dump()
