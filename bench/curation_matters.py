@@ -33,8 +33,10 @@ What it does (everything deterministic, from /work/shared/data/tinyshakespeare.t
    mean next-character loss on the held-out text: windows of 65 characters at a stride of 64, so every
    character but the first is predicted exactly once, from the same windows for both models. Characters
    outside either model's vocabulary are removed from the held-out text before it is cut (their count is
-   reported; with the boilerplate written in tiny Shakespeare's own alphabet it is normally 0 and both
-   vocabularies are identical, so both models also start from the same initial weights).
+   reported; it is 0 with the defaults: the boilerplate is written in tiny Shakespeare's own alphabet). The
+   vocabularies can still differ by a character the held-out text lacks (with the defaults, every '3' of the
+   pool is in the speaker label "3 KING HENRY VI", which line dedup removes: 64 against 65 characters), so
+   the two models' embedding matrices, and their initial weights, are not identical.
    The held-out loss is also split into the characters of speaker-label lines ("PETRUCHIO:", about 11% of
    the held-out text) and all others: line dedup strips a label of 10 or more characters from training
    documents once it is in more than 3 of them, which costs the curated model on exactly those lines.
