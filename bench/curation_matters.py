@@ -6,7 +6,7 @@ One command, from the repository root:
     .venv/bin/python bench/curation_matters.py [--steps 800] [--layers 2] [--width 128] [--threads 2]
                                                [--plain-first] [--out FILE]
 
-What it does (everything deterministic, from /work/shared/data/tinyshakespeare.txt):
+What it does (everything deterministic, from ../shared/data/tinyshakespeare.txt):
 
 1. Splits the text at blank lines into speeches. The speeches that start in the last 10% of the characters
    are the **held-out text** (kept as one text, as in the file); the rest is the **clean pool**. Consecutive
