@@ -153,3 +153,11 @@ def pending_corpus(service: Any, tenant: str = "alice") -> str:
             return corpus.id
     finally:
         engine.dispose()
+
+
+def api_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The `error` object of a response that must have `status`, with a code and a message."""
+    assert response.status_code == status, (response.status_code, response.text)
+    body: dict[str, Any] = response.json()["error"]
+    assert body["code"] and body["message"], body
+    return body

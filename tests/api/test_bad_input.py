@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.factories import (
+    api_error,
     ready_corpus,
     shakespeare_slice,
     small_job_spec,
@@ -23,13 +24,6 @@ from tests.service import Service
 pytestmark = pytest.mark.integration
 
 
-def _error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, (response.status_code, response.text)
-    body = response.json()["error"]
-    assert body["code"] and body["message"], body
-    return body
-
-
 def _uploads(service: Service) -> list[str]:
     folder = service.home / "blobs" / "corpora"
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
@@ -37,9 +31,9 @@ def _uploads(service: Service) -> list[str]:
 
 def test_requests_without_a_valid_key_get_401(embedded_service: Service) -> None:
     anonymous = httpx.Client(base_url=embedded_service.base_url)
-    assert "Authorization: Bearer" in _error(anonymous.get("/v1/jobs"), 401)["message"]
+    assert "Authorization: Bearer" in api_error(anonymous.get("/v1/jobs"), 401)["message"]
     wrong = httpx.Client(base_url=embedded_service.base_url, headers={"Authorization": "Bearer ss_nope"})
-    _error(wrong.get("/v1/corpora"), 401)
+    api_error(wrong.get("/v1/corpora"), 401)
     assert anonymous.get("/healthz").status_code == 200
     assert anonymous.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
 
@@ -50,29 +44,29 @@ def test_invalid_spec_names_each_bad_field(embedded_service: Service) -> None:
     spec = small_job_spec(corpus["id"], model={"heads": 3, "layers": 0}, training={"learning_rate": -1})
     spec["surprise"] = True
     spec["objective"] = {"type": "causal_lm", "mask_probability": 0.2}
-    body = _error(client.post("/v1/jobs", json=spec), 422)
+    body = api_error(client.post("/v1/jobs", json=spec), 422)
     fields = {d["field"] for d in body["details"]}
     assert {"model.layers", "training.learning_rate", "surprise", "objective.mask_probability"} <= fields, fields
     assert "model.layers" in body["message"]
 
-    body = _error(client.post("/v1/jobs", json={"corpus_ids": [corpus["id"]], "objective": {"type": "nope"}}), 422)
+    body = api_error(client.post("/v1/jobs", json={"corpus_ids": [corpus["id"]], "objective": {"type": "nope"}}), 422)
     assert body["details"][0]["field"] == "objective"
 
-    body = _error(client.post("/v1/jobs", json={"objective": {"type": "causal_lm"}}), 422)
+    body = api_error(client.post("/v1/jobs", json={"objective": {"type": "causal_lm"}}), 422)
     assert body["details"][0]["field"] == "corpus_ids"
 
-    body = _error(client.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"}), 422)
+    body = api_error(client.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"}), 422)
 
 
 def test_unknown_corpus_id_is_refused(embedded_service: Service) -> None:
-    body = _error(embedded_service.client().post("/v1/jobs", json=small_job_spec("cor_does_not_exist")), 422)
+    body = api_error(embedded_service.client().post("/v1/jobs", json=small_job_spec("cor_does_not_exist")), 422)
     assert body["details"] == [{"field": "corpus_ids[0]", "message": "no corpus cor_does_not_exist"}]
 
 
 def test_empty_upload_is_refused_and_nothing_kept(embedded_service: Service) -> None:
     client = embedded_service.client()
     before = _uploads(embedded_service)
-    body = _error(client.post("/v1/corpora", params={"name": "e.txt"}, content=b""), 422)
+    body = api_error(client.post("/v1/corpora", params={"name": "e.txt"}, content=b""), 422)
     assert "empty" in body["message"]
     assert _uploads(embedded_service) == before
     assert all(c["name"] != "e.txt" for c in client.get("/v1/corpora").json()["data"])
@@ -87,9 +81,9 @@ def test_upload_over_the_limit_gets_413_and_nothing_kept(embedded_service: Servi
         for i in range(0, len(too_big), 65536):
             yield too_big[i : i + 65536]
 
-    body = _error(client.post("/v1/corpora", params={"name": "big.txt"}, content=stream()), 413)
+    body = api_error(client.post("/v1/corpora", params={"name": "big.txt"}, content=stream()), 413)
     assert "3,000,000" in body["message"]
-    _error(client.post("/v1/corpora", params={"name": "big.txt"}, content=too_big), 413)  # with Content-Length
+    api_error(client.post("/v1/corpora", params={"name": "big.txt"}, content=too_big), 413)  # with Content-Length
     assert _uploads(embedded_service) == before
     assert all(c["name"] != "big.txt" for c in client.get("/v1/corpora").json()["data"])
 
@@ -108,7 +102,7 @@ def test_binary_and_undecodable_uploads_fail_with_a_reason(embedded_service: Ser
 
 
 def test_unknown_format_gets_415(embedded_service: Service) -> None:
-    body = _error(
+    body = api_error(
         embedded_service.client().post(
             "/v1/corpora", params={"name": "data.csv"}, content=b"a,b\n", headers={"Content-Type": "text/csv"}
         ),
@@ -133,7 +127,7 @@ def test_gzipped_jsonl_and_multipart_uploads_ingest(embedded_service: Service) -
     corpus = wait_for_corpus(client, response.json()["id"])
     assert corpus["name"] == "plays.txt" and corpus["status"] == "ready" and corpus["size_bytes"] == len(text)
     assert corpus["sha256"] == hashlib.sha256(text).hexdigest()
-    _error(client.post("/v1/corpora", files={"other": ("x.txt", b"abc", "text/plain")}), 422)
+    api_error(client.post("/v1/corpora", files={"other": ("x.txt", b"abc", "text/plain")}), 422)
 
 
 def test_cancel_finished_job_is_409_and_idempotency_key_returns_same_job(embedded_service: Service) -> None:
@@ -147,14 +141,14 @@ def test_cancel_finished_job_is_409_and_idempotency_key_returns_same_job(embedde
     other = dict(spec, name="something else")
     assert (
         "different request body"
-        in _error(client.post("/v1/jobs", json=other, headers={"Idempotency-Key": "k-1"}), 409)["message"]
+        in api_error(client.post("/v1/jobs", json=other, headers={"Idempotency-Key": "k-1"}), 409)["message"]
     )
     ids = [j["id"] for j in client.get("/v1/jobs", params={"limit": 200}).json()["data"]]
     assert ids.count(first.json()["id"]) == 1
 
     done = wait_for_job(client, first.json()["id"])
     assert done["status"] == "succeeded", done
-    body = _error(client.post(f"/v1/jobs/{done['id']}/cancel"), 409)
+    body = api_error(client.post(f"/v1/jobs/{done['id']}/cancel"), 409)
     assert "already finished" in body["message"]
 
 
@@ -181,19 +175,19 @@ def test_corpus_in_use_cannot_be_deleted(embedded_service: Service) -> None:
     client = embedded_service.client()
     corpus = ready_corpus(client)
     job = submit_job(client, small_job_spec(corpus["id"], training={"max_steps": 100_000}))
-    body = _error(client.delete(f"/v1/corpora/{corpus['id']}"), 409)
+    body = api_error(client.delete(f"/v1/corpora/{corpus['id']}"), 409)
     assert job["id"] in body["message"]
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
     wait_for_job(client, job["id"])
     assert client.delete(f"/v1/corpora/{corpus['id']}").status_code == 204
-    _error(client.get(f"/v1/corpora/{corpus['id']}"), 404)
+    api_error(client.get(f"/v1/corpora/{corpus['id']}"), 404)
 
 
 def test_bad_paging_parameters(embedded_service: Service) -> None:
     client = embedded_service.client()
-    assert _error(client.get("/v1/jobs", params={"cursor": "garbage!"}), 422)["details"][0]["field"] == "cursor"
-    assert _error(client.get("/v1/jobs", params={"limit": 0}), 422)["details"][0]["field"] == "limit"
-    assert _error(client.get("/v1/jobs", params={"status": "sleeping"}), 422)["details"][0]["field"] == "status"
+    assert api_error(client.get("/v1/jobs", params={"cursor": "garbage!"}), 422)["details"][0]["field"] == "cursor"
+    assert api_error(client.get("/v1/jobs", params={"limit": 0}), 422)["details"][0]["field"] == "limit"
+    assert api_error(client.get("/v1/jobs", params={"status": "sleeping"}), 422)["details"][0]["field"] == "status"
 
 
 def test_data_an_objective_cannot_use_fails_at_once_without_restarts(embedded_service: Service) -> None:

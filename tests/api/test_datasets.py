@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from tests.factories import (
+    api_error,
     create_dataset,
     pending_corpus,
     ready_corpus,
@@ -22,15 +23,8 @@ from tests.service import Service
 pytestmark = pytest.mark.integration
 
 
-def _error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, (response.status_code, response.text)
-    body = response.json()["error"]
-    assert body["code"] and body["message"], body
-    return body
-
-
 def _fields(response: httpx.Response) -> set[str]:
-    return {d["field"] for d in _error(response, 422)["details"]}
+    return {d["field"] for d in api_error(response, 422)["details"]}
 
 
 def _dataset_job(dataset_id: str, **overrides: object) -> dict:
@@ -79,7 +73,7 @@ def test_a_mixture_is_curated_listed_reported_reused_and_deleted(embedded_servic
     assert dataset["id"] in {d["id"] for d in rest["data"]}
 
     assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
-    _error(client.get(f"/v1/datasets/{dataset['id']}"), 404)
+    api_error(client.get(f"/v1/datasets/{dataset['id']}"), 404)
     # The kept text is shared: the other dataset with the same curation still has its report.
     assert client.get(f"/v1/datasets/{again['id']}/report").status_code == 200
     assert client.delete(f"/v1/datasets/{again['id']}").status_code == 204
@@ -105,7 +99,7 @@ def test_bad_requests_name_the_field(embedded_service: Service) -> None:
     }
 
     unknown = client.post("/v1/datasets", json={"sources": [good, {"corpus_id": "cor_nope"}]})
-    assert _error(unknown, 422)["details"] == [{"field": "sources[1].corpus_id", "message": "no corpus cor_nope"}]
+    assert api_error(unknown, 422)["details"] == [{"field": "sources[1].corpus_id", "message": "no corpus cor_nope"}]
     unknown = client.post("/v1/datasets", json={"sources": [good], "decontaminate_against": ["cor_nope"]})
     assert _fields(unknown) == {"decontaminate_against[0]"}
     itself = client.post("/v1/datasets", json={"sources": [good], "decontaminate_against": [corpus["id"]]})
@@ -114,7 +108,7 @@ def test_bad_requests_name_the_field(embedded_service: Service) -> None:
     broken = wait_for_corpus(client, upload_corpus(client, b"\x00binary\x00" * 1000, name="bad.txt")["id"])
     assert broken["status"] == "failed"
     failed = client.post("/v1/datasets", json={"sources": [good, {"corpus_id": broken["id"]}]})
-    body = _error(failed, 422)
+    body = api_error(failed, 422)
     assert body["details"][0]["field"] == "sources[1].corpus_id" and "failed ingest" in body["message"]
 
     # A job names exactly one of corpus_ids and dataset_id, and only a dataset of its own.
@@ -123,7 +117,7 @@ def test_bad_requests_name_the_field(embedded_service: Service) -> None:
     neither = small_job_spec(corpus["id"])
     del neither["corpus_ids"]
     assert _fields(client.post("/v1/jobs", json=neither)) == {"corpus_ids"}
-    missing = _error(client.post("/v1/jobs", json=_dataset_job("dst_nope")), 422)
+    missing = api_error(client.post("/v1/jobs", json=_dataset_job("dst_nope")), 422)
     assert missing["details"] == [{"field": "dataset_id", "message": "no dataset dst_nope"}]
 
 
@@ -135,11 +129,11 @@ def test_a_processing_dataset_has_no_report_and_cannot_be_deleted_while_a_job_wa
     corpus_id = pending_corpus(embedded_service)  # the dataset waits for its ingest
     dataset = create_dataset(alice, {"sources": [{"corpus_id": corpus_id}], "curation": {}})
     assert alice.get(f"/v1/datasets/{dataset['id']}").json()["status"] == "processing"
-    assert "still processing" in _error(alice.get(f"/v1/datasets/{dataset['id']}/report"), 409)["message"]
+    assert "still processing" in api_error(alice.get(f"/v1/datasets/{dataset['id']}/report"), 409)["message"]
 
     job = submit_job(alice, _dataset_job(dataset["id"], training={"max_steps": 100_000}))
     assert job["status"] == "queued" and job["spec"]["dataset_id"] == dataset["id"] and "corpus_ids" not in job["spec"]
-    body = _error(alice.delete(f"/v1/datasets/{dataset['id']}"), 409)
+    body = api_error(alice.delete(f"/v1/datasets/{dataset['id']}"), 409)
     assert job["id"] in body["message"] and body["details"] == {"job_ids": [job["id"]]}
 
     # Another tenant sees nothing of it.
@@ -148,7 +142,7 @@ def test_a_processing_dataset_has_no_report_and_cannot_be_deleted_while_a_job_wa
         bob.get(f"/v1/datasets/{dataset['id']}/report"),
         bob.delete(f"/v1/datasets/{dataset['id']}"),
     ):
-        _error(response, 404)
+        api_error(response, 404)
     assert dataset["id"] not in {d["id"] for d in bob.get("/v1/datasets").json()["data"]}
     assert _fields(bob.post("/v1/jobs", json=_dataset_job(dataset["id"]))) == {"dataset_id"}
     assert _fields(bob.post("/v1/datasets", json={"sources": [{"corpus_id": corpus_id}]})) == {"sources[0].corpus_id"}
@@ -156,5 +150,5 @@ def test_a_processing_dataset_has_no_report_and_cannot_be_deleted_while_a_job_wa
     assert alice.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
     assert wait_for_job(alice, job["id"])["status"] == "cancelled"
     assert alice.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
-    _error(alice.get(f"/v1/datasets/{dataset['id']}"), 404)
+    api_error(alice.get(f"/v1/datasets/{dataset['id']}"), 404)
     assert alice.delete(f"/v1/corpora/{corpus_id}").status_code == 204

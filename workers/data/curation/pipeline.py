@@ -101,29 +101,27 @@ class RuleReport(BaseModel):
     examples: list[RemovedExample] = Field(default_factory=list)
 
 
-class SourceReport(BaseModel):
-    """One source's documents and characters in and out, and what each rule removed from it."""
+class _Counts(BaseModel):
+    """Documents, characters and word tokens in and out, and what each rule removed."""
+
+    documents_in: int = 0
+    documents_out: int = 0
+    characters_in: int = 0
+    characters_out: int = 0
+    tokens_in: int = Field(default=0, description="Word tokens (whitespace-separated words) before curation.")
+    tokens_out: int = Field(default=0, description="Word tokens (whitespace-separated words) kept.")
+    rules: dict[str, RuleReport] = Field(default_factory=lambda: {rule: RuleReport() for rule in RULES})
+
+
+class SourceReport(_Counts):
+    """One source's counts and what each rule removed from it."""
 
     name: str
-    documents_in: int = 0
-    documents_out: int = 0
-    characters_in: int = 0
-    characters_out: int = 0
-    tokens_in: int = Field(default=0, description="Word tokens (whitespace-separated words) before curation.")
-    tokens_out: int = Field(default=0, description="Word tokens (whitespace-separated words) kept.")
-    rules: dict[str, RuleReport] = Field(default_factory=lambda: {rule: RuleReport() for rule in RULES})
 
 
-class CurationReport(BaseModel):
+class CurationReport(_Counts):
     """The whole curation: totals, every rule's removals over all sources, and each source's own."""
 
-    documents_in: int = 0
-    documents_out: int = 0
-    characters_in: int = 0
-    characters_out: int = 0
-    tokens_in: int = Field(default=0, description="Word tokens (whitespace-separated words) before curation.")
-    tokens_out: int = Field(default=0, description="Word tokens (whitespace-separated words) kept.")
-    rules: dict[str, RuleReport] = Field(default_factory=lambda: {rule: RuleReport() for rule in RULES})
     sources: list[SourceReport] = Field(default_factory=list)
     spec: CurationSpec = Field(default_factory=CurationSpec)
 
