@@ -3,8 +3,8 @@
     .venv/bin/python bench/api_load.py                  # 200 pollers, 30 s, two alternating rounds
     .venv/bin/python bench/api_load.py --clients 100 --seconds 10 --rounds 1
 
-Starts `selfsup up` on the embedded default (SQLite, embedded Valkey) in a temporary folder, trains a
-long causal-LM job, and alternates quiet windows (no clients) with load windows (N async `httpx`
+Starts `selfsup up` on the embedded default (SQLite, embedded Valkey) in a temporary folder, trains the
+throughput benchmark's job (made long), and alternates quiet windows (no clients) with load windows (N async `httpx`
 clients polling the job as fast as they are answered). Reports requests/s, latency percentiles, errors,
 `/healthz` during the load, and the job's tokens/s in each window (from its own `tokens_per_second`
 metric), so the load's cost to training is a ratio measured in the same run. Results go to
@@ -32,22 +32,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from train_throughput import job_spec, service_env  # noqa: E402
+
 from tests.factories import ready_corpus, shakespeare_slice, submit_job, wait_for_job  # noqa: E402
 from tests.service import Service, start_service, wait_until  # noqa: E402
-
-
-def job_spec(corpus_id: str) -> dict[str, Any]:
-    """A job long enough to outlast the benchmark (it is cancelled at the end)."""
-    return {
-        "name": "bench-api-load",
-        "corpus_ids": [corpus_id],
-        "objective": {"type": "causal_lm"},
-        "tokenizer": {"type": "char"},
-        "model": {"family": "gpt2", "layers": 4, "heads": 4, "width": 128, "context_length": 64},
-        "training": {"max_steps": 1_000_000, "batch_size": 12, "precision": "fp32", "warmup_steps": 10},
-        "evaluation": {"every_steps": 1_000_000, "batches": 1},
-        "checkpointing": {"every_steps": 1_000_000, "keep_last": 1},
-    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -125,11 +113,12 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="selfsup-bench-api-") as tmp:
-        service = start_service(Path(tmp) / "home", {"SELFSUP_CONTROL_INTERVAL_SECONDS": "1.0"})
+        service = start_service(Path(tmp) / "home", service_env(threads=2))
         try:
             with service.client() as client:
                 corpus = ready_corpus(client, shakespeare_slice(400_000))
-                job = submit_job(client, job_spec(corpus["id"]))
+                # The throughput benchmark's job, long enough to outlast the windows (it is cancelled at the end).
+                job = submit_job(client, job_spec(corpus["id"], 1_000_000))
                 wait_until(
                     lambda: client.get(f"/v1/jobs/{job['id']}/metrics", params={"name": "tokens_per_second"}).json()[
                         "data"

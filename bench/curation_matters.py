@@ -71,6 +71,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from train_throughput import service_env  # noqa: E402 - the same production-like settings
+
 from tests.factories import (  # noqa: E402
     SHAKESPEARE,
     create_dataset,
@@ -211,17 +213,6 @@ def job_spec(dataset_id: str, *, name: str, steps: int, layers: int, width: int)
         },
         "evaluation": {"every_steps": max(1, steps // 4), "batches": 20},
         "checkpointing": {"every_steps": steps, "keep_last": 1},
-    }
-
-
-def service_env(threads: int) -> dict[str, str]:
-    """Production-like settings, and an upload limit that takes the corpus."""
-    return {
-        "SELFSUP_TORCH_THREADS": str(threads),
-        "SELFSUP_CONTROL_INTERVAL_SECONDS": "1.0",
-        "SELFSUP_LEASE_SECONDS": "60",
-        "SELFSUP_RECONCILE_INTERVAL_SECONDS": "15",
-        "SELFSUP_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),
     }
 
 

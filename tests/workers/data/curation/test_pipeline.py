@@ -88,6 +88,11 @@ def test_disabled_rules_report_nothing(tmp_path: Path) -> None:
 def test_worker_processes_give_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "BATCH_DOCUMENTS", 3)  # several batches in flight, taken back in order
     serial, kept_serial = _run(tmp_path / "serial", CurationSpec())
+
+    def not_here(self: object, text: str) -> None:
+        raise AssertionError("the per-document rules ran in this process, not in the workers")
+
+    monkeypatch.setattr(pipeline._DocumentRules, "__call__", not_here)  # spawned workers import it afresh
     parallel, kept_parallel = _run(tmp_path / "parallel", CurationSpec(), processes=2)
     assert kept_parallel == kept_serial
     assert parallel.model_dump() == serial.model_dump()
