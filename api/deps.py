@@ -72,14 +72,23 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         session = get_sessionmaker()()
         try:
             yield session
-            await run_in_threadpool(session.commit)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await run_in_threadpool(session.rollback)
+                await run_in_threadpool(_end_session, session, commit=False)
             raise
-        finally:
-            with anyio.CancelScope(shield=True):
-                await run_in_threadpool(session.close)
+        with anyio.CancelScope(shield=True):  # a commit under way finishes, and the connection goes back
+            await run_in_threadpool(_end_session, session, commit=True)
+
+
+def _end_session(session: Session, *, commit: bool) -> None:
+    """Commit (or roll back) and close in one trip to a worker thread; the connection goes back either way."""
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
