@@ -53,6 +53,9 @@ def _api(args: argparse.Namespace) -> int:
         # Past this many open connections new ones get 503 at once instead of piling up.
         limit_concurrency=settings.api_max_connections,
         backlog=settings.api_max_connections,
+        # uvicorn's 5 s equals httpx's pool expiry: a request sent on a connection idle for ~5 s raced the
+        # server's close and got "Server disconnected without sending a response" (seen in CI).
+        timeout_keep_alive=settings.api_keepalive_seconds,
     )
     return 0
 

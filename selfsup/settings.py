@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     api_max_connections: int = Field(
         default=2048, ge=1, description="Open HTTP connections the API serves at once; more are answered 503."
     )
+    api_keepalive_seconds: int = Field(
+        default=75,
+        ge=1,
+        description=(
+            "How long an idle keep-alive connection stays open. Longer than clients' own idle expiry (httpx 5 s,"
+            " load balancers about 60 s), so a client never reuses a connection the server is closing."
+        ),
+    )
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
