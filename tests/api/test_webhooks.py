@@ -117,17 +117,18 @@ def webhook_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
 
 def test_urls_that_reach_private_addresses_are_refused_by_default(embedded_service: Service) -> None:
     client = embedded_service.client("alice")
-    for url, kind in (
-        ("http://127.0.0.1:8000/hook", "loopback"),
-        ("http://169.254.169.254/latest/meta-data", "link-local"),
-        ("http://10.0.0.1/hook", "private"),
-        ("http://[::1]/hook", "loopback"),
-        ("http://localhost:8000/hook", "loopback"),  # a name that resolves to the loopback
-    ):
+    refused = {
+        "http://127.0.0.1:8000/hook": "loopback",
+        "http://169.254.169.254/latest/meta-data": "link-local",
+        "http://10.0.0.1/hook": "private",
+        "http://[::1]/hook": "loopback",
+        "http://localhost:8000/hook": "loopback",  # a name that resolves to the loopback
+    }
+    for url, kind in refused.items():
         error = api_error(client.post("/v1/webhooks", json={"url": url, "event_types": ["job.succeeded"]}), 422)
         assert kind in error["message"] and "SELFSUP_WEBHOOK_ALLOW_PRIVATE_TARGETS" in error["message"], error
         assert error["details"][0]["field"] == "url", error
-    assert client.get("/v1/webhooks").json()["data"] == []
+    assert not {w["url"] for w in client.get("/v1/webhooks").json()["data"]} & set(refused)
 
 
 def test_bad_webhook_requests_say_what_to_fix(embedded_service: Service) -> None:
