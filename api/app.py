@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from api.deps import database_slots
 from api.errors import install_error_handlers
-from api.routes import checkpoints, corpora, datasets, health, jobs
+from api.routes import checkpoints, corpora, datasets, health, jobs, webhooks
 
 DESCRIPTION = """Self-supervised pretraining as a service: upload unlabeled text, submit a job, follow it,
 download a Hugging Face checkpoint. Every `/v1` request carries `Authorization: Bearer <key>`.
@@ -17,6 +17,6 @@ def create_app() -> FastAPI:
     """Build the API application."""
     app = FastAPI(title="selfsup", version="1.0.0", description=DESCRIPTION, lifespan=database_slots)
     install_error_handlers(app)
-    for module in (health, corpora, datasets, jobs, checkpoints):
+    for module in (health, corpora, datasets, jobs, checkpoints, webhooks):
         app.include_router(module.router)
     return app

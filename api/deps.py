@@ -28,7 +28,7 @@ from selfsup.settings import get_settings
 from storage import crud
 from storage.db import get_sessionmaker, pool_capacity, session_scope
 from storage.status import CorpusStatus
-from storage.tables import Checkpoint, Corpus, Dataset, Job, Tenant
+from storage.tables import Checkpoint, Corpus, Dataset, Job, Tenant, Webhook
 from workers.celery_app import enqueue
 
 log = logging.getLogger("selfsup.api")
@@ -169,10 +169,19 @@ def owned_checkpoint(checkpoint_id: str, tenant: TenantDep, session: SessionDep)
     return checkpoint
 
 
+def owned_webhook(webhook_id: str, tenant: TenantDep, session: SessionDep) -> Webhook:
+    """The caller's webhook, or 404."""
+    webhook = crud.get_webhook(session=session, tenant=tenant, webhook_id=webhook_id)
+    if webhook is None:
+        raise ApiError(404, f"no webhook {webhook_id}")
+    return webhook
+
+
 OwnedCorpus = Annotated[Corpus, Depends(owned_corpus)]
 OwnedDataset = Annotated[Dataset, Depends(owned_dataset)]
 OwnedJob = Annotated[Job, Depends(owned_job)]
 OwnedCheckpoint = Annotated[Checkpoint, Depends(owned_checkpoint)]
+OwnedWebhook = Annotated[Webhook, Depends(owned_webhook)]
 
 
 async def page_cursor(

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from api.schemas import CheckpointFile, CheckpointPublic, CorpusPublic, DatasetPublic, DatasetSourcePublic, JobPublic
+from api.schemas import (
+    CheckpointFile,
+    CheckpointPublic,
+    CorpusPublic,
+    DatasetPublic,
+    DatasetSourcePublic,
+    DeliveryPublic,
+    JobPublic,
+    WebhookCreated,
+    WebhookPublic,
+)
 from selfsup.spec import JobSpec
 from storage import crud
 from storage.status import JobStatus
-from storage.tables import Checkpoint, Corpus, Dataset, Job
+from storage.tables import Checkpoint, Corpus, Dataset, Job, Webhook, WebhookDelivery
 
 
 def corpus_public(corpus: Corpus) -> CorpusPublic:
@@ -89,3 +99,18 @@ def _checkpoint_public(checkpoint: Checkpoint, aliases: list[str]) -> Checkpoint
         files=[CheckpointFile(**f) for f in checkpoint.files],
         created_at=checkpoint.created_at,
     )
+
+
+def webhook_public(webhook: Webhook) -> WebhookPublic:
+    """A webhook as clients see it: never its secret."""
+    return WebhookPublic.model_validate(webhook, from_attributes=True)
+
+
+def webhook_created(webhook: Webhook) -> WebhookCreated:
+    """A webhook just created, with its secret: the one response that shows it."""
+    return WebhookCreated.model_validate(webhook, from_attributes=True)
+
+
+def delivery_public(delivery: WebhookDelivery) -> DeliveryPublic:
+    """A webhook delivery and its attempts so far."""
+    return DeliveryPublic.model_validate(delivery, from_attributes=True)

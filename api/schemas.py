@@ -1,4 +1,5 @@
-"""Response schemas: what clients see. Request bodies are the job spec (selfsup.spec) and raw uploads.
+"""Response schemas: what clients see, and the small request bodies that are not the job spec (selfsup.spec),
+a dataset (selfsup.curation_spec) or a raw upload.
 
 Separate from the tables, so no storage path, key hash or tenant id leaks out.
 """
@@ -8,7 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from selfsup.webhook_targets import MAX_URL_LENGTH
+from storage.status import WebhookEventType
 
 CorpusStatus = Literal["processing", "ready", "failed"]
 DatasetStatus = Literal["processing", "ready", "failed"]
@@ -142,6 +146,73 @@ class CheckpointPublic(BaseModel):
 
 class CheckpointsPage(BaseModel):
     data: list[CheckpointPublic]
+
+
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+
+class WebhookCreate(BaseModel):
+    """A webhook to create: where to POST, and which events."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        description="An http(s) URL whose host resolves to public addresses only.",
+        examples=["https://example.com/hooks/selfsup"],
+    )
+    event_types: list[WebhookEventType] = Field(
+        min_length=1, description="The events to send; repeats are ignored.", examples=[["job.succeeded"]]
+    )
+
+    @field_validator("event_types")
+    @classmethod
+    def _once_each(cls, value: list[WebhookEventType]) -> list[WebhookEventType]:
+        return list(dict.fromkeys(value))
+
+
+class WebhookPublic(BaseModel):
+    """A webhook; its secret is shown only in the response that created it."""
+
+    id: str = Field(examples=["wh_1f2e3d4c5b6a79880a1b"])
+    url: str
+    event_types: list[WebhookEventType]
+    created_at: datetime
+
+
+class WebhookCreated(WebhookPublic):
+    """A new webhook and its signing secret, shown this once: keep it to verify our signatures."""
+
+    secret: str = Field(
+        description="Standard Webhooks signing secret (`whsec_` + base64); "
+        "verify deliveries with `standardwebhooks.Webhook(secret).verify(body, headers)`.",
+        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+    )
+
+
+class WebhooksPage(BaseModel):
+    data: list[WebhookPublic]
+
+
+class DeliveryPublic(BaseModel):
+    """One message to a webhook and how its delivery went."""
+
+    id: str = Field(description="The message's `webhook-id`, the same on every attempt.", examples=["msg_a1b2c3"])
+    event_type: WebhookEventType
+    status: DeliveryStatus = Field(description="pending (retrying), delivered (answered 2xx), or failed (gave up).")
+    attempts: int
+    last_response_code: int | None = Field(default=None, description="The last attempt's HTTP status, if any.")
+    last_error: str | None = Field(default=None, description="Why the last attempt failed, if it did.")
+    next_attempt_at: datetime | None = Field(default=None, description="When the next attempt is due, while pending.")
+    payload: dict[str, Any] = Field(description="The body sent: `{type, timestamp, data}`.")
+    created_at: datetime
+    delivered_at: datetime | None = None
+
+
+class DeliveriesPage(BaseModel):
+    data: list[DeliveryPublic]
+    next_cursor: str | None = None
 
 
 class Health(BaseModel):

@@ -65,6 +65,21 @@ class Settings(BaseSettings):
     orphan_seconds: float = Field(
         default=3600.0, gt=0, description="Temporary blobs untouched this long (broken uploads) are removed."
     )
+    webhook_allow_private_targets: bool = Field(
+        default=False,
+        description="Let webhooks target loopback, link-local and private addresses (tests, private networks); "
+        "off, such URLs are refused when created and when sent (server-side request forgery).",
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=5.0, gt=0, description="The first retry's delay; each next one is 6 times longer, up to 4 hours."
+    )
+    webhook_retry_window_seconds: float = Field(
+        default=86400.0, gt=0, description="A delivery not answered 2xx this long after its event is failed."
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="How long one delivery attempt may take.")
+    webhook_sweep_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often the workers look for webhook deliveries that are due."
+    )
     fault_injection: str | None = Field(default=None, description="Tests only: see workers/faults.py.")
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""The lifecycles of a job, a corpus and a curated dataset: their statuses and the moves between them, written once.
+"""The lifecycles of a job, a corpus, a curated dataset and a webhook delivery: their statuses and the moves between
+them, written once; and the events that webhooks subscribe to.
 
 The values are the strings stored in the `status` columns and shown by the API; `crud` checks every
 change of status against the tables below, in Python and in the UPDATE's WHERE clause.
@@ -35,6 +36,25 @@ class DatasetStatus(StrEnum):
     PROCESSING = "processing"
     READY = "ready"
     FAILED = "failed"
+
+
+class DeliveryStatus(StrEnum):
+    """Where one webhook message is in its delivery."""
+
+    PENDING = "pending"  # not yet answered 2xx; retried with backoff
+    DELIVERED = "delivered"
+    FAILED = "failed"  # no 2xx within the retry window (a day)
+
+
+class WebhookEventType(StrEnum):
+    """What a webhook may subscribe to: a state that a job, checkpoint or corpus reached."""
+
+    JOB_SUCCEEDED = "job.succeeded"
+    JOB_FAILED = "job.failed"
+    JOB_CANCELLED = "job.cancelled"
+    CHECKPOINT_CREATED = "checkpoint.created"
+    CORPUS_READY = "corpus.ready"
+    CORPUS_FAILED = "corpus.failed"
 
 
 # Every move a job can make, and who makes it:
@@ -75,6 +95,20 @@ DATASET_TRANSITIONS: Mapping[DatasetStatus, frozenset[DatasetStatus]] = {
     DatasetStatus.FAILED: frozenset(),
 }
 
+# A delivery is retried while pending, and ends once: answered 2xx, or given up on.
+DELIVERY_TRANSITIONS: Mapping[DeliveryStatus, frozenset[DeliveryStatus]] = {
+    DeliveryStatus.PENDING: frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.FAILED}),
+    DeliveryStatus.DELIVERED: frozenset(),
+    DeliveryStatus.FAILED: frozenset(),
+}
+
+# The webhook event a job's final status raises.
+JOB_ENDING_EVENTS: Mapping[JobStatus, WebhookEventType] = {
+    JobStatus.SUCCEEDED: WebhookEventType.JOB_SUCCEEDED,
+    JobStatus.FAILED: WebhookEventType.JOB_FAILED,
+    JobStatus.CANCELLED: WebhookEventType.JOB_CANCELLED,
+}
+
 FINISHED_JOB_STATUSES = frozenset(status for status, moves in JOB_TRANSITIONS.items() if not moves)
 ACTIVE_JOB_STATUSES = frozenset(JobStatus) - FINISHED_JOB_STATUSES
 
@@ -98,3 +132,8 @@ def corpus_statuses_leading_to(target: CorpusStatus) -> frozenset[CorpusStatus]:
 def dataset_statuses_leading_to(target: DatasetStatus) -> frozenset[DatasetStatus]:
     """The statuses a curated dataset may move to `target` from."""
     return frozenset(status for status, moves in DATASET_TRANSITIONS.items() if target in moves)
+
+
+def delivery_statuses_leading_to(target: DeliveryStatus) -> frozenset[DeliveryStatus]:
+    """The statuses a webhook delivery may move to `target` from."""
+    return frozenset(status for status, moves in DELIVERY_TRANSITIONS.items() if target in moves)

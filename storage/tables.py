@@ -1,4 +1,5 @@
-"""The database tables: the single source of truth for tenants, corpora, datasets, jobs, metrics and checkpoints."""
+"""The database tables: the single source of truth for tenants, corpora, datasets, jobs, metrics, checkpoints and
+webhooks."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from storage.status import CorpusStatus, DatasetStatus, JobStatus
+from storage.status import CorpusStatus, DatasetStatus, DeliveryStatus, JobStatus
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -228,3 +229,43 @@ class TokenizedDataset(Base):
     validation_tokens: Mapped[int] = mapped_column(BigInteger)
     blob_prefix: Mapped[str] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Webhook(Base):
+    """A tenant's subscription: events of these types are POSTed to `url`, signed with `secret`."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (Index("ix_webhooks_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("wh"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[list[Any]] = mapped_column()  # WebhookEventType values
+    # `whsec_<base64>`: the HMAC key itself, because signing needs it (unlike an API key, it cannot be
+    # stored hashed). Shown once, when created; the API never returns it again. See docs/webhooks.md.
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One message to one webhook (the transactional outbox): written with the change that raised it, sent and
+    retried by the workers. Its id is the message's `webhook-id`, the same on every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_webhook_created", "webhook_id", "created_at", "id"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("msg"))
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(32))  # a WebhookEventType
+    payload: Mapped[dict[str, Any]] = mapped_column()  # {"type", "timestamp", "data"}, as sent
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)  # a DeliveryStatus
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When the next attempt is due; while an attempt is under way, when it counts as lost (a dead worker).
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    last_response_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)

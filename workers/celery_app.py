@@ -21,6 +21,8 @@ PREPARE_JOB = "selfsup.prepare_job"
 CURATE_DATASET = "selfsup.curate_dataset"
 TRAIN_JOB = "selfsup.train_job"
 RECONCILE = "selfsup.reconcile"
+DELIVER_WEBHOOK = "selfsup.deliver_webhook"
+SWEEP_WEBHOOKS = "selfsup.sweep_webhooks"
 
 TASK_QUEUES = {
     INGEST_CORPUS: CPU_QUEUE,
@@ -28,6 +30,8 @@ TASK_QUEUES = {
     PREPARE_JOB: CPU_QUEUE,
     TRAIN_JOB: GPU_QUEUE,
     RECONCILE: CPU_QUEUE,
+    DELIVER_WEBHOOK: CPU_QUEUE,
+    SWEEP_WEBHOOKS: CPU_QUEUE,
 }
 
 
@@ -54,6 +58,12 @@ def make_celery() -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval_seconds},
+            # Sweeps that waited past the next one (a busy worker) are dropped rather than piling up.
+            "sweep-webhooks": {
+                "task": SWEEP_WEBHOOKS,
+                "schedule": settings.webhook_sweep_interval_seconds,
+                "options": {"expires": settings.webhook_sweep_interval_seconds},
+            },
         },
     )
     return app

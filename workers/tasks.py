@@ -21,9 +21,11 @@ from storage.keys import CORPORA, CURATED, DATASETS
 from storage.tables import utcnow
 from workers.celery_app import (
     CURATE_DATASET,
+    DELIVER_WEBHOOK,
     INGEST_CORPUS,
     PREPARE_JOB,
     RECONCILE,
+    SWEEP_WEBHOOKS,
     TRAIN_JOB,
     enqueue,
     get_celery,
@@ -68,7 +70,8 @@ def _prepare_worker(**_: Any) -> None:
     import workers.curate
     import workers.ingest
     import workers.prepare
-    import workers.train  # noqa: F401
+    import workers.train
+    import workers.webhooks  # noqa: F401
 
     # A progress bar per saved checkpoint is noise in a worker's log (and buries what matters).
     transformers.utils.logging.disable_progress_bar()
@@ -118,6 +121,22 @@ def train_job(job_id: str) -> str:
         store=get_blob_store(),
         should_stop=SHUTTING_DOWN.is_set,
     )
+
+
+@selfsup_task(DELIVER_WEBHOOK)
+def deliver_webhook(delivery_id: str) -> str:
+    """Make one signed attempt at a due webhook delivery; record the answer, or schedule the retry."""
+    from workers.webhooks import deliver
+
+    return deliver(delivery_id, settings=get_settings())
+
+
+@selfsup_task(SWEEP_WEBHOOKS)
+def sweep_webhooks() -> str:
+    """Wake a delivery task for each due webhook delivery (new, due for a retry, or whose attempt was lost)."""
+    from workers.webhooks import sweep
+
+    return sweep(get_settings())
 
 
 @selfsup_task(RECONCILE)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from storage.crud.webhooks import record_checkpoint_created
 from storage.tables import (
     Checkpoint,
     Job,
@@ -26,9 +27,10 @@ def delete_checkpoint(*, session: Session, checkpoint_id: str) -> None:
 
 
 def add_checkpoint(*, session: Session, checkpoint: Checkpoint) -> Checkpoint:
-    """Record a checkpoint whose files are complete."""
+    """Record a checkpoint whose files are complete, and its `checkpoint.created` webhooks."""
     session.add(checkpoint)
     session.flush()
+    record_checkpoint_created(session=session, checkpoint=checkpoint)
     return checkpoint
 
 

@@ -11,9 +11,11 @@ from sqlalchemy.orm import Session
 from storage.crud._sql import rowcount
 from storage.crud.jobs import fail_job, queued_jobs_reading
 from storage.crud.paging import page
+from storage.crud.webhooks import record_corpus_outcome
 from storage.status import (
     ACTIVE_JOB_STATUSES,
     CorpusStatus,
+    WebhookEventType,
     corpus_statuses_leading_to,
 )
 from storage.tables import (
@@ -90,27 +92,31 @@ def mark_corpus_ready(
     validation_documents: int,
     ingest_report: dict[str, Any],
 ) -> bool:
-    """Record a finished ingest; False if the corpus is gone or no longer processing."""
-    return bool(
-        rowcount(
-            session,
-            _move_corpus(corpus_id, CorpusStatus.READY).values(
-                documents=documents,
-                characters=characters,
-                train_documents=train_documents,
-                validation_documents=validation_documents,
-                ingest_report=ingest_report,
-            ),
-        )
+    """Record a finished ingest (and its `corpus.ready` webhooks); False if the corpus is gone or no longer
+    processing."""
+    moved = rowcount(
+        session,
+        _move_corpus(corpus_id, CorpusStatus.READY).values(
+            documents=documents,
+            characters=characters,
+            train_documents=train_documents,
+            validation_documents=validation_documents,
+            ingest_report=ingest_report,
+        ),
     )
+    if moved:
+        record_corpus_outcome(session=session, corpus_id=corpus_id, event_type=WebhookEventType.CORPUS_READY)
+    return bool(moved)
 
 
 def fail_corpus(*, session: Session, corpus_id: str, reason: str) -> Corpus | None:
-    """Mark a corpus's ingest failed and fail the queued jobs waiting on it; None if the corpus is gone."""
+    """Mark a corpus's ingest failed (with its `corpus.failed` webhooks) and fail the queued jobs waiting on it;
+    None if the corpus is gone."""
     corpus = get_corpus_by_id(session=session, corpus_id=corpus_id)
     if corpus is None:
         return None
     if rowcount(session, _move_corpus(corpus_id, CorpusStatus.FAILED).values(error=reason)):
+        record_corpus_outcome(session=session, corpus_id=corpus_id, event_type=WebhookEventType.CORPUS_FAILED)
         for job in queued_jobs_reading(session=session, corpus_id=corpus_id):
             fail_job(session=session, job_id=job.id, reason=f"corpus {corpus.name} ({corpus_id}) failed: {reason}")
     return corpus

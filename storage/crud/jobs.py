@@ -17,9 +17,11 @@ from selfsup.spec import TrainingSpec
 from storage.crud._sql import rowcount
 from storage.crud.events import add_event
 from storage.crud.paging import page
+from storage.crud.webhooks import record_job_ending
 from storage.status import (
     ACTIVE_JOB_STATUSES,
     FINISHED_JOB_STATUSES,
+    JOB_ENDING_EVENTS,
     JobStatus,
     job_statuses_leading_to,
 )
@@ -170,9 +172,15 @@ def finish_job(
     )
     if moved != 1:
         return False
-    add_event(session=session, job_id=job_id, type=_FINISH_EVENTS[status], message=message)
+    _record_ending(session, job_id, status, message)
     session.flush()
     return True
+
+
+def _record_ending(session: Session, job_id: str, status: JobStatus, message: str) -> None:
+    """What every move to a final status writes with it: the job's event and its webhook deliveries."""
+    add_event(session=session, job_id=job_id, type=_FINISH_EVENTS[status], message=message)
+    record_job_ending(session=session, job_id=job_id, event_type=JOB_ENDING_EVENTS[status])
 
 
 def fail_job(*, session: Session, job_id: str, reason: str, owner: str | None = None) -> bool:
@@ -197,7 +205,7 @@ def request_cancel(*, session: Session, job: Job) -> str:
     now = utcnow()
     idle = _move_job(job.id, JobStatus.CANCELLED, among=frozenset({JobStatus.QUEUED, JobStatus.PAUSED}))
     if rowcount(session, idle.where(Job.lease_owner.is_(None)).values(finished_at=now, cancel_requested=True)):
-        add_event(session=session, job_id=job.id, type="cancelled", message=f"cancelled while {job.status}")
+        _record_ending(session, job.id, JobStatus.CANCELLED, f"cancelled while {job.status}")
     else:
         session.execute(
             update(Job)
@@ -295,7 +303,7 @@ def requeue_after_crash(*, session: Session, job: Job, owner: str | None, error:
     fail = _move_job(job.id, JobStatus.FAILED, among=running).where(held)
     if not rowcount(session, fail.values(**released, error=reason, finished_at=utcnow())):
         return RequeueOutcome.SKIPPED
-    add_event(session=session, job_id=job.id, type=_FINISH_EVENTS[JobStatus.FAILED], message=f"failed: {reason}")
+    _record_ending(session, job.id, JobStatus.FAILED, f"failed: {reason}")
     return RequeueOutcome.FAILED
 
 

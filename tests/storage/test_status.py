@@ -15,9 +15,11 @@ from storage.db import make_engine
 from storage.status import (
     ACTIVE_JOB_STATUSES,
     CORPUS_TRANSITIONS,
+    DELIVERY_TRANSITIONS,
     FINISHED_JOB_STATUSES,
     JOB_TRANSITIONS,
     CorpusStatus,
+    DeliveryStatus,
     JobStatus,
     job_statuses_leading_to,
 )
@@ -27,6 +29,7 @@ from storage.tables import Base, Job, JobCorpus
 def test_the_api_shows_the_same_statuses_the_tables_store() -> None:
     assert set(get_args(schemas.JobStatus)) == {s.value for s in JobStatus} == set(JOB_TRANSITIONS)
     assert set(get_args(schemas.CorpusStatus)) == {s.value for s in CorpusStatus} == set(CORPUS_TRANSITIONS)
+    assert set(get_args(schemas.DeliveryStatus)) == {s.value for s in DeliveryStatus} == set(DELIVERY_TRANSITIONS)
 
 
 def test_final_statuses_are_the_ones_without_moves() -> None:
