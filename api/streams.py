@@ -229,7 +229,11 @@ class StreamHub:
     def shut_down(self) -> None:
         """The server is stopping: end every stream now (clients reconnect with Last-Event-ID elsewhere)."""
         if not self.shutting_down:
-            log.info("ending %d job streams for shutdown (%d database reads served them)", len(self._feeds), self.reads)
+            log.info(
+                "ending the streams of %d jobs for shutdown (%d database reads served all streams)",
+                len(self._feeds),
+                self.reads,
+            )
         self.shutting_down = True
         for feed in list(self._feeds.values()):
             feed.close()

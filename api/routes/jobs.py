@@ -229,6 +229,7 @@ stream also closes without `end` when the server shuts down: reconnect. New rows
     response_class=EventSourceResponse,
     summary="Follow a job live (Server-Sent Events)",
     description=STREAM_DESCRIPTION,
+    response_description="`text/event-stream`: `status`, then `event`, `metric` and `status` messages, then `end`",
     responses={
         400: {"description": "`Last-Event-ID` (or `last_event_id`) is not an id this stream sent"},
         404: {"description": "No such job of the caller's"},
