@@ -37,6 +37,11 @@
     return el;
   }
 
+  /** Replace an element's children (strings become text nodes; null, undefined and false are left out). */
+  function fill(el, ...children) {
+    el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+  }
+
   const enc = encodeURIComponent;
   const link = (hash, text) => h("a", { href: hash }, text);
 
@@ -111,7 +116,7 @@
 
   function showError(error) {
     if (error && error.status === 401) return; // handled by signing out
-    $banner.replaceChildren(
+    fill($banner,
       h("span", {}, error && error.message ? error.message : String(error)),
       h("button", { class: "link", type: "button", onclick: () => ($banner.hidden = true) }, "dismiss"),
     );
@@ -306,7 +311,7 @@
         button.disabled = false;
       }
     });
-    $view.replaceChildren(form);
+    fill($view, form);
     input.focus();
   }
 
@@ -317,7 +322,7 @@
     $view.append(h("h1", {}, "Jobs"), body);
     poll(gen, LIST_POLL_MS, async () => {
       const page = await api(`jobs?limit=50${cursor ? `&cursor=${enc(cursor)}` : ""}`);
-      body.replaceChildren(
+      fill(body,
         table(
           [
             ["Name", (j) => link(`#/jobs/${enc(j.id)}`, j.name)],
@@ -507,11 +512,11 @@
         buttons.push(h("button", { type: "button", id: "resume", onclick: () => act("resume") }, "Resume"));
       if (ACTIVE_JOB.has(job.status) && !job.cancel_requested)
         buttons.push(h("button", { type: "button", id: "cancel", class: "danger", onclick: () => act("cancel") }, "Cancel"));
-      actions.replaceChildren(...buttons);
+      fill(actions, ...buttons);
     }
 
     function renderSummary(job) {
-      title.replaceChildren(job.name, " ", badge(job.status));
+      fill(title, job.name, " ", badge(job.status));
       document.title = `${job.name} · selfsup`;
       const data = job.spec.dataset_id
         ? link(`#/datasets/${enc(job.spec.dataset_id)}`, job.spec.dataset_id)
@@ -519,7 +524,7 @@
       const notes = [];
       if (job.pause_requested) notes.push("pausing at the next step");
       if (job.cancel_requested) notes.push("cancelling at the next step");
-      summary.replaceChildren(
+      fill(summary,
         facts([
           ["ID", h("code", {}, job.id)],
           ["Progress", progress(job.step, job.max_steps)],
@@ -547,7 +552,7 @@
       const page = await api(`jobs/${enc(jobId)}/events${after}`);
       if (!page.data.length) return;
       if (lastEventId === null)
-        eventsEl.replaceChildren(
+        fill(eventsEl,
           h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Time"), h("th", {}, "Event"), h("th", {}, "Message"))), eventsBody),
         );
       for (const e of page.data) {
@@ -563,7 +568,7 @@
       const key = JSON.stringify(page.data.map((c) => [c.id, c.aliases || []]));
       if (key === checkpointsKey) return;
       checkpointsKey = key;
-      checkpointsEl.replaceChildren(
+      fill(checkpointsEl,
         table(
           [
             ["Version", (c) => `v${c.version}`],
@@ -626,7 +631,7 @@
     $view.append(h("h1", {}, "Corpora"), body);
     poll(gen, LIST_POLL_MS, async () => {
       const page = await api(`corpora?limit=50${cursor ? `&cursor=${enc(cursor)}` : ""}`);
-      body.replaceChildren(
+      fill(body,
         table(
           [
             ["Name", (c) => link(`#/corpora/${enc(c.id)}`, c.name)],
@@ -673,7 +678,7 @@
       // A corpus is curated as a source of datasets: a ready dataset's report has a part per source and split.
       const datasets = (await api("datasets?limit=200")).data.filter((d) => d.sources.some((s) => s.corpus_id === corpusId));
       if (!datasets.length) {
-        curation.replaceChildren(h("p", { class: "muted empty" }, "No curated dataset uses this corpus yet."));
+        fill(curation, h("p", { class: "muted empty" }, "No curated dataset uses this corpus yet."));
         return false;
       }
       const blocks = [];
@@ -694,16 +699,16 @@
           ),
         );
       }
-      curation.replaceChildren(...blocks);
+      fill(curation, ...blocks);
       return datasets.some((d) => d.status === "processing");
     }
 
     poll(gen, POLL_MS, async () => {
       const c = await api(`corpora/${enc(corpusId)}`);
       if (gen !== generation) return false;
-      title.replaceChildren(c.name, " ", badge(c.status));
+      fill(title, c.name, " ", badge(c.status));
       document.title = `${c.name} · selfsup`;
-      stats.replaceChildren(
+      fill(stats,
         facts([
           ["ID", h("code", {}, c.id)],
           ["Status", c.status],
@@ -731,7 +736,7 @@
     $view.append(h("h1", {}, "Curated datasets"), body);
     poll(gen, LIST_POLL_MS, async () => {
       const page = await api(`datasets?limit=50${cursor ? `&cursor=${enc(cursor)}` : ""}`);
-      body.replaceChildren(
+      fill(body,
         table(
           [
             ["Name", (d) => link(`#/datasets/${enc(d.id)}`, d.name)],
@@ -757,9 +762,9 @@
     poll(gen, POLL_MS, async () => {
       const d = await api(`datasets/${enc(datasetId)}`);
       if (gen !== generation) return false;
-      title.replaceChildren(d.name, " ", badge(d.status));
+      fill(title, d.name, " ", badge(d.status));
       document.title = `${d.name} · selfsup`;
-      about.replaceChildren(
+      fill(about,
         facts([
           ["ID", h("code", {}, d.id)],
           ["Error", d.error ? h("span", { class: "error" }, d.error) : null],
@@ -784,7 +789,7 @@
       if (d.status !== "ready") return d.status === "processing";
       const r = await api(`datasets/${enc(datasetId)}/report`);
       const rules = Object.entries(r.rules || {});
-      report.replaceChildren(
+      fill(report,
         h("h3", {}, "All sources"),
         facts(curationCounts(r)),
         table(
