@@ -818,7 +818,7 @@
   // ---- start ---------------------------------------------------------------------------------------------
 
   $signOut.addEventListener("click", () => {
-    signOut("Signed out.");
+    signOut("");
   });
   window.addEventListener("hashchange", route);
   route();

@@ -246,5 +246,10 @@ def test_dashboard_follows_a_training_job(embedded_service: Service, browser: An
     _shows_no_missing_values(page.locator("main"))
     page.screenshot(path=str(ARTIFACTS / "dashboard-dataset.png"), full_page=True)
 
+    # Signing out forgets the key.
+    page.click("#sign-out")
+    expect(page.locator("#sign-in")).to_be_visible()
+    assert page.evaluate("() => sessionStorage.length + localStorage.length") == 0
+
     context.close()
     assert errors == [], errors
