@@ -7,10 +7,11 @@ from fastapi import FastAPI
 from api.deps import api_lifespan
 from api.errors import install_error_handlers
 from api.routes import checkpoints, corpora, datasets, health, jobs, webhooks
+from api.routes.dashboard import mount_dashboard
 
 DESCRIPTION = """Self-supervised pretraining as a service: upload unlabeled text, submit a job, follow it,
 download a Hugging Face checkpoint. Every `/v1` request carries `Authorization: Bearer <key>`.
-Errors are `{"error": {"code", "message", "details"}}`."""
+Errors are `{"error": {"code", "message", "details"}}`. A web dashboard over this API is served at `/`."""
 
 
 def create_app() -> FastAPI:
@@ -19,4 +20,5 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     for module in (health, corpora, datasets, jobs, checkpoints, webhooks):
         app.include_router(module.router)
+    mount_dashboard(app)
     return app
