@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api.deps import api_lifespan
 from api.errors import install_error_handlers
+from api.openapi import install_openapi
 from api.routes import checkpoints, corpora, datasets, health, jobs, webhooks
 from api.routes.dashboard import mount_dashboard
 
 DESCRIPTION = """Self-supervised pretraining as a service: upload unlabeled text, submit a job, follow it,
 download a Hugging Face checkpoint. Every `/v1` request carries `Authorization: Bearer <key>`.
-Errors are `{"error": {"code", "message", "details"}}`. A web dashboard over this API is served at `/`."""
+Errors are `{"error": {"code", "message", "details"}}`. In `/docs`, press Authorize and paste the key.
+A web dashboard over this API is served at `/`."""
+
+DOCS_ASSETS_URL = "/docs-assets"
 
 
 def create_app() -> FastAPI:
     """Build the API application."""
-    app = FastAPI(title="selfsup", version="1.0.0", description=DESCRIPTION, lifespan=api_lifespan)
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from files the package ships, not a CDN.
+    app = FastAPIOffline(
+        title="selfsup",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=api_lifespan,
+        static_url=DOCS_ASSETS_URL,
+        swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},  # no online validator badge
+    )
     install_error_handlers(app)
     for module in (health, corpora, datasets, jobs, checkpoints, webhooks):
         app.include_router(module.router)
     mount_dashboard(app)
+    install_openapi(app)
     return app

@@ -14,12 +14,13 @@ FastAPI issue 3205). A request that waits longer than `SELFSUP_API_WAIT_SECONDS`
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -116,29 +117,37 @@ async def run_db(request: Request, work: Callable[[Session], T]) -> T:
         return await run_in_threadpool(_unit_of_work, work)
 
 
-def tenant_from_headers(session: Session, headers: Mapping[str, str]) -> Tenant:
+# FastAPI's own bearer scheme reads the header (and puts `securitySchemes` in the OpenAPI document, so `/docs`
+# can authorise); with auto_error off, a missing or malformed header gets our 401 below, not FastAPI's.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="An API key: `Authorization: Bearer <key>` (create one with `selfsup keys create --tenant NAME`).",
+)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+def tenant_for_credentials(session: Session, credentials: HTTPAuthorizationCredentials | None) -> Tenant:
     """The tenant of `Authorization: Bearer <key>`; 401 without a valid key."""
-    header = headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    if credentials is None:
         raise ApiError(
             401,
             "missing API key: send `Authorization: Bearer <key>` (create one with `selfsup keys create --tenant NAME`)",
         )
-    tenant = crud.tenant_for_key(session=session, key=key.strip())
+    tenant = crud.tenant_for_key(session=session, key=credentials.credentials)
     if tenant is None:
         raise ApiError(401, "invalid API key")
     return tenant
 
 
-def current_tenant(request: Request, session: SessionDep) -> Tenant:
+def current_tenant(credentials: BearerDep, session: SessionDep) -> Tenant:
     """The caller's tenant, looked up in the request's session."""
-    return tenant_from_headers(session, request.headers)
+    return tenant_for_credentials(session, credentials)
 
 
-async def uploading_tenant(request: Request) -> Tenant:
+async def uploading_tenant(request: Request, credentials: BearerDep) -> Tenant:
     """The caller's tenant, looked up in a transaction of its own, for routes that hold no session."""
-    return await run_db(request, lambda session: tenant_from_headers(session, request.headers))
+    return await run_db(request, lambda session: tenant_for_credentials(session, credentials))
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
@@ -192,11 +201,11 @@ OwnedCheckpoint = Annotated[Checkpoint, Depends(owned_checkpoint)]
 OwnedWebhook = Annotated[Webhook, Depends(owned_webhook)]
 
 
-async def streamed_job(job_id: str, request: Request) -> Job:
+async def streamed_job(job_id: str, request: Request, credentials: BearerDep) -> Job:
     """The caller's job, or 404, read in a transaction of its own: a stream holds no session while it runs."""
 
     def load(session: Session) -> Job | None:
-        return crud.get_job(session=session, tenant=tenant_from_headers(session, request.headers), job_id=job_id)
+        return crud.get_job(session=session, tenant=tenant_for_credentials(session, credentials), job_id=job_id)
 
     job = await run_db(request, load)
     if job is None:

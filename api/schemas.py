@@ -218,3 +218,32 @@ class DeliveriesPage(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class ErrorDetail(BaseModel):
+    """One thing to fix: the field (its path, as `model.heads` or `corpus_ids[0]`) and what is wrong with it."""
+
+    field: str = Field(examples=["model.heads"])
+    message: str = Field(examples=["model.width 100 is not divisible by model.heads 3"])
+    type: str | None = Field(
+        default=None, description="The validation error's kind, when the spec's own checks gave it."
+    )
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(
+        description="Stable and machine-readable: bad_request, unauthorized, not_found, conflict, "
+        "payload_too_large, unsupported_media_type, invalid_request, unavailable, internal_error.",
+        examples=["not_found"],
+    )
+    message: str = Field(description="What went wrong and what to do about it.", examples=["no job job_8e2a4b1c"])
+    details: list[ErrorDetail] | dict[str, Any] | None = Field(
+        default=None,
+        description="For a 422, each bad field; for a 409 on a reused Idempotency-Key, the earlier `job_id`.",
+    )
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers: `{"error": {"code", "message", "details"}}`."""
+
+    error: ErrorBody

@@ -55,39 +55,45 @@ def build_causal_lm(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenId
     bos = special.bos if special.bos is not None else special.eos
     pad = special.pad if special.pad is not None else special.eos
     if spec.family == "gpt2":
-        return GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=vocab_size,
-                n_positions=spec.context_length,
-                n_embd=spec.width,
-                n_layer=spec.layers,
-                n_head=spec.heads,
-                resid_pdrop=spec.dropout,
-                embd_pdrop=spec.dropout,
-                attn_pdrop=spec.dropout,
-                bos_token_id=bos,
-                eos_token_id=special.eos,
-                pad_token_id=pad,
-                tie_word_embeddings=True,
-            )
+        return generating_within_context(
+            spec,
+            GPT2LMHeadModel(
+                GPT2Config(
+                    vocab_size=vocab_size,
+                    n_positions=spec.context_length,
+                    n_embd=spec.width,
+                    n_layer=spec.layers,
+                    n_head=spec.heads,
+                    resid_pdrop=spec.dropout,
+                    embd_pdrop=spec.dropout,
+                    attn_pdrop=spec.dropout,
+                    bos_token_id=bos,
+                    eos_token_id=special.eos,
+                    pad_token_id=pad,
+                    tie_word_embeddings=True,
+                )
+            ),
         )
     if spec.family == "llama":
-        return LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=vocab_size,
-                hidden_size=spec.width,
-                intermediate_size=swiglu_width(spec.width),
-                num_hidden_layers=spec.layers,
-                num_attention_heads=spec.heads,
-                num_key_value_heads=spec.heads,
-                max_position_embeddings=spec.context_length,
-                attention_dropout=spec.dropout,
-                rms_norm_eps=1e-5,
-                bos_token_id=bos,
-                eos_token_id=special.eos,
-                pad_token_id=pad,
-                tie_word_embeddings=True,
-            )
+        return generating_within_context(
+            spec,
+            LlamaForCausalLM(
+                LlamaConfig(
+                    vocab_size=vocab_size,
+                    hidden_size=spec.width,
+                    intermediate_size=swiglu_width(spec.width),
+                    num_hidden_layers=spec.layers,
+                    num_attention_heads=spec.heads,
+                    num_key_value_heads=spec.heads,
+                    max_position_embeddings=spec.context_length,
+                    attention_dropout=spec.dropout,
+                    rms_norm_eps=1e-5,
+                    bos_token_id=bos,
+                    eos_token_id=special.eos,
+                    pad_token_id=pad,
+                    tie_word_embeddings=True,
+                )
+            ),
         )
     raise ValueError(f"{spec.family} is not a causal LM family")
 
@@ -130,23 +136,36 @@ def build_seq2seq(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenIds)
         raise ValueError(f"{spec.family} is not a sequence-to-sequence family")
     if special.pad is None:
         raise ValueError("the t5 family needs a padding token in the vocabulary")
-    return T5ForConditionalGeneration(
-        T5Config(  # type: ignore[call-arg]
-            vocab_size=vocab_size,
-            d_model=spec.width,
-            d_kv=spec.width // spec.heads,
-            d_ff=4 * spec.width,
-            num_layers=spec.layers,
-            num_decoder_layers=spec.layers,
-            num_heads=spec.heads,
-            dropout_rate=spec.dropout,
-            feed_forward_proj="relu",
-            pad_token_id=special.pad,
-            eos_token_id=special.eos,
-            # T5 starts decoding from the padding token; `labels=` shifts right with it.
-            decoder_start_token_id=special.pad,
-        )
+    return generating_within_context(
+        spec,
+        T5ForConditionalGeneration(
+            T5Config(  # type: ignore[call-arg]
+                vocab_size=vocab_size,
+                d_model=spec.width,
+                d_kv=spec.width // spec.heads,
+                d_ff=4 * spec.width,
+                num_layers=spec.layers,
+                num_decoder_layers=spec.layers,
+                num_heads=spec.heads,
+                dropout_rate=spec.dropout,
+                feed_forward_proj="relu",
+                pad_token_id=special.pad,
+                eos_token_id=special.eos,
+                # T5 starts decoding from the padding token; `labels=` shifts right with it.
+                decoder_start_token_id=special.pad,
+            )
+        ),
     )
+
+
+def generating_within_context(spec: ModelSpec, model: PreTrainedModel) -> PreTrainedModel:
+    """Set the model's default generation length (`generation_config.json` `max_length`) to its context length.
+
+    `generate()` and `pipeline("text-generation")` without a length then stop there, instead of running past
+    GPT-2's position table (an index error) or past what the model was trained to see.
+    """
+    model.generation_config.max_length = spec.context_length
+    return model
 
 
 def swiglu_width(width: int) -> int:

@@ -20,6 +20,7 @@ from storage.keys import checkpoint_prefix, join_key
 
 RESUME_DIR = "resume"
 RESUME_STATE_FILE = "trainer_state.pt"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -57,9 +58,13 @@ def write_checkpoint(
     tokenizer_dir: Path,
     text_files: dict[str, str],
     resume_state: dict[str, Any],
+    tokenizer_settings: dict[str, Any] | None = None,
     before_rename: Callable[[], None] | None = None,
 ) -> WrittenCheckpoint:
-    """Write one checkpoint atomically and return its manifest (record it in the database after this)."""
+    """Write one checkpoint atomically and return its manifest (record it in the database after this).
+
+    `tokenizer_settings` go into the copied `tokenizer_config.json` (a dataset's tokenizer serves jobs of
+    every context length; the checkpoint's says its own `model_max_length`)."""
     import torch  # here, not at the top: the API imports this module and never needs torch
 
     prefix = checkpoint_prefix(job_id, version)
@@ -68,6 +73,11 @@ def write_checkpoint(
         for item in tokenizer_dir.iterdir():
             if item.is_file():
                 shutil.copyfile(item, staging / item.name)
+        if tokenizer_settings:
+            config_path = staging / TOKENIZER_CONFIG_FILE
+            config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+            config.update(tokenizer_settings)
+            config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for name, text in text_files.items():
             (staging / name).write_text(text, encoding="utf-8")
         resume = staging / RESUME_DIR

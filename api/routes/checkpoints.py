@@ -46,6 +46,14 @@ def download_archive(checkpoint: OwnedCheckpoint) -> StreamingResponse:
     summary="Download one file of a checkpoint",
     description="Honours `Range`. The response carries the file's recorded sha256 in `X-Checksum-Sha256`.",
     response_class=StreamingResponse,
+    responses={
+        206: {"description": "The requested range"},
+        404: {"description": "No such checkpoint, or no such file in it"},
+        416: {
+            "description": "The range is outside the file (`Content-Range: bytes */<size>`)",
+            "content": {"text/plain": {"schema": {"type": "string", "maxLength": 0}}},
+        },
+    },
 )
 def download_file(checkpoint: OwnedCheckpoint, name: str, request: Request) -> Response:
     entry = next((f for f in checkpoint.files if f["name"] == name), None)

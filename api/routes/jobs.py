@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import CursorDep, OwnedJob, SessionDep, StreamedJob, StreamHubDep, StreamStart, TenantDep, wake_worker
 from api.errors import ApiError
-from api.presenters import checkpoints_public, job_public
+from api.presenters import checkpoint_public, checkpoints_public, job_public
 from api.schemas import (
+    CheckpointPublic,
     CheckpointsPage,
     EventPublic,
     EventsPage,
@@ -248,3 +249,30 @@ async def stream_job(job: StreamedJob, start: StreamStart, streams: StreamHubDep
 @router.get("/{job_id}/checkpoints", response_model=CheckpointsPage, summary="A job's checkpoints")
 def get_checkpoints(job: OwnedJob, session: SessionDep) -> CheckpointsPage:
     return CheckpointsPage(data=checkpoints_public(session, job.id))
+
+
+CheckpointAlias = Literal["latest", "best", "final"]
+_NO_CHECKPOINT_FOR = {
+    "latest": "has no checkpoint yet",
+    "best": "has no checkpoint with a validation loss yet (best is the lowest val_loss)",
+    "final": "has no final checkpoint: it is written when the job reaches max_steps",
+}
+
+
+@router.get(
+    "/{job_id}/checkpoints/{alias}",
+    response_model=CheckpointPublic,
+    summary="A job's checkpoint by alias: latest, best or final",
+    description="`latest`: the newest; `best`: the lowest validation loss among those that recorded one; `final`: "
+    "the one written at `max_steps`. The same resource as `GET /v1/checkpoints/{id}`.",
+    responses={404: {"description": "No such job, or no checkpoint has this alias yet"}},
+)
+def get_checkpoint_by_alias(
+    job: OwnedJob,
+    alias: Annotated[CheckpointAlias, Path(description="latest, best or final")],
+    session: SessionDep,
+) -> CheckpointPublic:
+    checkpoint = crud.checkpoint_by_alias(session=session, job_id=job.id, alias=alias)
+    if checkpoint is None:
+        raise ApiError(404, f"job {job.id} ({job.status}) {_NO_CHECKPOINT_FOR[alias]}")
+    return checkpoint_public(session, checkpoint)

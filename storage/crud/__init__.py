@@ -9,6 +9,7 @@ from __future__ import annotations
 from storage.crud.checkpoints import (
     add_checkpoint,
     checkpoint_aliases,
+    checkpoint_by_alias,
     delete_checkpoint,
     get_checkpoint,
     list_checkpoints,
@@ -113,6 +114,7 @@ __all__ = [
     "add_event",
     "checkpoint_aliases",
     "claim_delivery",
+    "checkpoint_by_alias",
     "claim_job",
     "corpora_by_ids",
     "corpus_in_use",

@@ -63,6 +63,13 @@ def checkpoint_aliases(checkpoints: Sequence[Checkpoint]) -> dict[str, list[str]
     return aliases
 
 
+def checkpoint_by_alias(*, session: Session, job_id: str, alias: str) -> Checkpoint | None:
+    """The job's checkpoint that `alias` (latest, best, final) names now, or None while none does."""
+    checkpoints = list_checkpoints(session=session, job_id=job_id)
+    aliases = checkpoint_aliases(checkpoints)
+    return next((c for c in checkpoints if alias in aliases[c.id]), None)
+
+
 def prunable_checkpoints(*, checkpoints: Sequence[Checkpoint], keep_last: int) -> list[Checkpoint]:
     """Checkpoints beyond the newest `keep_last`, never `best` or `final`."""
     aliases = checkpoint_aliases(checkpoints)

@@ -80,3 +80,17 @@ def test_a_family_built_for_the_wrong_objective_is_refused() -> None:
 
 def test_special_ids_every_collects_the_roles() -> None:
     assert SpecialTokenIds(eos=3, pad=0, cls=2, sep=3, mask=4, sentinels=(9,)).every == (0, 2, 3, 4, 9)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "t5"])
+def test_generation_stops_at_the_context_length_by_default(family: str) -> None:
+    spec = ModelSpec(family=family, **SHAPE)
+    special = SpecialTokenIds(eos=1, pad=0, unk=2, sentinels=(99, 98))
+    if family == "t5":
+        model = build_seq2seq(spec, vocab_size=100, special=special)
+    else:
+        model = build_causal_lm(spec, vocab_size=100, special=special)
+    assert model.generation_config.max_length == 16
+    if family == "gpt2":  # past its 16 positions GPT-2 would fail with an index error
+        output = model.generate(input_ids=torch.tensor([[5, 6, 7]]), do_sample=False, eos_token_id=None)
+        assert output.shape == (1, 16)

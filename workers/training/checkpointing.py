@@ -141,5 +141,7 @@ def write_checkpoint_folder(
         tokenizer_dir=tokenizer_dir,
         text_files=checkpoint_text_files(manifest),
         resume_state=trainer.state_dict(),
+        # Tokenizers and pipelines truncate and stop at the job's context length, not the dataset tokenizer's.
+        tokenizer_settings={"model_max_length": trainer.spec.model.context_length},
         before_rename=before_rename,
     )

@@ -106,6 +106,8 @@ def test_folder_holds_the_model_tokenizer_card_lineage_and_resume_state(tmp_path
     tokenizer_dir = tmp_path / "tokenizer"
     tokenizer_dir.mkdir()
     (tokenizer_dir / "tokenizer.json").write_text("{}")
+    # A dataset's tokenizer serves every context length; the checkpoint's says the job's.
+    (tokenizer_dir / "tokenizer_config.json").write_text('{"model_max_length": 1000000, "eos_token": "x"}')
     store = LocalBlobStore(tmp_path / "blobs")
     renames: list[str] = []
 
@@ -128,3 +130,7 @@ def test_folder_holds_the_model_tokenizer_card_lineage_and_resume_state(tmp_path
     lineage = json.loads((folder / "selfsup.json").read_text())
     assert lineage["checkpoint"]["step"] == 1 and lineage["parameters"] == count_parameters(trainer.model)
     assert load_resume_state(folder)["step"] == 1
+    context = SPEC.model.context_length
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert tokenizer_config == {"model_max_length": context, "eos_token": "x"}
+    assert json.loads((folder / "generation_config.json").read_text())["max_length"] == context

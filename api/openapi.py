@@ -1,0 +1,141 @@
+"""The OpenAPI document, made to tell the truth about errors.
+
+FastAPI documents every validation error as its own `{"detail": [...]}` (`HTTPValidationError`) and knows
+nothing of the errors our dependencies raise. Our API answers every error as `ErrorResponse`
+(`{"error": {"code", "message", "details"}}`, see `api/errors.py`), so after FastAPI builds the document
+this pass gives each operation the errors it can really answer, all with that schema:
+
+- 401 and 503 on every operation that needs a key (the key is looked up in the database, which may be busy);
+- 404 on every operation with an `{id}` in its path (another tenant's resource is a 404 too);
+- 422 where a parameter or body can be invalid (not for a plain string id in the path);
+- 400 on uploads that accept `multipart/form-data` (a malformed body, or a client that disconnected);
+- and whatever a route declares itself (409, 413, 415…), its description kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from api.schemas import ErrorResponse
+
+ERROR_SCHEMA = "ErrorResponse"
+_ERROR_REF = {"$ref": f"#/components/schemas/{ERROR_SCHEMA}"}
+_FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+DEFAULT_DESCRIPTIONS = {
+    "400": "Malformed request: a broken `multipart/form-data` body, or the client disconnected mid-upload",
+    "401": "No API key, or an unknown one: send `Authorization: Bearer <key>`",
+    "404": "No such resource among the caller's (another tenant's is not found either)",
+    "409": "Conflicts with the resource's current state",
+    "413": "Over the size limit",
+    "415": "Unsupported media type",
+    "422": "Invalid request; `details` names each bad field by its path",
+    "503": "Busy: no database connection came free in time; retry after `Retry-After` seconds",
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make `app.openapi()` (and so `/openapi.json` and `/docs`) return the corrected document."""
+    app.openapi = _openapi_builder(app)  # type: ignore[method-assign]  # FastAPI's documented way to extend it
+
+
+def _openapi_builder(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                openapi_version=app.openapi_version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+                servers=app.servers,
+            )
+            app.openapi_schema = document_errors(document)
+        return app.openapi_schema
+
+    return openapi
+
+
+def document_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """Give every operation of `document` its real error responses (see the module docstring); returns it."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name in _FASTAPI_VALIDATION_SCHEMAS:
+        schemas.pop(name, None)
+    _, error_schemas = models_json_schema(
+        [(ErrorResponse, "serialization")], ref_template="#/components/schemas/{model}"
+    )
+    schemas.update(error_schemas["$defs"])
+    for operation in _operations(document):
+        responses = operation.setdefault("responses", {})
+        for status in _error_statuses(operation):
+            responses.setdefault(status, {})
+        if "422" in responses and not _can_be_invalid(operation, responses["422"]):
+            del responses["422"]
+        for status, response in responses.items():
+            if status[0] in "45" and _needs_error_schema(response):
+                response["description"] = _description(status, response)
+                response["content"] = {"application/json": {"schema": dict(_ERROR_REF)}}
+    return document
+
+
+def _operations(document: dict[str, Any]) -> list[dict[str, Any]]:
+    methods = ("get", "put", "post", "delete", "patch", "head", "options")
+    return [op for path in document.get("paths", {}).values() for method, op in path.items() if method in methods]
+
+
+def _path_parameters(operation: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in operation.get("parameters", []) if p.get("in") == "path"]
+
+
+def _error_statuses(operation: dict[str, Any]) -> list[str]:
+    statuses = []
+    if operation.get("security"):
+        statuses += ["401", "503"]
+    if _path_parameters(operation):
+        statuses.append("404")
+    if "multipart/form-data" in operation.get("requestBody", {}).get("content", {}):
+        statuses.append("400")
+    return statuses
+
+
+def _can_be_invalid(operation: dict[str, Any], response: dict[str, Any]) -> bool:
+    """Whether a 422 can happen: the route declared it, or something besides a plain string path id is validated."""
+    if not _is_fastapi_validation_error(response):
+        return True  # declared by the route itself
+    if "requestBody" in operation:
+        return True
+    for parameter in operation.get("parameters", []):
+        schema = parameter.get("schema", {})
+        plain_id = parameter.get("in") == "path" and schema.get("type") == "string" and set(schema) <= {"type", "title"}
+        if not plain_id:
+            return True
+    return False
+
+
+def _is_fastapi_validation_error(response: dict[str, Any]) -> bool:
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    return str(schema.get("$ref", "")).rsplit("/", 1)[-1] in _FASTAPI_VALIDATION_SCHEMAS
+
+
+def _needs_error_schema(response: dict[str, Any]) -> bool:
+    """True unless the route gave this response a schema of its own (`/readyz`'s 503 is a `Health`)."""
+    content = response.get("content")
+    if not content:
+        return True
+    if _is_fastapi_validation_error(response):
+        return True
+    schema = content.get("application/json", {}).get("schema")
+    return schema is not None and not schema  # FastAPI's `{}` placeholder for a response without a model
+
+
+def _description(status: str, response: dict[str, Any]) -> str:
+    described = response.get("description")
+    if described and described not in ("Validation Error", "Additional Response"):
+        return str(described)
+    return DEFAULT_DESCRIPTIONS.get(status, "Error")
