@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
+from selfsup.logs import bind_log_context
 from selfsup.settings import get_settings
 from storage import crud
 from storage.db import get_sessionmaker, pool_capacity, session_scope
@@ -120,6 +121,7 @@ def tenant_from_headers(session: Session, headers: Mapping[str, str]) -> Tenant:
     tenant = crud.tenant_for_key(session=session, key=key.strip())
     if tenant is None:
         raise ApiError(401, "invalid API key")
+    bind_log_context(tenant=tenant.name)  # the request's log lines say whose it was (never the key)
     return tenant
 
 

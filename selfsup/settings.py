@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     )
     orphan_seconds: float = Field(
         default=3600.0, gt=0, description="Temporary blobs untouched this long (broken uploads) are removed."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as readable text or as JSON objects, one a line (for log collectors)."
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None, description="When set, `GET /metrics` wants `Authorization: Bearer <this token>`."
     )
     fault_injection: str | None = Field(default=None, description="Tests only: see workers/faults.py.")
 

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from celery.signals import worker_init, worker_ready, worker_shutting_down
+from celery.signals import task_postrun, task_prerun, worker_init, worker_ready, worker_shutting_down
 
+from selfsup.logs import enter_log_context, exit_log_context
 from selfsup.settings import get_settings
 from storage import crud
 from storage.blobs import get_blob_store
@@ -48,6 +49,32 @@ def selfsup_task(name: str, **options: Any) -> Callable[[Callable[..., str]], An
         return app.task(name=name, **options)(run)
 
     return decorate
+
+
+# What the id a task takes names, for the log lines the task writes (and Celery's about it).
+_ID_FIELD = {
+    INGEST_CORPUS: "corpus_id",
+    CURATE_DATASET: "dataset_id",
+    PREPARE_JOB: "job_id",
+    TRAIN_JOB: "job_id",
+}
+_task_log_contexts: dict[str, Any] = {}
+
+
+@task_prerun.connect
+def _enter_task_log_context(task_id: str | None = None, task: Any = None, args: Any = (), **_: Any) -> None:
+    name = getattr(task, "name", "") or ""
+    fields = {"task": name}
+    if name in _ID_FIELD and args:
+        fields[_ID_FIELD[name]] = str(args[0])
+    _task_log_contexts[task_id or ""] = enter_log_context(**fields)
+
+
+@task_postrun.connect
+def _exit_task_log_context(task_id: str | None = None, **_: Any) -> None:
+    token = _task_log_contexts.pop(task_id or "", None)
+    if token is not None:
+        exit_log_context(token)
 
 
 # Set when the worker begins a warm shutdown (SIGTERM): the trainer stops at its next step boundary.
