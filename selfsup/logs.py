@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
+from datetime import UTC, datetime
 from typing import Literal
 
 from pythonjsonlogger.json import JsonFormatter
@@ -78,12 +79,16 @@ class TextFormatter(logging.Formatter):
         return f"{head} [{' '.join(fields)}]{newline}{rest}"
 
 
+class _IsoTimeJsonFormatter(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
 def json_formatter() -> logging.Formatter:
-    """One JSON object a line: time, level, logger, message, the context's fields and any `extra`."""
-    return JsonFormatter(
-        "%(levelname)s %(name)s %(message)s",
-        rename_fields={"levelname": "level", "name": "logger"},
-        timestamp="time",  # ISO 8601, UTC, microseconds
+    """One JSON object a line: time (ISO 8601, UTC), level, logger, message, the context's fields and any `extra`."""
+    return _IsoTimeJsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         json_ensure_ascii=False,
     )
 

@@ -99,6 +99,9 @@ def _prepare_worker(**_: Any) -> None:
 
     # A progress bar per saved checkpoint is noise in a worker's log (and buries what matters).
     transformers.utils.logging.disable_progress_bar()
+    # transformers' warnings go through selfsup's log set-up (JSON where asked), not a handler of its own.
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
     threads = get_settings().torch_threads
     if threads:
         torch.set_num_threads(threads)
