@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.engine import make_url
 
 from selfsup.broker import EmbeddedBroker
@@ -73,7 +74,7 @@ def describe_database(url: str) -> str:
 
 def describe_broker(url: str, *, embedded: bool) -> str:
     """`embedded Valkey at redis://…` or `Redis at redis://…`, without a password."""
-    return f"{'embedded Valkey' if embedded else 'Redis'} at {make_url(url).render_as_string(hide_password=True)}"
+    return f"{'embedded Valkey' if embedded else 'Redis'} at {maybe_sanitize_url(url)}"
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -94,6 +95,7 @@ class Supervisor:
         self.host = host
         self.port = port
         self.broker: EmbeddedBroker | None = None
+        self.broker_url = settings.redis_url or ""  # the embedded broker's, once started
         self.stopping = False
         self.announced = False
         self.started_at = time.monotonic()
