@@ -38,7 +38,7 @@ REQUESTS = Counter(
 )
 REQUEST_LATENCY = Histogram(
     "selfsup_http_request_duration_seconds",
-    "Time from a request's arrival to its response's last byte, by method and route template.",
+    "Time from a request's arrival to its response's status and headers, by method and route template.",
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
     registry=REGISTRY,

@@ -63,7 +63,11 @@ class RequestIdMiddleware:
 
 class RequestMetricsMiddleware:
     """Counts requests by method, route template (`/v1/jobs/{job_id}`, never the raw path) and status,
-    and observes how long each took, until its last byte was handed to the server."""
+    and observes each one's latency: the time until its status and headers were handed to the server.
+
+    Not until the last byte: a download or an event stream would then time its transfer or its
+    lifetime (minutes), not how long the API took to answer; a JSON body follows its headers at once.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -74,11 +78,12 @@ class RequestMetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500  # what the client gets if the app raises before it answers
+        latency: float | None = None
 
         async def send_and_note(message: Message) -> None:
-            nonlocal status
+            nonlocal status, latency
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, latency = message["status"], time.perf_counter() - started
             await send(message)
 
         try:
@@ -88,4 +93,6 @@ class RequestMetricsMiddleware:
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
             method = scope["method"]
             REQUESTS.labels(method, template, str(status)).inc()
-            REQUEST_LATENCY.labels(method, template).observe(time.perf_counter() - started)
+            REQUEST_LATENCY.labels(method, template).observe(
+                latency if latency is not None else time.perf_counter() - started
+            )
