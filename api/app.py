@@ -7,14 +7,16 @@ from fastapi_offline import FastAPIOffline
 
 from api.deps import api_lifespan
 from api.errors import install_error_handlers
+from api.middleware import RequestIdMiddleware, RequestMetricsMiddleware
 from api.openapi import install_openapi
-from api.routes import checkpoints, corpora, datasets, health, jobs, webhooks
+from api.routes import checkpoints, corpora, datasets, health, jobs, metrics, webhooks
 from api.routes.dashboard import mount_dashboard
 
 DESCRIPTION = """Self-supervised pretraining as a service: upload unlabeled text, submit a job, follow it,
 download a Hugging Face checkpoint. Every `/v1` request carries `Authorization: Bearer <key>`.
 Errors are `{"error": {"code", "message", "details"}}`. In `/docs`, press Authorize and paste the key.
-A web dashboard over this API is served at `/`."""
+Every response carries an `X-Request-ID` (the client's, when it sent a plain one), which the server's log
+lines about the request carry too. A web dashboard over this API is served at `/`."""
 
 DOCS_ASSETS_URL = "/docs-assets"
 
@@ -31,8 +33,11 @@ def create_app() -> FastAPI:
         swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},  # no online validator badge
     )
     install_error_handlers(app)
-    for module in (health, corpora, datasets, jobs, checkpoints, webhooks):
+    for module in (health, metrics, corpora, datasets, jobs, checkpoints, webhooks):
         app.include_router(module.router)
     mount_dashboard(app)
     install_openapi(app)
+    # The last added runs first: the request id is set before anything is counted or logged.
+    app.add_middleware(RequestMetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from api.streams import StreamHub, StreamIdError, StreamPosition, ending_streams_on_exit_signals
+from selfsup.logs import bind_log_context
 from selfsup.settings import get_settings
 from storage import crud
 from storage.db import get_sessionmaker, pool_capacity, session_scope
@@ -137,6 +138,7 @@ def tenant_for_credentials(session: Session, credentials: HTTPAuthorizationCrede
     tenant = crud.tenant_for_key(session=session, key=credentials.credentials)
     if tenant is None:
         raise ApiError(401, "invalid API key")
+    bind_log_context(tenant=tenant.name)  # the request's log lines say whose it was (never the key)
     return tenant
 
 

@@ -108,5 +108,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal error; see the server log"), status_code=500)
+        # Answered from outside the request-id middleware (Starlette's outermost layer), so it names the
+        # request itself, in the header and in the log line.
+        request_id = getattr(request.state, "request_id", None)
+        log.exception("unhandled error on %s %s", request.method, request.url.path, extra={"request_id": request_id})
+        headers = {"X-Request-ID": request_id} if request_id else None
+        body = error_body("internal_error", f"internal error; see the server log (request {request_id})")
+        return JSONResponse(body, status_code=500, headers=headers)

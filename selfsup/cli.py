@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
+from pydantic import ValidationError
+
+from selfsup.logs import configure_logging
 from selfsup.processes import keep_freed_memory
 from selfsup.settings import get_settings
+
+log = logging.getLogger("selfsup.cli")
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -43,12 +50,17 @@ def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = get_settings()
+    # Start-up chatter ("Uvicorn running on …") is `selfsup up`'s to say; errors and access lines stay.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     uvicorn.run(
         "api.app:create_app",
         factory=True,
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
-        log_level="info",
+        # uvicorn's loggers go through selfsup's set-up (text or JSON, with request ids), at the levels above.
+        log_config=None,
+        log_level=None,
         timeout_graceful_shutdown=10,
         # Past this many open connections new ones get 503 at once instead of piling up.
         limit_concurrency=settings.api_max_connections,
@@ -61,6 +73,8 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from celery.signals import worker_ready
+
     from workers.celery_app import get_celery
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
@@ -70,8 +84,18 @@ def _worker(args: argparse.Namespace) -> int:
         return 2
     settings = get_settings()
     if "gpu" in queues and settings.trainer_keep_freed_memory and keep_freed_memory():
-        print("selfsup worker: malloc keeps freed memory for training", file=sys.stderr, flush=True)
+        log.info("selfsup worker: malloc keeps freed memory for training")
+    if args.ready_file:
+        ready_file = Path(args.ready_file)
+        ready_file.unlink(missing_ok=True)
+
+        def _say_ready(**_: Any) -> None:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.write_text(",".join(queues) + "\n")
+
+        worker_ready.connect(_say_ready, weak=False)
     argv = [
+        "--quiet",  # no banner: `selfsup up` prints a short start-up of its own
         "worker",
         "--queues",
         ",".join(queues),
@@ -130,14 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Celery worker alone")
     worker.add_argument("--queues", default="cpu,gpu", help="cpu (ingest, tokenization), gpu (training), or both")
     worker.add_argument("--beat", action="store_true", help="also run the periodic reconciler")
+    worker.add_argument(
+        "--ready-file", default=None, help="write this file once the worker consumes its queues (for supervisors)"
+    )
     worker.set_defaults(run=_worker)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `selfsup` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        log_format = get_settings().log_format
+    except ValidationError:
+        log_format = "text"  # the command itself reports the bad setting
+    configure_logging(log_format)
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="How long one delivery attempt may take.")
     webhook_sweep_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the workers look for webhook deliveries that are due."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as readable text or as JSON objects, one a line (for log collectors)."
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None, description="When set, `GET /metrics` wants `Authorization: Bearer <this token>`."
     )
     fault_injection: str | None = Field(default=None, description="Tests only: see workers/faults.py.")
 

@@ -3,10 +3,15 @@
 It migrates the database, starts the embedded broker unless SELFSUP_REDIS_URL is set, starts a cpu
 worker (with the reconciler), a gpu worker and the API as child processes, restarts any child that
 dies, and stops everything on Ctrl-C or SIGTERM.
+
+Once the API answers and both workers consume their queues (each writes a ready file on Celery's
+`worker_ready`), it says so in a few lines: where it listens, where its data lives, which database and
+broker, how to get a key. In JSON log mode that is one log record with the same fields.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -15,13 +20,23 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
+
+from kombu.utils.url import maybe_sanitize_url
+from sqlalchemy.engine import make_url
 
 from selfsup.broker import EmbeddedBroker
 from selfsup.processes import die_with_parent
 from selfsup.settings import Settings
 
 STOP_GRACE_SECONDS = 60.0  # a training worker checkpoints at its next step boundary before it exits
+SLOW_START_SECONDS = 120.0  # past this, say what the service still waits for
+# The line that says the whole service is up (tests and scripts wait for it).
+UP_MESSAGE = "selfsup is up"
+KEY_COMMAND = "selfsup keys create --tenant NAME"
+
+log = logging.getLogger("selfsup.up")
 
 
 @dataclass
@@ -30,6 +45,7 @@ class Child:
 
     name: str
     argv: list[str]
+    ready_file: Path | None = None  # written by a worker once it consumes its queues
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -42,9 +58,23 @@ class Child:
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
+    def ready(self) -> bool:
+        """Whether the child says it is ready (a child without a ready file is ready once started)."""
+        return self.ready_file.is_file() if self.ready_file is not None else self.process is not None
 
-def _say(message: str) -> None:
-    print(f"selfsup: {message}", file=sys.stderr, flush=True)
+
+def describe_database(url: str) -> str:
+    """`SQLite at /path` or `PostgreSQL at host:port/db`, without a password."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite at {parsed.database}"
+    where = f"{parsed.host or 'localhost'}{f':{parsed.port}' if parsed.port else ''}/{parsed.database or ''}"
+    return f"{'PostgreSQL' if parsed.get_backend_name() == 'postgresql' else parsed.get_backend_name()} at {where}"
+
+
+def describe_broker(url: str, *, embedded: bool) -> str:
+    """`embedded Valkey at redis://…` or `Redis at redis://…`, without a password."""
+    return f"{'embedded Valkey' if embedded else 'Redis'} at {maybe_sanitize_url(url)}"
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -65,11 +95,24 @@ class Supervisor:
         self.host = host
         self.port = port
         self.broker: EmbeddedBroker | None = None
+        self.broker_url = settings.redis_url or ""  # the embedded broker's, once started
         self.stopping = False
+        self.announced = False
+        self.started_at = time.monotonic()
+        self.slow_start_reported = False
         cli = [sys.executable, "-m", "selfsup.cli"]
+        run = settings.resolved_home / "run"
         self.children = [
-            Child("cpu worker", [*cli, "worker", "--queues", "cpu", "--beat"]),
-            Child("gpu worker", [*cli, "worker", "--queues", "gpu"]),
+            Child(
+                "cpu worker",
+                [*cli, "worker", "--queues", "cpu", "--beat", "--ready-file", str(run / "cpu-worker.ready")],
+                ready_file=run / "cpu-worker.ready",
+            ),
+            Child(
+                "gpu worker",
+                [*cli, "worker", "--queues", "gpu", "--ready-file", str(run / "gpu-worker.ready")],
+                ready_file=run / "gpu-worker.ready",
+            ),
             Child("api", [*cli, "api", "--host", host, "--port", str(port)]),
         ]
 
@@ -81,7 +124,7 @@ class Supervisor:
         from storage import migrate
 
         if not _port_free(self.host, self.port):
-            _say(f"cannot listen on {self.host}:{self.port}: the port is in use; choose another with --port")
+            log.error("cannot listen on %s:%s: the port is in use; choose another with --port", self.host, self.port)
             return 1
         signal.signal(signal.SIGINT, self._stop_signal)
         signal.signal(signal.SIGTERM, self._stop_signal)
@@ -92,35 +135,77 @@ class Supervisor:
         if not self.settings.redis_url:
             self.broker = EmbeddedBroker(self.settings)
             env["SELFSUP_REDIS_URL"] = self.broker.start()
-            _say(f"embedded broker (Valkey) at {self.broker.url}, data in {self.broker.dir}")
+        self.broker_url = env.get("SELFSUP_REDIS_URL") or self.settings.redis_url or ""
+        log.info("starting the workers and the API (data in %s)", home)
+        self.started_at = time.monotonic()
         for child in self.children:
+            if child.ready_file is not None:
+                child.ready_file.unlink(missing_ok=True)
             child.start(env)
-        self._announce()
         try:
             while not self.stopping:
                 self._watch(env)
+                if not self.announced:
+                    self._announce_when_up()
                 time.sleep(0.5)
         finally:
             self._shutdown()
         return 0
 
+    @property
+    def url(self) -> str:
+        """Where the API listens."""
+        return f"http://{self.host}:{self.port}"
+
+    def _api_answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def _announce_when_up(self) -> None:
+        """Say that the service is up, once the API answers and both workers consume; or what it waits for."""
+        waiting = [child.name for child in self.children if not child.ready()]
+        if not waiting and not self._api_answers():
+            waiting = ["api"]
+        if not waiting:
+            self.announced = True
+            self._announce()
+        elif not self.slow_start_reported and time.monotonic() - self.started_at > SLOW_START_SECONDS:
+            self.slow_start_reported = True
+            log.warning("still waiting for %s to start; see the lines above", ", ".join(waiting))
+
     def _announce(self) -> None:
-        url = f"http://{self.host}:{self.port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not self.stopping:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        _say(f"listening on {url}  (API docs: {url}/docs, data: {self.settings.resolved_home})")
-        _say("create an API key with:  selfsup keys create --tenant NAME")
-        _say("press Ctrl-C to stop")
+        startup = {
+            "url": self.url,
+            "docs": f"{self.url}/docs",
+            "metrics": f"{self.url}/metrics",
+            "data_dir": str(self.settings.resolved_home),
+            "database": describe_database(self.settings.resolved_database_url),
+            "broker": describe_broker(self.broker_url, embedded=self.broker is not None),
+            "workers": "cpu (ingest, tokenization, curation) and gpu (training)",
+            "create_key": KEY_COMMAND,
+        }
+        if self.settings.log_format == "json":
+            log.info(UP_MESSAGE, extra=startup)
+            return
+        lines = [
+            f"{UP_MESSAGE}",
+            f"  API        {startup['url']}   (docs {startup['docs']}, metrics {startup['metrics']})",
+            f"  data       {startup['data_dir']}",
+            f"  database   {startup['database']}",
+            f"  broker     {startup['broker']}",
+            f"  workers    {startup['workers']}: ready",
+            f"  API key    {KEY_COMMAND}",
+            "press Ctrl-C to stop",
+        ]
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
     def _watch(self, env: dict[str, str]) -> None:
         if self.broker is not None and not self.broker.alive():
             # Same port, same append-only file: queued messages survive and clients reconnect.
-            _say("embedded broker exited; starting it again")
+            log.warning("embedded broker exited; starting it again")
             self.broker.start()
         now = time.monotonic()
         for child in self.children:
@@ -128,7 +213,7 @@ class Supervisor:
             if code is None and child.process is not None:
                 continue
             if child.process is not None:
-                _say(f"{child.name} exited with code {code}; restarting")
+                log.warning("%s exited with code %s; restarting", child.name, code)
                 # Back off when a child keeps dying right after it starts.
                 quick = now - child.started_at < 10
                 child.restarts = child.restarts + 1 if quick else 0
@@ -142,7 +227,7 @@ class Supervisor:
             child.process.terminate()
 
     def _shutdown(self) -> None:
-        _say("stopping")
+        log.info("stopping")
         for child in self.children:
             self._terminate(child)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -152,9 +237,9 @@ class Supervisor:
             try:
                 child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _say(f"{child.name} did not stop in time; killing it")
+                log.warning("%s did not stop in time; killing it", child.name)
                 os.killpg(child.process.pid, signal.SIGKILL)
                 child.process.wait()
         if self.broker is not None:
             self.broker.stop()
-        _say("stopped")
+        log.info("stopped")

@@ -91,7 +91,12 @@ def postgres_service(
     """selfsup up against this machine's PostgreSQL and Redis."""
     service = start_service(
         tmp_path_factory.mktemp("postgres") / "home",
-        {"SELFSUP_DATABASE_URL": make_postgres_database(), "SELFSUP_REDIS_URL": redis_url},
+        # Readable text logs here (JSON elsewhere): tests/api/test_operations.py checks `selfsup up`'s start-up.
+        {
+            "SELFSUP_DATABASE_URL": make_postgres_database(),
+            "SELFSUP_REDIS_URL": redis_url,
+            "SELFSUP_LOG_FORMAT": "text",
+        },
     )
     try:
         yield service

@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from selfsup.supervisor import UP_MESSAGE
+
 REPO = Path(__file__).resolve().parent.parent
 SELFSUP = [sys.executable, "-m", "selfsup.cli"]
 
@@ -26,6 +28,8 @@ TEST_SETTINGS = {
     "SELFSUP_RECONCILE_INTERVAL_SECONDS": "2",
     "SELFSUP_TORCH_THREADS": "1",
     "SELFSUP_STREAM_POLL_SECONDS": "0.25",
+    # Every line a logger writes is a JSON object (tests/api/test_operations.py checks them).
+    "SELFSUP_LOG_FORMAT": "json",
 }
 
 
@@ -119,8 +123,8 @@ def start_service(home: Path, extra_env: dict[str, str] | None = None) -> Servic
 
     try:
         wait_until(ready, timeout=120, interval=0.5, what="selfsup up to become ready")
-        # Workers log "ready" once they consume; wait for both so the first task is not raced.
-        wait_until(lambda: service.log().count(" ready.") >= 2, timeout=120, what="both Celery workers")
+        # `selfsup up` says it is up once the API answers and both workers consume their queues (text or JSON).
+        wait_until(lambda: UP_MESSAGE in service.log(), timeout=120, what="selfsup up to say both workers consume")
         service.create_key("alice")
         service.create_key("bob")
     except BaseException:

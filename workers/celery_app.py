@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
+from typing import Any
 
+import redis
 from celery import Celery
+from celery.signals import setup_logging
 
 from selfsup.broker import broker_url
+from selfsup.logs import configure_logging
 from selfsup.settings import get_settings
 
 CPU_QUEUE = "cpu"
@@ -69,6 +74,13 @@ def make_celery() -> Celery:
     return app
 
 
+@setup_logging.connect
+def _selfsup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """A worker logs like the API and `selfsup up` (text or JSON lines); Celery configures nothing itself."""
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, str) else loglevel
+    configure_logging(get_settings().log_format, level=level or logging.INFO)
+
+
 _app: Celery | None = None
 
 
@@ -107,3 +119,18 @@ def waiting_ids(task_name: str, *, limit: int = 10_000) -> set[str]:
             continue
         ids.update(a for a in args if isinstance(a, str))
     return ids
+
+
+def queue_depths(*, timeout: float = 2.0) -> dict[str, int]:
+    """Messages waiting in the broker on each queue (`LLEN`; messages being worked on are not counted).
+
+    Its own short-lived connection with socket timeouts, so a broker that is down answers within `timeout`.
+    """
+    client = redis.Redis.from_url(broker_url(get_settings()), socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for queue in (CPU_QUEUE, GPU_QUEUE):
+            pipe.llen(queue)
+        return dict(zip((CPU_QUEUE, GPU_QUEUE), (int(n) for n in pipe.execute()), strict=True))
+    finally:
+        client.close()

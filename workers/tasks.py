@@ -11,8 +11,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from celery.signals import worker_init, worker_ready, worker_shutting_down
+from celery.signals import task_postrun, task_prerun, worker_init, worker_ready, worker_shutting_down
 
+from selfsup.logs import enter_log_context, exit_log_context
 from selfsup.settings import get_settings
 from storage import crud
 from storage.blobs import get_blob_store
@@ -52,6 +53,33 @@ def selfsup_task(name: str, **options: Any) -> Callable[[Callable[..., str]], An
     return decorate
 
 
+# What the id a task takes names, for the log lines the task writes (and Celery's about it).
+_ID_FIELD = {
+    INGEST_CORPUS: "corpus_id",
+    CURATE_DATASET: "dataset_id",
+    PREPARE_JOB: "job_id",
+    TRAIN_JOB: "job_id",
+    DELIVER_WEBHOOK: "delivery_id",
+}
+_task_log_contexts: dict[str, Any] = {}
+
+
+@task_prerun.connect
+def _enter_task_log_context(task_id: str | None = None, task: Any = None, args: Any = (), **_: Any) -> None:
+    name = getattr(task, "name", "") or ""
+    fields = {"task": name}
+    if name in _ID_FIELD and args:
+        fields[_ID_FIELD[name]] = str(args[0])
+    _task_log_contexts[task_id or ""] = enter_log_context(**fields)
+
+
+@task_postrun.connect
+def _exit_task_log_context(task_id: str | None = None, **_: Any) -> None:
+    token = _task_log_contexts.pop(task_id or "", None)
+    if token is not None:
+        exit_log_context(token)
+
+
 # Set when the worker begins a warm shutdown (SIGTERM): the trainer stops at its next step boundary.
 SHUTTING_DOWN = threading.Event()
 
@@ -75,6 +103,9 @@ def _prepare_worker(**_: Any) -> None:
 
     # A progress bar per saved checkpoint is noise in a worker's log (and buries what matters).
     transformers.utils.logging.disable_progress_bar()
+    # transformers' warnings go through selfsup's log set-up (JSON where asked), not a handler of its own.
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
     threads = get_settings().torch_threads
     if threads:
         torch.set_num_threads(threads)

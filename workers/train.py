@@ -124,10 +124,12 @@ class JobControl:
 
 @dataclass
 class ThroughputWindow:
-    """Tokens per second over one logging window, leaving out evaluation and checkpoint time."""
+    """Tokens per second and seconds per step over one logging window, leaving out evaluation and checkpoint
+    time."""
 
     start: float = field(default_factory=time.perf_counter)
     tokens: int = 0
+    steps: int = 0
     excluded: float = 0.0
 
     @contextmanager
@@ -137,12 +139,13 @@ class ThroughputWindow:
         yield
         self.excluded += time.perf_counter() - paused
 
-    def close(self) -> float:
-        """The window's tokens per second; a new window starts."""
+    def close(self) -> tuple[float, float]:
+        """The window's tokens per second and seconds per step; a new window starts."""
         elapsed = time.perf_counter() - self.start - self.excluded
         rate = self.tokens / elapsed if elapsed > 0 else 0.0
-        self.start, self.tokens, self.excluded = time.perf_counter(), 0, 0.0
-        return rate
+        step_seconds = elapsed / self.steps if self.steps else 0.0
+        self.start, self.tokens, self.steps, self.excluded = time.perf_counter(), 0, 0, 0.0
+        return rate, step_seconds
 
 
 def _resume_from_checkpoint(trainer: Trainer, store: BlobStore, job: Job) -> Checkpoint | None:
@@ -260,10 +263,18 @@ class Lease:
             return crud.next_checkpoint_version(session=session, job_id=self.job_id)
 
     def record_checkpoint(
-        self, store: BlobStore, written: WrittenCheckpoint, record: CheckpointRecord, *, keep_last: int
+        self,
+        store: BlobStore,
+        written: WrittenCheckpoint,
+        record: CheckpointRecord,
+        *,
+        keep_last: int,
+        write_seconds: float,
     ) -> None:
         """Record a written checkpoint and its event, then prune all but the newest `keep_last`.
 
+        How long the write took and how many bytes it wrote become the job's `checkpoint_write_seconds` and
+        `checkpoint_bytes` metrics at the checkpoint's step (operators see them on `/metrics`).
         If the lease was lost meanwhile, the files are removed and nothing is recorded.
         """
         with session_scope() as session:
@@ -284,6 +295,16 @@ class Lease:
                     resume_files=written.resume_files,
                     blob_prefix=written.prefix,
                 ),
+            )
+            size = sum(int(f["size_bytes"]) for f in (*written.files, *written.resume_files))
+            now = utcnow()
+            crud.write_metrics(
+                session=session,
+                job_id=self.job_id,
+                rows=[
+                    (record.step, "checkpoint_write_seconds", write_seconds, now),
+                    (record.step, "checkpoint_bytes", float(size), now),
+                ],
             )
             final = " (final)" if record.final else ""
             crud.add_event(
@@ -418,6 +439,7 @@ class JobRun:
         """Log, evaluate and checkpoint as the spec asks; stops early if a flush says anything but CONTINUE."""
         step, max_steps = self.trainer.step, self.spec.training.max_steps
         self.window.tokens += self.spec.tokens_per_step
+        self.window.steps += 1
         if step % LOG_EVERY_STEPS == 0 or step == 1 or step == max_steps:
             self._log(step, result)
             if self.control.due() and (directive := self._flush()) is not Directive.CONTINUE:
@@ -435,13 +457,15 @@ class JobRun:
         return Directive.CONTINUE
 
     def _log(self, step: int, result: StepResult) -> None:
+        tokens_per_second, step_seconds = self.window.close()
         self.control.record(
             step,
             {
                 "train_loss": result.loss,
                 "learning_rate": result.learning_rate,
                 "grad_norm": result.grad_norm,
-                "tokens_per_second": self.window.close(),
+                "tokens_per_second": tokens_per_second,
+                "step_seconds": step_seconds,
                 **result.extra,
                 **{f"tokens/{name}": float(tokens) for name, tokens in self.trainer.tokens_by_source.items()},
             },
@@ -482,6 +506,7 @@ class JobRun:
                 metrics=dict(self.control.latest),
                 val_loss=val_loss,
             )
+            started = time.perf_counter()
             written = write_checkpoint_folder(
                 store=self.store,
                 trainer=self.trainer,
@@ -490,7 +515,10 @@ class JobRun:
                 tokenizer_dir=self.tokenizer_dir,
                 before_rename=lambda: self.faults.before_checkpoint_rename(record.version),
             )
-            self.lease.record_checkpoint(self.store, written, record, keep_last=self.spec.checkpointing.keep_last)
+            write_seconds = time.perf_counter() - started
+            self.lease.record_checkpoint(
+                self.store, written, record, keep_last=self.spec.checkpointing.keep_last, write_seconds=write_seconds
+            )
         self.last_checkpoint_step = self.trainer.step
 
     # The endings

@@ -85,6 +85,11 @@ from storage.crud.jobs import (
     running_jobs_of,
     stale_queued_jobs,
 )
+from storage.crud.operations import (
+    OperationsSnapshot,
+    RunningJob,
+    operations_snapshot,
+)
 from storage.crud.paging import (
     decode_cursor,
     encode_cursor,
@@ -108,7 +113,9 @@ from storage.crud.webhooks import (
 )
 
 __all__ = [
+    "OperationsSnapshot",
     "RequeueOutcome",
+    "RunningJob",
     "add_checkpoint",
     "add_dataset",
     "add_event",
@@ -170,6 +177,7 @@ __all__ = [
     "mark_curated_dataset_ready",
     "mark_paused",
     "next_checkpoint_version",
+    "operations_snapshot",
     "processing_curated_datasets",
     "prunable_checkpoints",
     "queued_jobs_on_dataset",
