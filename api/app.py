@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api.deps import database_slots
+from api.deps import api_lifespan
 from api.errors import install_error_handlers
 from api.routes import checkpoints, corpora, datasets, health, jobs
 
@@ -15,7 +15,7 @@ Errors are `{"error": {"code", "message", "details"}}`."""
 
 def create_app() -> FastAPI:
     """Build the API application."""
-    app = FastAPI(title="selfsup", version="1.0.0", description=DESCRIPTION, lifespan=database_slots)
+    app = FastAPI(title="selfsup", version="1.0.0", description=DESCRIPTION, lifespan=api_lifespan)
     install_error_handlers(app)
     for module in (health, corpora, datasets, jobs, checkpoints):
         app.include_router(module.router)

@@ -16,14 +16,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
+from api.streams import StreamHub, StreamIdError, StreamPosition, ending_streams_on_exit_signals
 from selfsup.settings import get_settings
 from storage import crud
 from storage.db import get_sessionmaker, pool_capacity, session_scope
@@ -37,9 +38,16 @@ T = TypeVar("T")
 
 
 @asynccontextmanager
-async def database_slots(_: FastAPI) -> AsyncIterator[dict[str, anyio.Semaphore]]:
-    """The app's lifespan: one database slot per pooled connection, shared by every request."""
-    yield {"database_slots": anyio.Semaphore(pool_capacity())}
+async def api_lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    """The app's lifespan: one database slot per pooled connection, shared by every request and every
+    job stream's feed, and the process's job streams (`api/streams.py`), ended before the server stops."""
+    slots = anyio.Semaphore(pool_capacity())
+    async with anyio.create_task_group() as feeds:
+        streams = StreamHub(slots, feeds)
+        with ending_streams_on_exit_signals(streams):
+            yield {"database_slots": slots, "streams": streams}
+        streams.shut_down()
+        feeds.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -173,6 +181,61 @@ OwnedCorpus = Annotated[Corpus, Depends(owned_corpus)]
 OwnedDataset = Annotated[Dataset, Depends(owned_dataset)]
 OwnedJob = Annotated[Job, Depends(owned_job)]
 OwnedCheckpoint = Annotated[Checkpoint, Depends(owned_checkpoint)]
+
+
+async def streamed_job(job_id: str, request: Request) -> Job:
+    """The caller's job, or 404, read in a transaction of its own: a stream holds no session while it runs."""
+
+    def load(session: Session) -> Job | None:
+        return crud.get_job(session=session, tenant=tenant_from_headers(session, request.headers), job_id=job_id)
+
+    job = await run_db(request, load)
+    if job is None:
+        raise ApiError(404, f"no job {job_id}")
+    return job
+
+
+StreamedJob = Annotated[Job, Depends(streamed_job)]
+
+
+async def stream_start(
+    last_event_id_header: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="The `id:` of the last message received: the stream resumes after it.",
+        ),
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Query(description="The same as the `Last-Event-ID` header, for clients that cannot set headers."),
+    ] = None,
+) -> StreamPosition | None:
+    """Where a stream resumes (None: from the beginning); 400 for an id the stream never sent.
+
+    The header wins over the query parameter: a browser's EventSource keeps the URL it was opened with
+    and sends the newer position in the header when it reconnects."""
+    given, source = last_event_id_header, "Last-Event-ID"
+    if given is None:
+        given, source = last_event_id, "last_event_id"
+    if given is None or not given.strip():
+        return None
+    try:
+        return StreamPosition.decode(given)
+    except StreamIdError as exc:
+        raise ApiError(400, f"{source}: {exc}", details=[{"field": source, "message": str(exc)}]) from exc
+
+
+StreamStart = Annotated[StreamPosition | None, Depends(stream_start)]
+
+
+def stream_hub(request: Request) -> StreamHub:
+    """This process's job streams."""
+    hub: StreamHub = request.state.streams
+    return hub
+
+
+StreamHubDep = Annotated[StreamHub, Depends(stream_hub)]
 
 
 async def page_cursor(

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     api_max_connections: int = Field(
         default=2048, ge=1, description="Open HTTP connections the API serves at once; more are answered 503."
     )
+    stream_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the API reads a streamed job's new events, metrics and status (once per job, "
+        "however many clients stream it).",
+    )
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)

@@ -176,13 +176,23 @@ class JobCorpus(Base):
 
 
 class Metric(Base):
-    """One value per job, step and name: a replayed step replaces, never duplicates."""
+    """One value per job, step and name: a replayed step replaces, never duplicates.
+
+    `id` grows in the order the values were written (a replaced value gets a new one), so a live stream
+    can follow a job's metrics with a cursor, as it follows its events.
+    """
 
     __tablename__ = "metrics"
+    __table_args__ = (
+        UniqueConstraint("job_id", "name", "step", name="uq_metrics_job_name_step"),
+        Index("ix_metrics_job_id_id", "job_id", "id"),
+    )
 
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # BIGINT on PostgreSQL (metrics outnumber every other row); SQLite autoincrements only an INTEGER key.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(BigInteger)
     value: Mapped[float] = mapped_column(Float)
     time: Mapped[datetime] = mapped_column(default=utcnow)
 

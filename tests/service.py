@@ -18,13 +18,14 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 SELFSUP = [sys.executable, "-m", "selfsup.cli"]
 
-# Small and fast: tight control loop and leases, a low upload limit to exercise 413.
+# Small and fast: tight control loop, leases and stream polling, a low upload limit to exercise 413.
 TEST_SETTINGS = {
     "SELFSUP_MAX_UPLOAD_BYTES": str(3_000_000),
     "SELFSUP_CONTROL_INTERVAL_SECONDS": "0.2",
     "SELFSUP_LEASE_SECONDS": "10",
     "SELFSUP_RECONCILE_INTERVAL_SECONDS": "2",
     "SELFSUP_TORCH_THREADS": "1",
+    "SELFSUP_STREAM_POLL_SECONDS": "0.25",
 }
 
 

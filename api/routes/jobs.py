@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import CursorDep, OwnedJob, SessionDep, TenantDep, wake_worker
+from api.deps import CursorDep, OwnedJob, SessionDep, StreamedJob, StreamHubDep, StreamStart, TenantDep, wake_worker
 from api.errors import ApiError
 from api.presenters import checkpoints_public, job_public
 from api.schemas import (
@@ -204,6 +206,42 @@ def get_metrics(
 def get_events(job: OwnedJob, session: SessionDep, after_id: Annotated[int | None, Query(ge=0)] = None) -> EventsPage:
     rows = crud.list_events(session=session, job_id=job.id, after_id=after_id)
     return EventsPage(data=[EventPublic(id=e.id, time=e.time, type=e.type, message=e.message) for e in rows])
+
+
+STREAM_DESCRIPTION = """Server-Sent Events of the job as it happens. Every message has `id:`, `event:` and
+`data:` (one line of JSON):
+
+- `status`: the job, as `GET /v1/jobs/{id}` returns it; sent first, then whenever its status changes.
+- `event`: one item of `GET /v1/jobs/{id}/events`.
+- `metric`: one item of `GET /v1/jobs/{id}/metrics`.
+- `end`: the final job, once it has ended (succeeded, failed or cancelled), after every event and metric;
+  then the stream closes. A stream opened on an ended job replays what follows its start, then ends.
+
+Ids are opaque and strictly increase. Reconnect with `Last-Event-ID: <last id received>` (or
+`?last_event_id=`) to get everything after it and nothing twice; a `status` message is sent again only if
+the status changed meanwhile. A `: ping` comment every 15 s keeps proxies from closing an idle stream. A
+stream also closes without `end` when the server shuts down: reconnect. New rows are read every
+`SELFSUP_STREAM_POLL_SECONDS` (default 1 s), once per job however many clients stream it."""
+
+
+@router.get(
+    "/{job_id}/stream",
+    response_class=EventSourceResponse,
+    summary="Follow a job live (Server-Sent Events)",
+    description=STREAM_DESCRIPTION,
+    responses={
+        400: {"description": "`Last-Event-ID` (or `last_event_id`) is not an id this stream sent"},
+        404: {"description": "No such job of the caller's"},
+    },
+)
+async def stream_job(job: StreamedJob, start: StreamStart, streams: StreamHubDep) -> AsyncIterator[ServerSentEvent]:
+    """Stream the job's status, events and metrics from `start`, and `end` once it has ended.
+
+    No database session or connection is held while it streams: `api/streams.py` reads each streamed job
+    once per poll interval for all its clients, and a client catches up from its `Last-Event-ID` with reads
+    of its own before it joins that shared read."""
+    async for message in streams.follow(job.id, finished=job.status in FINISHED_JOB_STATUSES, start=start):
+        yield message
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointsPage, summary="A job's checkpoints")

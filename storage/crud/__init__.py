@@ -51,8 +51,11 @@ from storage.crud.datasets import (
 from storage.crud.events import (
     add_event,
     delete_metrics_after,
+    events_after,
+    last_metric_and_event_ids,
     list_events,
     list_metrics,
+    metrics_after,
     write_metrics,
 )
 from storage.crud.jobs import (
@@ -113,6 +116,7 @@ __all__ = [
     "delete_corpus",
     "delete_curated_dataset",
     "delete_metrics_after",
+    "events_after",
     "earlier_processing_dataset",
     "encode_cursor",
     "expired_leases",
@@ -135,9 +139,11 @@ __all__ = [
     "list_checkpoints",
     "list_corpora",
     "list_curated_datasets",
+    "last_metric_and_event_ids",
     "list_events",
     "list_jobs",
     "list_metrics",
+    "metrics_after",
     "lock_job_lease",
     "mark_corpus_ready",
     "mark_curated_dataset_ready",

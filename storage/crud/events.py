@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy import delete, func, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from storage.tables import (
@@ -59,3 +59,22 @@ def list_metrics(
     if after_step is not None:
         query = query.where(Metric.step > after_step)
     return list(session.scalars(query.order_by(Metric.step, Metric.name).limit(limit)))
+
+
+def events_after(*, session: Session, job_id: str, after_id: int, limit: int) -> list[Event]:
+    """Up to `limit` of a job's events with an id above `after_id`, in id (write) order."""
+    query = select(Event).where(Event.job_id == job_id, Event.id > after_id)
+    return list(session.scalars(query.order_by(Event.id).limit(limit)))
+
+
+def metrics_after(*, session: Session, job_id: str, after_id: int, limit: int) -> list[Metric]:
+    """Up to `limit` of a job's metric values with an id above `after_id`, in id (write) order."""
+    query = select(Metric).where(Metric.job_id == job_id, Metric.id > after_id)
+    return list(session.scalars(query.order_by(Metric.id).limit(limit)))
+
+
+def last_metric_and_event_ids(*, session: Session, job_id: str) -> tuple[int, int]:
+    """The highest metric id and event id a job has (0 where it has none)."""
+    metric_id = session.scalar(select(func.max(Metric.id)).where(Metric.job_id == job_id))
+    event_id = session.scalar(select(func.max(Event.id)).where(Event.job_id == job_id))
+    return metric_id or 0, event_id or 0
