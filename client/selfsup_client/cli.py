@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 import yaml
 from pydantic import BaseModel
@@ -37,8 +36,9 @@ app.add_typer(corpora_app, name="corpora")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(checkpoints_app, name="checkpoints")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
+# Piped output is not cut to 80 columns, so an id in a table stays on one line.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)  # an error message stays one line in a log
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the raw resource as JSON (for scripts).")]
 Limit = Annotated[int, typer.Option(help="How many to show (newest first).", min=1)]
@@ -84,6 +84,14 @@ def _print_fields(model: BaseModel, skip: tuple[str, ...] = ()) -> None:
     out.print(table)
 
 
+def _table(*columns: str) -> Table:
+    table = Table()
+    table.add_column(columns[0], no_wrap=True)  # ids are copied from here
+    for column in columns[1:]:
+        table.add_column(column)
+    return table
+
+
 def _loss(job: Job, name: str) -> str:
     value = job.metrics.get(name)
     return "" if value is None else f"{value:.4f}"
@@ -123,7 +131,7 @@ def corpora_list(ctx: typer.Context, limit: Limit = 50, as_json: JsonFlag = Fals
     if as_json:
         _print_json(list[BaseModel](corpora))
         return
-    table = Table("id", "name", "status", "format", "size", "documents", "created")
+    table = _table("id", "name", "status", "format", "size", "documents", "created")
     for c in corpora:
         table.add_row(
             c.id,
@@ -203,7 +211,7 @@ def jobs_list(
     if as_json:
         _print_json(list[BaseModel](jobs))
         return
-    table = Table("id", "name", "status", "step", "train loss", "val loss", "created")
+    table = _table("id", "name", "status", "step", "train loss", "val loss", "created")
     for j in jobs:
         table.add_row(
             j.id,
@@ -309,7 +317,7 @@ def jobs_checkpoints(ctx: typer.Context, job_id: str, as_json: JsonFlag = False)
 
 
 def _checkpoint_table(checkpoints: list[Checkpoint]) -> None:
-    table = Table("id", "job", "version", "step", "aliases", "val loss", "size")
+    table = _table("id", "job", "version", "step", "aliases", "val loss", "size")
     for c in checkpoints:
         val = c.metrics.get("val_loss")
         size = sum(f.size_bytes for f in c.files)
@@ -369,24 +377,23 @@ def _report(exc: SelfsupError) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the client's `selfsup` command; returns the exit status."""
+    """Entry point of the client's `selfsup` command; returns the exit status.
+
+    Usage errors are typer's (exit 2, with the usage); an error of the API or the connection prints its
+    message (and a 422's fields), exit 1, never a traceback.
+    """
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv, prog_name="selfsup", standalone_mode=False)
+        command.main(args=argv, prog_name="selfsup", standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SelfsupError as exc:
         _report(exc)
         return 1
     except OSError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 1
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        return 130
-    except KeyboardInterrupt:
-        return 130
-    return result if isinstance(result, int) else 0
+    return 0
 
 
 if __name__ == "__main__":
