@@ -206,5 +206,35 @@ def test_async_client(embedded_service: Service, sdk_key: str, trained: Trained,
                 await client.corpora.get("cor_nope")
             again = await client.jobs.create(trained.spec, idempotency_key=trained.idempotency_key)
             assert again.id == job.id
+            messages = [m async for m in client.jobs.stream(job.id)]
+            assert messages[0].event == "status" and messages[-1].event == "end"
+            assert [m.data for m in messages if m.event == "event"] == await client.jobs.events(job.id)
 
     asyncio.run(scenario())
+
+
+def test_stream_replays_a_finished_job_and_resumes_with_last_event_id(
+    embedded_service: Service, sdk: Client, sdk_key: str, trained: Trained
+) -> None:
+    job_id = trained.job.id
+    messages = list(sdk.jobs.stream(job_id))
+    assert messages[0].event == "status" and messages[-1].event == "end"
+    assert messages[-1].job is not None and messages[-1].job.status == "succeeded" and messages[-1].job.step == 40
+    assert [m.data for m in messages if m.event == "event"] == sdk.jobs.events(job_id)
+    streamed_metrics = sorted((m.data.step, m.data.name) for m in messages if m.event == "metric")  # type: ignore[union-attr]
+    assert streamed_metrics == sorted((p.step, p.name) for p in sdk.jobs.metrics(job_id))
+    assert len({m.id for m in messages}) == len(messages)
+
+    # The connection drops mid-stream: the SDK reconnects with Last-Event-ID, missing and repeating nothing.
+    wire = Wiretap()
+    wire.cut["/stream"] = (1, 2_000)
+    with Client(embedded_service.base_url, sdk_key, transport=wire) as client:
+        resumed = list(client.jobs.stream(job_id))
+    assert resumed == messages
+    first, second = wire.to(f"/v1/jobs/{job_id}/stream")
+    assert "Last-Event-ID" not in first.headers
+    last_seen = second.headers["Last-Event-ID"]
+    assert last_seen in [m.id for m in messages[1:-1]], last_seen
+
+    with pytest.raises(NotFound):
+        next(iter(sdk.jobs.stream("job_doesnotexist")))
