@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 from pathlib import Path
 
 import pytest
@@ -194,7 +195,9 @@ def test_a_corrupt_partial_file_is_detected_and_fetched_again(
     assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == weights.sha256
 
 
-def test_async_client(embedded_service: Service, sdk_key: str, trained: Trained, failing_job: Job) -> None:
+def test_async_client(
+    embedded_service: Service, sdk_key: str, trained: Trained, failing_job: Job, tmp_path: Path
+) -> None:
     async def scenario() -> None:
         async with AsyncClient(embedded_service.base_url, sdk_key) as client:
             job = await client.jobs.get(trained.job.id)
@@ -209,6 +212,16 @@ def test_async_client(embedded_service: Service, sdk_key: str, trained: Trained,
             messages = [m async for m in client.jobs.stream(job.id)]
             assert messages[0].event == "status" and messages[-1].event == "end"
             assert [m.data for m in messages if m.event == "event"] == await client.jobs.events(job.id)
+
+            final = (await client.jobs.checkpoints(job.id))[-1]
+            folder = await client.checkpoints.download(final.id, to=tmp_path / "ckpt")
+            for entry in final.files:
+                assert hashlib.sha256((folder / entry.name).read_bytes()).hexdigest() == entry.sha256
+            text = b"Hark.\n\nWho goes there?\n"
+            uploaded = await client.corpora.upload(io.BytesIO(text), name="hark.txt")
+            assert uploaded.status == "processing" and uploaded.name == "hark.txt"
+            assert uploaded.sha256 == hashlib.sha256(text).hexdigest()
+            assert (await client.corpora.wait(uploaded.id, timeout=120, poll_interval=0.3)).status == "ready"
 
     asyncio.run(scenario())
 
