@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 from typing import Any
 
@@ -74,6 +75,9 @@ class JobProgress:
     def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
         self.console = console or stderr_console()
         self._metrics: dict[str, float] = {}
+        self._max_steps = 1
+        self._running = False
+        self._rate_start: tuple[float, int] | None = None
         self._progress: Progress | None = None
         self._task = TaskID(0)
         if enabled:
@@ -100,23 +104,35 @@ class JobProgress:
     def show_job(self, job: Job) -> None:
         """Show the job resource's status, step, latest metrics and ETA."""
         self._metrics.update(job.metrics)
+        self._max_steps = max(job.max_steps, 1)
+        self._running = job.status == "running"
+        self._rate_start = (time.monotonic(), job.step) if self._running else None
         if self._progress is not None:
             self._progress.update(
                 self._task,
                 description=job.status,
-                total=max(job.max_steps, 1),
+                total=self._max_steps,
                 completed=job.step,
                 **self._fields(job.eta_seconds),
             )
 
     def show_metric(self, point: MetricPoint) -> None:
-        """Update one metric (and the step it was recorded at)."""
+        """Update one metric and the step it was recorded at; the ETA follows the steps' pace since then."""
         self._metrics[point.name] = point.value
-        if self._progress is not None:
-            task = self._progress.tasks[self._task]
-            fields = self._fields(None)
-            fields["eta"] = task.fields.get("eta", "–")
-            self._progress.update(self._task, completed=max(task.completed, point.step), **fields)
+        if self._progress is None:
+            return
+        task = self._progress.tasks[self._task]
+        step = max(int(task.completed), point.step)
+        fields = self._fields(None)
+        fields["eta"] = task.fields.get("eta", "–")
+        # The stream sends the job (with the server's ETA) only when its status changes: between those,
+        # the ETA is the remaining steps at the pace seen since the job was last shown running.
+        now = time.monotonic()
+        if self._running and self._rate_start is not None:
+            started, first_step = self._rate_start
+            if step > first_step and now > started:
+                fields["eta"] = _duration((self._max_steps - step) * (now - started) / (step - first_step))
+        self._progress.update(self._task, completed=step, **fields)
 
     def show_event(self, event: Event) -> None:
         """Print one event above the bar."""
