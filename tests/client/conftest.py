@@ -7,6 +7,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,8 +15,6 @@ import pytest
 from selfsup_client import Client, Corpus, Job
 from tests.factories import shakespeare_slice, small_job_spec
 from tests.service import Service
-
-pytestmark = pytest.mark.integration
 
 
 @dataclass
@@ -25,7 +24,7 @@ class Trained:
     corpus: Corpus
     job: Job
     idempotency_key: str
-    spec: dict
+    spec: dict[str, Any]
 
 
 @pytest.fixture(scope="session")
