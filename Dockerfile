@@ -23,7 +23,9 @@ COPY workers ./workers
 COPY models ./models
 COPY storage ./storage
 COPY migrations ./migrations
-RUN pip install . && useradd --create-home --uid 1000 selfsup && mkdir -p /data && chown selfsup /data
+COPY client ./client
+# The client first in the same command: the server depends on selfsup-client, which is not on PyPI.
+RUN pip install ./client . && useradd --create-home --uid 1000 selfsup && mkdir -p /data && chown selfsup /data
 
 USER selfsup
 VOLUME ["/data"]

@@ -1,4 +1,8 @@
-"""The `selfsup` command: run the whole service, or one of its processes, and manage keys."""
+"""The `selfsup` command: run the whole service, or one of its processes, and manage keys.
+
+The client verbs (corpora, jobs, checkpoints) belong to the client package (`selfsup_client.cli`), which
+also installs alone; this command hands them over, so one `selfsup` does both.
+"""
 
 from __future__ import annotations
 
@@ -125,6 +129,18 @@ def _up(args: argparse.Namespace) -> int:
     return Supervisor(settings, host=args.host or settings.api_host, port=args.port or settings.api_port).run()
 
 
+CLIENT_VERBS = ("corpora", "jobs", "checkpoints")
+_CLIENT_OPTIONS = ("--url", "--api-key")
+
+
+def _client_verb(argv: list[str]) -> bool:
+    """Whether the command line is one of the client's (its global options may come before the verb)."""
+    i = 0
+    while i < len(argv) and argv[i].split("=", 1)[0] in _CLIENT_OPTIONS:
+        i += 1 if "=" in argv[i] else 2
+    return i < len(argv) and argv[i] in CLIENT_VERBS
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="selfsup", description=__doc__)
@@ -158,11 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-file", default=None, help="write this file once the worker consumes its queues (for supervisors)"
     )
     worker.set_defaults(run=_worker)
+
+    # Listed for --help only: main() hands these verbs to the client's command line before parsing.
+    for verb, what in zip(
+        CLIENT_VERBS,
+        ("upload, list, show corpora", "submit, list, watch, control jobs", "download checkpoints"),
+        strict=True,
+    ):
+        sub.add_parser(verb, help=f"client: {what} (selfsup {verb} --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `selfsup` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if _client_verb(argv):
+        from selfsup_client.cli import main as client_main
+
+        return client_main(argv)
     try:
         log_format = get_settings().log_format
     except ValidationError:

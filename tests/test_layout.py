@@ -6,6 +6,9 @@ docs/architecture.md draws the arrows these tests hold the code to.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,11 @@ FORBIDDEN = [
         "the training core knows nothing of tasks or the database loop",
     ),
     ("api", ("workers.data", "workers.training", "workers.train", "torch", "models"), "the API never trains"),
+    (
+        "client/selfsup_client",
+        ("selfsup", "api", "workers", "models", "storage", "torch", "transformers"),
+        "the client installs alone (pip install ./client): it talks to the server over HTTP only",
+    ),
 ]
 
 
@@ -84,3 +92,40 @@ def test_sql_is_written_only_in_storage() -> None:
                     if used:
                         offending.append(f"{path.relative_to(REPO)} imports {', '.join(used)} from sqlalchemy")
     assert not offending, "build queries in storage/crud:\n" + "\n".join(offending)
+
+
+SERVER_PACKAGES = ("selfsup", "api", "workers", "models", "storage", "torch", "transformers")
+
+_IMPORT_WITH_THE_SERVER_BLOCKED = f"""
+import importlib.abc, sys
+blocked = {SERVER_PACKAGES!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ImportError(f"the client imported {{name}}")
+sys.meta_path.insert(0, Block())
+sys.path = [p for p in sys.path if p not in ("", {str(REPO)!r})]
+import selfsup_client, selfsup_client.cli
+from selfsup_client import Client, AsyncClient
+Client("http://127.0.0.1:9", "key").close()
+assert not [m for m in sys.modules if m.split(".")[0] in blocked], sorted(sys.modules)
+"""
+
+
+def test_the_client_imports_without_the_server() -> None:
+    """`selfsup_client` and its command line load with every server package (and torch) unimportable."""
+    env = {"PYTHONPATH": str(REPO / "client"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_WITH_THE_SERVER_BLOCKED], cwd="/", env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_client_distribution_depends_on_no_server_package() -> None:
+    client = tomllib.loads((REPO / "client" / "pyproject.toml").read_text())["project"]
+    names = {
+        d.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for d in client["dependencies"]
+    }
+    assert not names & {"torch", "transformers", "selfsup", "fastapi", "sqlalchemy", "celery"}, names
+    server = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "selfsup-client" in server["dependencies"]  # installed from ./client by ./dev and the Dockerfile

@@ -42,9 +42,10 @@ def download_archive(checkpoint: OwnedCheckpoint) -> StreamingResponse:
 
 
 @router.get(
-    "/{checkpoint_id}/files/{name}",
+    "/{checkpoint_id}/files/{name:path}",
     summary="Download one file of a checkpoint",
-    description="Honours `Range`. The response carries the file's recorded sha256 in `X-Checksum-Sha256`.",
+    description="Honours `Range`. The response carries the file's recorded sha256 in `X-Checksum-Sha256`. "
+    "A name may have folders (`1_Pooling/config.json`), as in the checkpoint's `files`.",
     response_class=StreamingResponse,
     responses={
         206: {"description": "The requested range"},
