@@ -108,7 +108,7 @@ _DROPOUT_DESCRIPTION = (
 
 
 class ModelSpec(StrictModel):
-    """The architecture's shape; weights always start from a random init."""
+    """The architecture's shape; weights start from a random init unless the job names `init_from`."""
 
     family: ModelFamily = Field(default="gpt2", description="Default: the objective's (see the README).")
     layers: int = Field(default=4, ge=1, le=96)
@@ -348,6 +348,14 @@ class JobSpec(StrictModel):
                 f"{self.tokenizer.special_tokens}; leave tokenizer.special_tokens out to get them",
             )
         objective.check_job(self)
+
+    def __eq__(self, other: object) -> bool:
+        # Specs are equal when their fields are: which fields the client gave is not part of the spec.
+        if not isinstance(other, JobSpec):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def given_model_fields(self) -> set[str]:
