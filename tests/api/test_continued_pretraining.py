@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.factories import api_error, ready_corpus, shakespeare_slice, small_job_spec, submit_job, wait_for_job
-from tests.service import Service
+from tests.service import Service, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -111,16 +111,33 @@ def test_continue_from_a_checkpoint_on_a_second_corpus(embedded_service: Service
     assert "continued pretraining" in card and parent["id"] in card and parent_job["id"] in card
     assert sha256s(parent)["model.safetensors"] in card and corpus_a["sha256"] in card
 
-    # A chain: continuing the continued run nests its lineage back to the first corpus.
+    # A chain: continuing the continued run nests its lineage back to the first corpus. Paused midway, it
+    # resumes from its own checkpoint, not from its parent's files (spoilt here, so reading them would fail it).
     grandchild_job = submit_job(
         alice,
         continued_spec(
-            corpus_a["id"], child["id"], training={"max_steps": 4, "warmup_steps": 1}, checkpointing={"every_steps": 4}
+            corpus_a["id"],
+            child["id"],
+            training={"max_steps": 200, "batch_size": 4, "warmup_steps": 1},
+            evaluation={"every_steps": 1000},
+            checkpointing={"every_steps": 1000},
         ),
     )
-    assert wait_for_job(alice, grandchild_job["id"])["status"] == "succeeded", embedded_service.log()
+    wait_until(lambda: alice.get(f"/v1/jobs/{grandchild_job['id']}").json()["step"] > 0, timeout=120, what="training")
+    assert alice.post(f"/v1/jobs/{grandchild_job['id']}/pause").status_code == 202
+    paused = wait_for_job(alice, grandchild_job["id"], statuses=("paused",), timeout=120)
+    assert 0 < paused["step"] < 200, paused
+    for weights in (embedded_service.home / "blobs" / "checkpoints" / child_job["id"]).rglob("model.safetensors"):
+        weights.write_bytes(b"spoilt")
+    assert alice.post(f"/v1/jobs/{grandchild_job['id']}/resume").status_code == 202
+    done = wait_for_job(alice, grandchild_job["id"])
+    assert done["status"] == "succeeded", (done, embedded_service.log())
+    events = alice.get(f"/v1/jobs/{grandchild_job['id']}/events").json()["data"]
+    assert [e["type"] for e in events].count("started") == 1 and "resumed" in [e["type"] for e in events]
     grandchild = final_checkpoint(alice, grandchild_job["id"])
     chain = json.loads(file_text(alice, grandchild["id"], "selfsup.json"))["init_from"]
     assert chain["id"] == child["id"] and chain["init_from"]["id"] == parent["id"]
     assert chain["init_from"]["corpora"][0]["sha256"] == corpus_a["sha256"]
     assert sha256s(grandchild, TOKENIZER_FILES) == sha256s(parent, TOKENIZER_FILES)
+    card = file_text(alice, grandchild["id"], "README.md")
+    assert card.index(child["id"]) < card.index(parent["id"]) and corpus_a["sha256"] in card
