@@ -115,9 +115,12 @@ def _shape(family: str, layers: int, heads: int, width: int, context_length: int
     return {"family": family, "layers": layers, "heads": heads, "width": width, "context_length": context_length}
 
 
-def model_base(model: ModelRow, *, config: dict[str, Any], vocab_size: int) -> dict[str, Any]:
-    """The base a job starting from an uploaded model starts from (`config`: its `config.json`; `vocab_size`: its
-    tokenizer's length). The tokenizer section says what kind of tokenizer the family's is, with its specials."""
+def model_base(model: ModelRow, *, config: dict[str, Any]) -> dict[str, Any]:
+    """The base a job starting from an uploaded model starts from (`config`: its `config.json`, whose `vocab_size`
+    the job's model gets: the trainer builds it with the tokenizer's length, so the two must agree). The tokenizer
+    section says what kind of tokenizer the family's is, with its specials."""
+    if "vocab_size" not in config:
+        raise ValueError(f"config.json of a {model.family} model has no vocab_size")
     return {
         "type": "model",
         "id": model.id,
@@ -132,7 +135,7 @@ def model_base(model: ModelRow, *, config: dict[str, Any], vocab_size: int) -> d
         "model": shape_from_hf_config(model.family, config),
         "tokenizer": {
             "type": _TOKENIZER_TYPE_BY_FAMILY[model.family],
-            "vocab_size": vocab_size,
+            "vocab_size": config["vocab_size"],
             "special_tokens": "gpt2" if model.family == "llama" else model.family,
         },
     }

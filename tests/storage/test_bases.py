@@ -38,3 +38,32 @@ def test_tokenizer_sha256_covers_the_tokenizer_files_only() -> None:
     same = tokenizer_sha256(files)
     assert same == tokenizer_sha256([*reversed(files[:2]), {"name": "model.safetensors", "sha256": "d"}])
     assert same != tokenizer_sha256([{**files[0], "sha256": "x"}, *files[1:]])
+
+
+def test_model_base_takes_shape_tokenizer_and_files_from_an_uploaded_model() -> None:
+    from types import SimpleNamespace
+
+    from selfsup.spec import JobSpec, inherit_from_parent
+    from storage.bases import model_base
+
+    files = [
+        {"name": "tokenizer.json", "bytes": 10, "sha256": "a"},
+        {"name": "model.safetensors", "bytes": 5, "sha256": "b"},
+    ]
+    row = SimpleNamespace(id="mdl_1", name="tiny-bert", family="bert", files=files, blob_prefix="models/mdl_1")
+    config = {"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 32, "max_position_embeddings": 64}
+    base = model_base(row, config={**config, "vocab_size": 1000})  # type: ignore[arg-type]
+    assert base["files"][0] == {"name": "tokenizer.json", "size_bytes": 10, "sha256": "a"}
+    assert base["tokenizer_sha256"] == tokenizer_sha256(files)
+    spec = JobSpec.model_validate(
+        {"corpus_ids": ["c"], "objective": {"type": "masked_lm"}, "init_from": {"model_id": "mdl_1"}}
+    )
+    merged = JobSpec.model_validate(inherit_from_parent(spec.model_dump(mode="json"), base["model"], base["tokenizer"]))
+    assert (merged.model.family, merged.model.width, merged.model.context_length) == ("bert", 32, 64)
+    assert merged.tokenizer is not None and merged.tokenizer.model_dump() == {
+        "type": "wordpiece",
+        "vocab_size": 1000,
+        "special_tokens": "bert",
+    }
+    with pytest.raises(ValueError, match="no vocab_size"):
+        model_base(row, config=config)  # type: ignore[arg-type]
