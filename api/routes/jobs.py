@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -27,7 +28,9 @@ from api.schemas import (
 )
 from selfsup.spec import JobSpec, inherit_from_parent, parent_conflicts
 from storage import crud
-from storage.bases import checkpoint_base
+from storage.bases import checkpoint_base, model_base
+from storage.blobs import get_blob_store
+from storage.keys import join_key
 from storage.status import FINISHED_JOB_STATUSES, CorpusStatus, DatasetStatus
 from storage.status import JobStatus as Status
 from storage.tables import Job, Tenant
@@ -132,9 +135,19 @@ def _resolve_init_from(
             base = checkpoint_base(checkpoint, parent)
         problem = f"no checkpoint {wanted}"
     else:
-        # The model branch: `crud.get_model` and a `storage.bases.model_base` come with the models table.
         field, wanted = "init_from.model_id", spec.init_from.model_id or ""
         problem = f"no model {wanted}"
+        # `crud.get_model` comes with the models table (issue 13's `POST /v1/models`); until then no model exists.
+        get_model = getattr(crud, "get_model", None)
+        model = get_model(session=session, tenant=tenant, model_id=wanted) if get_model is not None else None
+        if model is not None and model.status != "ready":
+            problem = f"model {wanted} is {model.status}, not ready" + (f": {model.error}" if model.error else "")
+        elif model is not None:
+            try:
+                with get_blob_store().open(join_key(model.blob_prefix, "config.json")) as fh:
+                    base = model_base(model, config=json.load(fh))
+            except (OSError, ValueError) as exc:
+                problem = f"model {wanted} cannot be started from: {exc}"
     if base is None:
         raise ApiError(422, f"{field}: {problem}", details=[{"field": field, "message": problem}])
     conflicts = parent_conflicts(spec, base["model"], base["tokenizer"])

@@ -69,6 +69,9 @@ def test_continue_from_a_checkpoint_on_a_second_corpus(embedded_service: Service
     # Agreeing values are fine to give; an unknown checkpoint is refused like an unknown corpus.
     body = api_error(alice.post("/v1/jobs", json=continued_spec(corpus_b["id"], "ckpt_0000000000")), 422)
     assert body["details"][0]["field"] == "init_from.checkpoint_id"
+    unknown_model = {**continued_spec(corpus_b["id"], parent["id"]), "init_from": {"model_id": "mdl_0000000000"}}
+    body = api_error(alice.post("/v1/jobs", json=unknown_model), 422)
+    assert body["details"] == [{"field": "init_from.model_id", "message": "no model mdl_0000000000"}], body
     body = api_error(
         alice.post("/v1/jobs", json={**continued_spec(corpus_b["id"], parent["id"]), "init_from": {}}), 422
     )
