@@ -90,13 +90,6 @@ def base_lineage(base: dict[str, Any], folder: Path) -> dict[str, Any]:
     return entry
 
 
-def first_corpora(init_from: dict[str, Any]) -> list[dict[str, Any]]:
-    """The corpora at the start of a chain of continued runs (the oldest checkpoint's), if its lineage names them."""
-    while init_from.get("init_from"):
-        init_from = init_from["init_from"]
-    return list(init_from.get("corpora") or [])
-
-
 def curated_lineage(dataset: Dataset) -> dict[str, Any]:
     """A curated dataset as lineage names it: what was mixed, how, how it was cleaned, and what that removed."""
     return {
