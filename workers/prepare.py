@@ -21,6 +21,7 @@ from storage.status import CorpusStatus, DatasetStatus, JobStatus
 from storage.tables import Corpus, Dataset, TokenizedDataset
 from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import TOKENIZER_DIR, build_dataset, dataset_key
+from workers.data.heldout import ensure_heldout, heldout_key, tokenizer_sha256
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,6 @@ def _heldout_corpora(session: Session, job_id: str, spec: JobSpec) -> list[Corpu
 
 def _prepare_heldout(*, store: BlobStore, dataset: TokenizedDataset, corpora: list[Corpus], window: int) -> str | None:
     """Tokenize each held-out corpus with the dataset's tokenizer (once per corpus and tokenizer); a problem or None."""
-    from workers.data.heldout import ensure_heldout, heldout_key, tokenizer_sha256
-
     tokenizer_dir = store.local_copy(join_key(dataset.blob_prefix, TOKENIZER_DIR))
     digest = tokenizer_sha256(tokenizer_dir)
     for corpus in corpora:

@@ -380,8 +380,6 @@ def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, shou
         should_stop=should_stop,
     )
     try:
-        if len(heldout) < len(heldout_ids):
-            raise CannotTrain("cannot start training: a corpus of evaluation.corpus_ids was deleted")
         return run.run()
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; stopping without writing", job_id)
@@ -452,6 +450,8 @@ class JobRun:
         dataset = self.dataset
         if dataset is None:
             raise RuntimeError("the job was started before its tokenized data existed")
+        if len(self.heldout) < len(self.spec.evaluation.corpus_ids):
+            raise CannotTrain("cannot start training: a corpus of evaluation.corpus_ids was deleted")
         self.trainer, meta = _open_trainer(self.spec, self.store, dataset, self.heldout)
         self.lineage = RunLineage.of(
             job=self.job,
