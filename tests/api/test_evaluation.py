@@ -52,6 +52,8 @@ def test_held_out_corpus_is_evaluated_each_time_and_best_follows_its_metric(embe
         checkpointing={"every_steps": 10, "keep_last": 2, "best": {"metric": f"val_perplexity/{name}", "mode": "max"}},
     )
     job = submit_job(client, spec)
+    in_use = api_error(client.delete(f"/v1/corpora/{held_out['id']}"), 409)  # the job is queued or running
+    assert in_use["details"] == {"job_ids": [job["id"]]}
     done = wait_for_job(client, job["id"])
     assert done["status"] == "succeeded", (done, embedded_service.log())
 
@@ -73,7 +75,7 @@ def test_held_out_corpus_is_evaluated_each_time_and_best_follows_its_metric(embe
     # keep_last 2 prunes v2 but never the best (v1) nor the final one.
     assert [c["step"] for c in checkpoints] == [10, 30, 40]
 
-    # The held-out corpus is in use while a job reads it; once the job ended it can go.
+    # Once the job has ended, the held-out corpus can go.
     assert client.delete(f"/v1/corpora/{held_out['id']}").status_code == 204
 
 
