@@ -78,13 +78,14 @@ def job_public(job: Job) -> JobPublic:
 def checkpoints_public(session: Session, job_id: str) -> list[CheckpointPublic]:
     """All of a job's checkpoints, with their aliases."""
     checkpoints = crud.list_checkpoints(session=session, job_id=job_id)
-    aliases = crud.checkpoint_aliases(checkpoints)
+    aliases = crud.checkpoint_aliases(session=session, job_id=job_id, checkpoints=checkpoints)
     return [_checkpoint_public(c, aliases[c.id]) for c in checkpoints]
 
 
 def checkpoint_public(session: Session, checkpoint: Checkpoint) -> CheckpointPublic:
     """One checkpoint with its aliases among its job's checkpoints."""
-    aliases = crud.checkpoint_aliases(crud.list_checkpoints(session=session, job_id=checkpoint.job_id))
+    checkpoints = crud.list_checkpoints(session=session, job_id=checkpoint.job_id)
+    aliases = crud.checkpoint_aliases(session=session, job_id=checkpoint.job_id, checkpoints=checkpoints)
     return _checkpoint_public(checkpoint, aliases.get(checkpoint.id, []))
 
 

@@ -138,7 +138,10 @@ class CheckpointPublic(BaseModel):
     job_id: str
     step: int
     version: int = Field(description="1, 2, 3… per job.")
-    aliases: list[str] = Field(description="Any of latest, final, best (lowest val_loss).")
+    aliases: list[str] = Field(
+        description="Any of latest, final, best (the best value of the job's checkpointing.best metric; default lowest "
+        "val_loss)."
+    )
     metrics: dict[str, float]
     files: list[CheckpointFile]
     created_at: datetime

@@ -8,8 +8,11 @@ special tokens.
 
 from __future__ import annotations
 
+import collections
 import functools
 import operator
+import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -171,18 +174,90 @@ class TrainingSpec(StrictModel):
         return self
 
 
+# --- issue 13, evalstop: held-out corpora, early stopping, the metric `best` follows ---------------------
+
+MetricMode = Literal["min", "max"]
+_METRIC_NAME_PATTERN = r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)?$"
+# Held-out metric suffixes are cut so the longest name (`val_retrieval_accuracy/<name>`) fits a metric row.
+HELDOUT_NAME_LENGTH = 40
+
+
+def default_metric_mode(metric: str) -> MetricMode:
+    """Accuracies are better higher, everything else (losses, perplexities) lower."""
+    return "max" if "accuracy" in metric else "min"
+
+
+def heldout_metric_names(corpora: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The `<name>` of each held-out corpus's metrics (`val_loss/<name>`), by corpus id, from (id, name) pairs.
+
+    The corpus name with every character outside `A-Z a-z 0-9 _ . -` made `_`, cut to 40 characters; corpora
+    whose names come out the same (or empty) are named by their ids instead, so no two share a metric.
+    """
+    cleaned = {cid: re.sub(r"[^A-Za-z0-9_.\-]", "_", name)[:HELDOUT_NAME_LENGTH] for cid, name in corpora}
+    counts = collections.Counter(cleaned.values())
+    return {cid: name if name and counts[name] == 1 else cid for cid, name in cleaned.items()}
+
+
+class EarlyStoppingSpec(StrictModel):
+    """End the job (succeeded, with a final checkpoint) once a validation metric stops improving."""
+
+    metric: str = Field(
+        default="val_loss",
+        max_length=64,
+        pattern=_METRIC_NAME_PATTERN,
+        description="A validation metric the job records: val_loss, val_perplexity (causal_lm), the objective's "
+        "val_ metrics (val_masked_accuracy, val_retrieval_accuracy), or any of these for a held-out corpus "
+        "(`val_loss/<name>`).",
+    )
+    patience: int = Field(ge=1, le=100_000, description="Evaluations in a row without improvement before stopping.")
+    min_delta: float = Field(default=0.0, ge=0.0, description="The least change that counts as an improvement.")
+    mode: MetricMode | None = Field(
+        default=None, description="Whether lower or higher is better. Default: max for accuracies, else min."
+    )
+
+
+class BestCheckpointSpec(StrictModel):
+    """Which checkpoint the `best` alias names: the one whose step has the best value of `metric`."""
+
+    metric: str = Field(
+        default="val_loss",
+        max_length=64,
+        pattern=_METRIC_NAME_PATTERN,
+        description="Any metric recorded at checkpoint steps: a validation metric, or one written later "
+        "(`probe_accuracy/<name>`).",
+    )
+    mode: MetricMode | None = Field(default=None, description="Default: max for accuracies, else min.")
+
+
+# --- end of issue 13 evalstop block ---------------------------------------------------------------
+
+
 class EvaluationSpec(StrictModel):
-    """How often and on how many fixed validation windows to measure `val_loss`."""
+    """How often and on how many fixed validation windows to measure `val_loss`, on what, and when to stop."""
 
     every_steps: int = Field(default=250, ge=1)
     batches: int = Field(default=20, ge=1, le=10_000)
+    corpus_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Held-out corpora (the tenant's own), tokenized with the job's tokenizer and evaluated at every "
+        "evaluation as `val_loss/<name>` (and `val_perplexity/<name>` for causal_lm), besides the training data's "
+        "validation split. <name> is the corpus name (characters outside A-Z a-z 0-9 _ . - become _, at most 40), "
+        "or the corpus id where two names would be the same.",
+    )
+    early_stopping: EarlyStoppingSpec | None = None
 
 
 class CheckpointingSpec(StrictModel):
-    """How often to save a checkpoint, and how many ordinary ones to keep."""
+    """How often to save a checkpoint, how many ordinary ones to keep, and which the `best` alias names."""
 
     every_steps: int = Field(default=500, ge=1)
     keep_last: int = Field(default=3, ge=1, le=1000)
+    best: BestCheckpointSpec | None = Field(
+        default=None,
+        description="Default: early stopping's metric and mode when evaluation.early_stopping is given, else "
+        "val_loss, lowest.",
+    )
 
 
 # --- init_from (issue 13, continued pretraining) ---
@@ -330,7 +405,56 @@ class JobSpec(StrictModel):
         if self.tokenizer.special_tokens is None:
             self.tokenizer.special_tokens = wanted
         self._check_combination(wanted)
+        self._check_evaluation_metrics()
         return self
+
+    def _check_evaluation_metrics(self) -> None:
+        """Held-out corpora, early stopping and the `best` metric (issue 13, evalstop); fills the defaults."""
+        evaluation, checkpointing = self.evaluation, self.checkpointing
+        if len(set(evaluation.corpus_ids)) != len(evaluation.corpus_ids):
+            raise invalid_combination("evaluation.corpus_ids", "evaluation.corpus_ids must not repeat an id")
+        for i, corpus_id in enumerate(evaluation.corpus_ids):
+            if corpus_id in (self.corpus_ids or []):
+                raise invalid_combination(
+                    f"evaluation.corpus_ids[{i}]",
+                    f"{corpus_id} is a training corpus; its validation split is already measured as val_loss",
+                )
+        stopping = evaluation.early_stopping
+        if stopping is not None:
+            problem = self.validation_metric_problem(stopping.metric)
+            if problem:
+                raise invalid_combination("evaluation.early_stopping.metric", problem)
+            if stopping.mode is None:
+                stopping.mode = default_metric_mode(stopping.metric)
+        if checkpointing.best is None:
+            checkpointing.best = (
+                BestCheckpointSpec(metric=stopping.metric, mode=stopping.mode)
+                if stopping is not None
+                else BestCheckpointSpec(metric="val_loss", mode="min")
+            )
+        best = checkpointing.best
+        if best.metric.startswith("val_") and (problem := self.validation_metric_problem(best.metric)):
+            raise invalid_combination("checkpointing.best.metric", problem)
+        if best.mode is None:
+            best.mode = default_metric_mode(best.metric)
+
+    def validation_metrics(self) -> list[str]:
+        """The validation metrics every evaluation records on the training data's validation split."""
+        objective = self.objective
+        names = ["val_loss", *(f"val_{name}" for name in objective.eval_metrics)]
+        if objective.reports_perplexity:
+            names.append("val_perplexity")
+        return names
+
+    def validation_metric_problem(self, metric: str) -> str | None:
+        """What is wrong with a validation metric's name, or None; a held-out `<name>` is checked by the API."""
+        base, _, heldout = metric.partition("/")
+        known = self.validation_metrics()
+        if base not in known:
+            return f"{base!r} is not a validation metric this job records; it records {', '.join(known)}"
+        if heldout and not self.evaluation.corpus_ids:
+            return f"{metric!r} names a held-out corpus, but evaluation.corpus_ids is empty"
+        return None
 
     def _check_combination(self, special_tokens: SpecialTokens) -> None:
         objective, family = self.objective, self.model.family

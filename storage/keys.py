@@ -7,6 +7,7 @@ curated/<curation_key>/                    a curated dataset's kept text, once p
     source-<i>/<split>.jsonl               the kept documents of source i's split (train, validation)
     report.json                            the curation report (written last: its presence means done)
 checkpoints/<job_id>/v<version>-<random>/  one checkpoint (a Hugging Face folder and resume/)
+heldout/<heldout_key>/                     a held-out corpus tokenized with one job tokenizer (both splits)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ CORPORA = "corpora"
 DATASETS = "datasets"
 CURATED = "curated"
 CHECKPOINTS = "checkpoints"
+HELDOUT = "heldout"
 
 
 def join_key(prefix: str, *names: str) -> str:
@@ -75,3 +77,8 @@ def job_checkpoints_prefix(job_id: str) -> str:
 def checkpoint_prefix(job_id: str, version: int) -> str:
     """A fresh blob prefix for a job's checkpoint version (unique, so two writers never share one)."""
     return join_key(job_checkpoints_prefix(job_id), f"v{version:06d}-{secrets.token_hex(4)}")
+
+
+def heldout_prefix(heldout_key: str) -> str:
+    """The blob prefix of a held-out corpus's token array, named by its cache key."""
+    return join_key(HELDOUT, heldout_key)

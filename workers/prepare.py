@@ -11,16 +11,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from selfsup.spec import JobSpec
 from storage import crud
 from storage.bases import BaseUnusable, tokenizer_files
 from storage.blobs import BlobStore
 from storage.checkpoints import verify_files
 from storage.db import session_scope
+from storage.keys import join_key
 from storage.status import CorpusStatus, DatasetStatus, JobStatus
 from storage.tables import Corpus, Dataset, TokenizedDataset
 from workers.celery_app import TRAIN_JOB, enqueue
-from workers.data.datasets import build_dataset, dataset_key, tokenizer_identity
+from workers.data.datasets import TOKENIZER_DIR, build_dataset, dataset_key, tokenizer_identity
+from workers.data.heldout import ensure_heldout, heldout_key, tokenizer_sha256
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,9 @@ def prepare(job_id: str, *, store: BlobStore) -> str:
                 return "waiting for corpus ingest"
             data = corpora
             key = dataset_key([c.sha256 for c in corpora], identity)
+        heldout = _heldout_corpora(session, job.id, spec)
+        if isinstance(heldout, str):
+            return heldout
         dataset = crud.get_dataset(session=session, key=key)
 
     if dataset is None:
@@ -99,6 +106,13 @@ def prepare(job_id: str, *, store: BlobStore) -> str:
         problem = f"the training split has {dataset.train_tokens} tokens"
     elif dataset.validation_tokens < window:
         problem = f"the validation split has {dataset.validation_tokens} tokens"
+    if problem is None and heldout:
+        try:
+            problem = _prepare_heldout(store=store, dataset=dataset, corpora=heldout, window=window)
+        except Exception as exc:
+            log.exception("tokenizing held-out corpora for job %s failed", job_id)
+            _fail(job_id, f"tokenizing evaluation.corpus_ids failed: {type(exc).__name__}: {exc}")
+            return "failed: tokenization"
     if problem:
         _fail(
             job_id,
@@ -140,6 +154,37 @@ def _base_tokenizer(store: BlobStore, base: dict[str, Any]) -> Path:
     if problem:
         raise BaseUnusable(f"cannot use the tokenizer of {base['type']} {base['id']} (init_from): {problem}")
     return folder
+
+
+def _heldout_corpora(session: Session, job_id: str, spec: JobSpec) -> list[Corpus] | str:
+    """The job's held-out corpora once all are ready; else what happened (the job failed, or it waits)."""
+    wanted = spec.evaluation.corpus_ids
+    by_id = crud.corpora_by_ids(session=session, corpus_ids=wanted)
+    missing = [corpus_id for corpus_id in wanted if corpus_id not in by_id]
+    if missing:
+        crud.fail_job(session=session, job_id=job_id, reason=f"evaluation corpus {missing[0]} was deleted")
+        return "failed: evaluation corpus deleted"
+    corpora = [by_id[corpus_id] for corpus_id in wanted]
+    failed = [c for c in corpora if c.status == CorpusStatus.FAILED]
+    if failed:
+        reason = f"evaluation corpus {failed[0].name} ({failed[0].id}) failed: {failed[0].error}"
+        crud.fail_job(session=session, job_id=job_id, reason=reason)
+        return "failed: evaluation corpus failed"
+    if any(c.status != CorpusStatus.READY for c in corpora):
+        return "waiting for evaluation corpus ingest"
+    return corpora
+
+
+def _prepare_heldout(*, store: BlobStore, dataset: TokenizedDataset, corpora: list[Corpus], window: int) -> str | None:
+    """Tokenize each held-out corpus with the dataset's tokenizer (once per corpus and tokenizer); a problem or None."""
+    tokenizer_dir = store.local_copy(join_key(dataset.blob_prefix, TOKENIZER_DIR))
+    digest = tokenizer_sha256(tokenizer_dir)
+    for corpus in corpora:
+        key = heldout_key(corpus.sha256, digest)
+        tokens = ensure_heldout(store=store, corpus=corpus, tokenizer_dir=tokenizer_dir, key=key)
+        if tokens < window:
+            return f"evaluation corpus {corpus.name} ({corpus.id}) has {tokens} tokens"
+    return None
 
 
 def _fail(job_id: str, reason: str) -> None:

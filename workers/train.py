@@ -23,7 +23,7 @@ from safetensors.torch import load_model
 
 from models.build import count_parameters
 from selfsup.settings import Settings
-from selfsup.spec import JobSpec
+from selfsup.spec import JobSpec, heldout_metric_names
 from storage import crud
 from storage.blobs import BlobStore
 from storage.checkpoints import WrittenCheckpoint, load_resume_state, verify_files
@@ -33,6 +33,7 @@ from storage.status import JobStatus
 from storage.tables import Checkpoint, Corpus, Dataset, Job, TokenizedDataset, utcnow
 from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import TOKENIZER_DIR, dataset_meta, open_token_arrays
+from workers.data.heldout import heldout_key, open_heldout, tokenizer_sha256
 from workers.faults import Faults
 from workers.training.checkpointing import (
     LINEAGE_FILE,
@@ -41,6 +42,7 @@ from workers.training.checkpointing import (
     base_lineage,
     write_checkpoint_folder,
 )
+from workers.training.early_stopping import EarlyStopping
 from workers.training.trainer import StepResult, Trainer, TrainingDiverged, pick_device
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Ending(enum.Enum):
     SUCCEEDED = "succeeded"
     CANCELLED = "cancelled"
     PAUSED = "paused"
+    STOPPED_EARLY = "stopped early"  # evaluation.early_stopping: the metric stopped improving; the job succeeds
     TIMED_OUT = "timed out"  # training.max_runtime_seconds spent: the job fails, its checkpoint kept
     HANDED_BACK = "handed back"  # the worker is shutting down: another worker takes the job over
 
@@ -186,14 +189,43 @@ def _resume_from_checkpoint(trainer: Trainer, store: BlobStore, job: Job) -> Che
     return None
 
 
-def _open_trainer(spec: JobSpec, store: BlobStore, dataset: TokenizedDataset) -> tuple[Trainer, dict[str, Any]]:
-    """A trainer on the dataset's token arrays, and the dataset's meta; `CannotTrain` if they do not fit the spec."""
+def _open_trainer(
+    spec: JobSpec, store: BlobStore, dataset: TokenizedDataset, heldout: list[Corpus]
+) -> tuple[Trainer, dict[str, Any]]:
+    """A trainer on the dataset's token arrays (and its held-out corpora's, prepared with its tokenizer), and
+    the dataset's meta; `CannotTrain` if they do not fit the spec."""
     try:
         meta = dataset_meta(store, dataset)
         data = open_token_arrays(store.local_copy(dataset.blob_prefix), meta)
-        return Trainer(spec, data, device=pick_device()), meta
-    except ValueError as exc:
+        heldout_data = {}
+        if heldout:
+            digest = tokenizer_sha256(store.local_copy(join_key(dataset.blob_prefix, TOKENIZER_DIR)))
+            names = heldout_metric_names([(c.id, c.name) for c in heldout])
+            heldout_data = {names[c.id]: open_heldout(store, heldout_key(c.sha256, digest), like=data) for c in heldout}
+        return Trainer(spec, data, device=pick_device(), heldout=heldout_data), meta
+    except (ValueError, FileNotFoundError) as exc:
         raise CannotTrain(f"cannot start training: {exc}") from exc
+
+
+def _early_stopping(spec: JobSpec, trainer: Trainer, job_id: str) -> EarlyStopping | None:
+    """The job's early-stopping tracker, its state rebuilt from the metric's recorded values on a resume;
+    `CannotTrain` if the job records no such metric (a held-out name the API could not check)."""
+    stopping = spec.evaluation.early_stopping
+    if stopping is None:
+        return None
+    recorded = spec.validation_metrics()
+    recorded += [f"{base}/{name}" for name in trainer.heldout for base in recorded if "/" not in base]
+    if stopping.metric not in recorded:
+        raise CannotTrain(
+            f"evaluation.early_stopping.metric {stopping.metric!r} is not recorded by this job; "
+            f"it records {', '.join(recorded)}"
+        )
+    tracker = EarlyStopping.of(stopping)
+    if trainer.step:
+        with session_scope() as session:
+            history = crud.metric_history(session=session, job_id=job_id, name=stopping.metric, up_to_step=trainer.step)
+        tracker.replay(history)
+    return tracker
 
 
 def _resume_or_start(
@@ -325,9 +357,7 @@ class Lease:
                 type="checkpoint_saved",
                 message=f"checkpoint v{record.version} saved at step {record.step}{final}",
             )
-            stale = crud.prunable_checkpoints(
-                checkpoints=crud.list_checkpoints(session=session, job_id=self.job_id), keep_last=keep_last
-            )
+            stale = crud.prunable_checkpoints(session=session, job_id=self.job_id, keep_last=keep_last)
             for old in stale:
                 crud.delete_checkpoint(session=session, checkpoint_id=old.id)
         for old in stale:
@@ -342,13 +372,24 @@ def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, shou
         job = crud.get_job_by_id(session=session, job_id=job_id)
         assert job is not None
         corpora = crud.job_corpora(session=session, job_id=job_id)
+        heldout_ids = (job.spec.get("evaluation") or {}).get("corpus_ids", [])
+        heldout_by_id = crud.corpora_by_ids(session=session, corpus_ids=heldout_ids)
+        heldout = [heldout_by_id[corpus_id] for corpus_id in heldout_ids if corpus_id in heldout_by_id]
         dataset = crud.get_dataset(session=session, key=job.dataset_key or "")
         curated = crud.get_curated_dataset_by_id(session=session, dataset_id=job.dataset_id) if job.dataset_id else None
         if curated is not None:  # a job on a curated dataset reads its sources' corpora (those not deleted since)
             by_id = crud.corpora_by_ids(session=session, corpus_ids=[s["corpus_id"] for s in curated.source_corpora])
             corpora = [by_id[s["corpus_id"]] for s in curated.source_corpora if s["corpus_id"] in by_id]
     run = JobRun(
-        job, corpora, dataset, curated=curated, owner=owner, settings=settings, store=store, should_stop=should_stop
+        job,
+        corpora,
+        dataset,
+        curated=curated,
+        heldout=heldout,
+        owner=owner,
+        settings=settings,
+        store=store,
+        should_stop=should_stop,
     )
     try:
         return run.run()
@@ -383,6 +424,7 @@ class JobRun:
         dataset: TokenizedDataset | None,
         *,
         curated: Dataset | None = None,
+        heldout: list[Corpus] | None = None,
         owner: str,
         settings: Settings,
         store: BlobStore,
@@ -393,6 +435,7 @@ class JobRun:
         self.corpora = corpora
         self.dataset = dataset
         self.curated = curated
+        self.heldout = heldout or []
         self.owner = owner
         self.store = store
         self.should_stop = should_stop
@@ -403,6 +446,8 @@ class JobRun:
         )
         self.started = time.monotonic()
         self.last_checkpoint_step: int | None = None
+        # Why evaluation.early_stopping ended the run (None while it goes on).
+        self.stopped_early: str | None = None
         self.window = ThroughputWindow()
 
     def run(self) -> str:
@@ -417,7 +462,9 @@ class JobRun:
         dataset = self.dataset
         if dataset is None:
             raise RuntimeError("the job was started before its tokenized data existed")
-        self.trainer, meta = _open_trainer(self.spec, self.store, dataset)
+        if len(self.heldout) < len(self.spec.evaluation.corpus_ids):
+            raise CannotTrain("cannot start training: a corpus of evaluation.corpus_ids was deleted")
+        self.trainer, meta = _open_trainer(self.spec, self.store, dataset, self.heldout)
         self.init_from: dict[str, Any] | None = None
         self.tokenizer_dir = self.store.local_copy(join_key(dataset.blob_prefix, TOKENIZER_DIR))
         start = self._start_from_base if self.job.base is not None else None
@@ -436,6 +483,7 @@ class JobRun:
             curated=self.curated,
             init_from=self.init_from,
         )
+        self.early_stopping = _early_stopping(self.spec, self.trainer, self.job.id)
 
     def _start_from_base(self) -> str:
         """Load the weights of the job's base (`init_from`), its files checked against their sha256s first."""
@@ -462,6 +510,8 @@ class JobRun:
             directive = self._after_step(result)
             if directive is not Directive.CONTINUE:
                 return _ENDING_FOR[directive]
+            if self.stopped_early is not None:
+                return _ENDING_FOR.get(self._flush(), Ending.STOPPED_EARLY)
             letting_go = self._reason_to_let_go()
             if letting_go is not None:
                 self._checkpoint_unless_saved()
@@ -485,8 +535,12 @@ class JobRun:
                 if (directive := self._flush()) is not Directive.CONTINUE:
                     return directive
                 self.lease.add_event("evaluation", f"step {step}: val_loss {val_loss:.4f}")
-        if checkpoint_due:
-            self._checkpoint(val_loss=val_loss, final=step == max_steps)
+            stopping = self.early_stopping
+            value = self.control.latest.get(stopping.metric) if stopping is not None else None
+            if stopping is not None and value is not None and stopping.update(step, value):
+                self.stopped_early = stopping.reason(step)
+        if checkpoint_due or self.stopped_early is not None:
+            self._checkpoint(val_loss=val_loss, final=step == max_steps or self.stopped_early is not None)
         return Directive.CONTINUE
 
     def _log(self, step: int, result: StepResult) -> None:
@@ -560,12 +614,11 @@ class JobRun:
         """End the job the way the loop decided; returns what happened, for the log."""
         step = self.trainer.step
         match ending:
-            case Ending.SUCCEEDED:
+            case Ending.SUCCEEDED | Ending.STOPPED_EARLY:
                 max_steps = self.spec.training.max_steps
-                if self.lease.finish(
-                    JobStatus.SUCCEEDED, f"finished {max_steps} steps, {self.trainer.tokens_seen:,} tokens"
-                ):
-                    return "succeeded"
+                message = self.stopped_early or f"finished {max_steps} steps, {self.trainer.tokens_seen:,} tokens"
+                if self.lease.finish(JobStatus.SUCCEEDED, message):
+                    return "succeeded" if ending is Ending.SUCCEEDED else "succeeded (stopped early)"
                 # A cancel arrived after the last step: honour it rather than report success.
                 self.lease.finish(JobStatus.CANCELLED, f"cancelled at step {step}, after the last step")
                 return "cancelled"

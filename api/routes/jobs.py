@@ -26,7 +26,7 @@ from api.schemas import (
     MetricPoint,
     MetricsPage,
 )
-from selfsup.spec import JobSpec, inherit_from_parent, parent_conflicts
+from selfsup.spec import JobSpec, heldout_metric_names, inherit_from_parent, parent_conflicts
 from storage import crud
 from storage.bases import checkpoint_base, model_base
 from storage.blobs import get_blob_store
@@ -69,6 +69,7 @@ def create_job(
     base = None
     if spec.init_from is not None:
         spec, canonical, base = _resolve_init_from(spec, canonical, tenant=tenant, session=session)
+    _check_heldout_corpora(spec, tenant=tenant, session=session)
     try:
         job = crud.create_job(
             session=session,
@@ -172,6 +173,38 @@ def _check_corpora(spec: JobSpec, *, tenant: Tenant, session: Session) -> None:
             problems.append(
                 {"field": f"corpus_ids[{i}]", "message": f"corpus {corpus_id} failed ingest: {corpus.error}"}
             )
+    if problems:
+        raise ApiError(422, "; ".join(f"{p['field']}: {p['message']}" for p in problems), details=problems)
+
+
+def _check_heldout_corpora(spec: JobSpec, *, tenant: Tenant, session: Session) -> None:
+    """422 unless each held-out corpus is the caller's and usable, and each metric named after one exists."""
+    problems = []
+    named: list[tuple[str, str]] = []
+    for i, corpus_id in enumerate(spec.evaluation.corpus_ids):
+        field = f"evaluation.corpus_ids[{i}]"
+        corpus = crud.get_corpus(session=session, tenant=tenant, corpus_id=corpus_id)
+        if corpus is None:
+            problems.append({"field": field, "message": f"no corpus {corpus_id}"})
+        elif corpus.status == CorpusStatus.FAILED:
+            problems.append({"field": field, "message": f"corpus {corpus_id} failed ingest: {corpus.error}"})
+        else:
+            named.append((corpus.id, corpus.name))
+    if not problems:
+        names = set(heldout_metric_names(named).values())
+        stopping, best = spec.evaluation.early_stopping, spec.checkpointing.best
+        for field, metric in (
+            ("evaluation.early_stopping.metric", stopping.metric if stopping else None),
+            ("checkpointing.best.metric", best.metric if best else None),
+        ):
+            if metric and metric.startswith("val_") and "/" in metric and metric.split("/", 1)[1] not in names:
+                problems.append(
+                    {
+                        "field": field,
+                        "message": f"{metric!r} names no held-out corpus of this job; their metrics end in "
+                        + ", ".join(f"/{name}" for name in sorted(names)),
+                    }
+                )
     if problems:
         raise ApiError(422, "; ".join(f"{p['field']}: {p['message']}" for p in problems), details=problems)
 
@@ -304,8 +337,8 @@ def get_checkpoints(job: OwnedJob, session: SessionDep) -> CheckpointsPage:
 CheckpointAlias = Literal["latest", "best", "final"]
 _NO_CHECKPOINT_FOR = {
     "latest": "has no checkpoint yet",
-    "best": "has no checkpoint with a validation loss yet (best is the lowest val_loss)",
-    "final": "has no final checkpoint: it is written when the job reaches max_steps",
+    "best": "has no checkpoint with a value of its checkpointing.best metric yet",
+    "final": "has no final checkpoint: it is written when the job reaches max_steps or stops early",
 }
 
 
@@ -313,8 +346,9 @@ _NO_CHECKPOINT_FOR = {
     "/{job_id}/checkpoints/{alias}",
     response_model=CheckpointPublic,
     summary="A job's checkpoint by alias: latest, best or final",
-    description="`latest`: the newest; `best`: the lowest validation loss among those that recorded one; `final`: "
-    "the one written at `max_steps`. The same resource as `GET /v1/checkpoints/{id}`.",
+    description="`latest`: the newest; `best`: the best value of the job's `checkpointing.best` metric (default "
+    "the lowest `val_loss`) among those with one recorded at their step; `final`: the one written at `max_steps` "
+    "or when early stopping ended the job. The same resource as `GET /v1/checkpoints/{id}`.",
     responses={404: {"description": "No such job, or no checkpoint has this alias yet"}},
 )
 def get_checkpoint_by_alias(

@@ -101,6 +101,10 @@ class ObjectiveSpec(StrictModel):
     # The stock transformers class that loads a checkpoint, and what else the card's example imports.
     checkpoint_class: ClassVar[str]
     usage_imports: ClassVar[tuple[str, ...]] = ()
+    # The metrics `loss` reports besides the loss (recorded with a `val_` prefix at each evaluation).
+    eval_metrics: ClassVar[tuple[str, ...]] = ()
+    # Whether the loss is a mean token cross-entropy whose exp is a perplexity (`val_perplexity`).
+    reports_perplexity: ClassVar[bool] = False
 
     def training(self, job: JobSpec, data: TrainingData) -> ObjectiveTraining:
         """This objective bound to a job and its data, for the trainer."""

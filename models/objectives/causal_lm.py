@@ -38,6 +38,7 @@ class CausalLMObjective(ObjectiveSpec):
 
     families: ClassVar[tuple[ModelFamily, ...]] = ("gpt2", "llama")
     checkpoint_class: ClassVar[str] = "AutoModelForCausalLM"
+    reports_perplexity: ClassVar[bool] = True
 
     def training(self, job: JobSpec, data: TrainingData) -> CausalLMTraining:
         """Next-token prediction bound to a job and its data."""

@@ -55,6 +55,7 @@ class ContrastiveObjective(ObjectiveSpec):
     families: ClassVar[tuple[ModelFamily, ...]] = ("bert", "roberta")
     default_dropout: ClassVar[float | None] = CONTRASTIVE_DEFAULT_DROPOUT
     checkpoint_class: ClassVar[str] = "AutoModel"
+    eval_metrics: ClassVar[tuple[str, ...]] = ("retrieval_accuracy",)
 
     def training(self, job: JobSpec, data: TrainingData) -> ContrastiveTraining:
         """Contrastive training bound to a job and its data."""

@@ -57,6 +57,7 @@ class MaskedLMObjective(ObjectiveSpec):
 
     families: ClassVar[tuple[ModelFamily, ...]] = ("bert", "roberta")
     checkpoint_class: ClassVar[str] = "AutoModelForMaskedLM"
+    eval_metrics: ClassVar[tuple[str, ...]] = ("masked_accuracy",)
     usage_imports: ClassVar[tuple[str, ...]] = ("pipeline",)
 
     @model_validator(mode="after")

@@ -7,7 +7,9 @@ can never forget it. One module per resource; import the package (`from storage 
 from __future__ import annotations
 
 from storage.crud.checkpoints import (
+    BestRule,
     add_checkpoint,
+    aliases_by_score,
     checkpoint_aliases,
     checkpoint_by_alias,
     delete_checkpoint,
@@ -15,6 +17,7 @@ from storage.crud.checkpoints import (
     list_checkpoints,
     next_checkpoint_version,
     prunable_checkpoints,
+    prunable_checkpoints_among,
 )
 from storage.crud.corpora import (
     corpus_in_use,
@@ -56,6 +59,8 @@ from storage.crud.events import (
     last_metric_and_event_ids,
     list_events,
     list_metrics,
+    metric_at_steps,
+    metric_history,
     metrics_after,
     write_metrics,
 )
@@ -120,6 +125,8 @@ __all__ = [
     "add_dataset",
     "add_event",
     "checkpoint_aliases",
+    "aliases_by_score",
+    "BestRule",
     "claim_delivery",
     "checkpoint_by_alias",
     "claim_job",
@@ -170,6 +177,8 @@ __all__ = [
     "list_events",
     "list_jobs",
     "list_metrics",
+    "metric_at_steps",
+    "metric_history",
     "list_webhooks",
     "metrics_after",
     "lock_job_lease",
@@ -180,6 +189,7 @@ __all__ = [
     "operations_snapshot",
     "processing_curated_datasets",
     "prunable_checkpoints",
+    "prunable_checkpoints_among",
     "queued_jobs_on_dataset",
     "queued_jobs_reading",
     "record_delivery_attempt",

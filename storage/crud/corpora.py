@@ -72,14 +72,23 @@ def list_corpora(
 
 
 def corpus_in_use(*, session: Session, corpus_id: str) -> list[str]:
-    """Ids of queued or running jobs that read the corpus."""
-    return list(
+    """Ids of queued or running jobs that read the corpus, to train on or as a held-out corpus."""
+    training = list(
         session.scalars(
             select(Job.id)
             .join(JobCorpus, JobCorpus.job_id == Job.id)
             .where(JobCorpus.corpus_id == corpus_id, Job.status.in_(ACTIVE_JOB_STATUSES))
         )
     )
+    # Held-out corpora live only in the spec; a tenant's active jobs are few, so they are read here rather
+    # than with JSON operators that differ between SQLite and PostgreSQL.
+    active = session.scalars(
+        select(Job)
+        .join(Corpus, Corpus.tenant_id == Job.tenant_id)
+        .where(Corpus.id == corpus_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+    )
+    heldout = [j.id for j in active if corpus_id in (j.spec.get("evaluation") or {}).get("corpus_ids", [])]
+    return training + [job_id for job_id in heldout if job_id not in training]
 
 
 def mark_corpus_ready(

@@ -61,6 +61,26 @@ def list_metrics(
     return list(session.scalars(query.order_by(Metric.step, Metric.name).limit(limit)))
 
 
+def metric_history(*, session: Session, job_id: str, name: str, up_to_step: int) -> list[tuple[int, float]]:
+    """One metric's (step, value) pairs up to and including `up_to_step`, in step order."""
+    query = (
+        select(Metric.step, Metric.value)
+        .where(Metric.job_id == job_id, Metric.name == name, Metric.step <= up_to_step)
+        .order_by(Metric.step)
+    )
+    return [(int(step), float(value)) for step, value in session.execute(query)]
+
+
+def metric_at_steps(*, session: Session, job_id: str, name: str, steps: Sequence[int]) -> dict[int, float]:
+    """One metric's value at each of `steps` that has one."""
+    if not steps:
+        return {}
+    query = select(Metric.step, Metric.value).where(
+        Metric.job_id == job_id, Metric.name == name, Metric.step.in_(sorted(set(steps)))
+    )
+    return {int(step): float(value) for step, value in session.execute(query)}
+
+
 def events_after(*, session: Session, job_id: str, after_id: int, limit: int) -> list[Event]:
     """Up to `limit` of a job's events with an id above `after_id`, in id (write) order."""
     query = select(Event).where(Event.job_id == job_id, Event.id > after_id)

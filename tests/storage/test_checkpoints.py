@@ -10,7 +10,7 @@ import pytest
 
 from storage.blobs import LocalBlobStore
 from storage.checkpoints import iter_tar, load_resume_state, tar_size, verify_files, write_checkpoint
-from storage.crud import checkpoint_aliases, prunable_checkpoints
+from storage.crud import aliases_by_score, prunable_checkpoints_among
 from storage.tables import Checkpoint
 
 
@@ -100,7 +100,19 @@ def _ckpt(version: int, val_loss: float | None, final: bool = False) -> Checkpoi
 
 def test_aliases_and_pruning_keep_best_and_final() -> None:
     checkpoints = [_ckpt(1, 2.0), _ckpt(2, 1.0), _ckpt(3, 1.5), _ckpt(4, 1.6), _ckpt(5, 1.7, final=True)]
-    aliases = checkpoint_aliases(checkpoints)
+    scores = {c.id: c.val_loss for c in checkpoints if c.val_loss is not None}
+    aliases = aliases_by_score(checkpoints, scores, mode="min")
     assert aliases == {"c1": [], "c2": ["best"], "c3": [], "c4": [], "c5": ["latest", "final"]}
-    assert [c.id for c in prunable_checkpoints(checkpoints=checkpoints, keep_last=2)] == ["c1", "c3"]
-    assert prunable_checkpoints(checkpoints=checkpoints, keep_last=10) == []
+    prunable = prunable_checkpoints_among(checkpoints, aliases, keep_last=2, keep=set())
+    assert [c.id for c in prunable] == ["c1", "c3"]
+    assert prunable_checkpoints_among(checkpoints, aliases, keep_last=10, keep=set()) == []
+    # A checkpoint still waiting for its score (a probe runs after it is saved) is kept too.
+    assert [c.id for c in prunable_checkpoints_among(checkpoints, aliases, keep_last=2, keep={"c1"})] == ["c3"]
+
+
+def test_best_follows_the_metric_in_its_direction_newest_on_a_tie() -> None:
+    checkpoints = [_ckpt(1, None), _ckpt(2, None), _ckpt(3, None)]
+    accuracy = {"c1": 0.5, "c2": 0.75, "c3": 0.75}
+    assert "best" in aliases_by_score(checkpoints, accuracy, mode="max")["c3"]
+    assert "best" in aliases_by_score(checkpoints, accuracy, mode="min")["c1"]
+    assert all("best" not in names for names in aliases_by_score(checkpoints, {}, mode="min").values())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.objectives.base import ObjectiveTraining
 from selfsup.spec import JobSpec
 from workers.data.token_arrays import TokenArrays
 from workers.training.optim import configure_optimizer, learning_rate_at
 
 # A stream of the batch RNG reserved for the fixed validation windows, apart from every training step.
 _VALIDATION_STREAM = 2**62
+# Beyond this a loss's exp (a perplexity) is not a finite float: it is left out rather than recorded as inf.
+_MAX_EXP = 700.0
 
 
 class TrainingDiverged(RuntimeError):
@@ -57,13 +60,23 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 class Trainer:
     """One job's model, optimizer and data, stepped one optimizer update at a time."""
 
-    def __init__(self, spec: JobSpec, data: TokenArrays, *, device: torch.device, compile: bool = False) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        data: TokenArrays,
+        *,
+        device: torch.device,
+        compile: bool = False,
+        heldout: Mapping[str, TokenArrays] | None = None,
+    ) -> None:
         self.spec = spec
         self.data = data
         self.device = device
         training = spec.training
         seed_everything(training.seed)
         self.objective = spec.objective.training(spec, data)
+        # The objective bound to each held-out corpus (by its metric name), to evaluate on, never to train on.
+        self.heldout = {name: spec.objective.training(spec, arrays) for name, arrays in (heldout or {}).items()}
         self.model = self.objective.build_model()
         self.model.to(device)  # type: ignore[arg-type]
         self.model.train()
@@ -75,7 +88,8 @@ class Trainer:
         self.tokens_seen = 0
         # Training tokens drawn from each source of a weighted mixture so far (empty without one).
         self.tokens_by_source = {source.name: 0 for source in data.sources}
-        # The objective's metrics from the latest `evaluate()` (val_masked_accuracy, val_retrieval_accuracy).
+        # The metrics of the latest `evaluate()` besides the returned val_loss (val_masked_accuracy,
+        # val_perplexity, and val_loss/<name> … for each held-out corpus).
         self.last_eval_metrics: dict[str, float] = {}
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -135,24 +149,38 @@ class Trainer:
         extra = {name: total / training.grad_accum_steps for name, total in metric_sums.items()}
         return StepResult(loss=loss_value, grad_norm=grad_norm, learning_rate=lr, extra=extra)
 
-    @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss on the same fixed validation examples every time; the objective's metrics go to
-        `last_eval_metrics` with a `val_` prefix."""
+        """Mean loss on the same fixed validation examples every time. The objective's metrics (`val_` prefix),
+        the perplexity of a causal LM, and the same for each held-out corpus (`val_loss/<name>`, …) go to
+        `last_eval_metrics`."""
+        loss, metrics = self._evaluate_on(self.objective)
+        # The main split's loss is the return value; its other metrics (and perplexity) go with the held-out ones.
+        self.last_eval_metrics = _validation_metrics(metrics, self.spec, suffix="", loss=loss)
+        del self.last_eval_metrics["val_loss"]
+        for name, objective in self.heldout.items():
+            heldout_loss, heldout_metrics = self._evaluate_on(objective)
+            self.last_eval_metrics |= _validation_metrics(
+                heldout_metrics, self.spec, suffix=f"/{name}", loss=heldout_loss
+            )
+        return loss
+
+    @torch.no_grad()
+    def _evaluate_on(self, objective: ObjectiveTraining) -> tuple[float, dict[str, float]]:
+        """Mean loss and metrics on fixed validation examples of one objective binding's data."""
         evaluation, batch_size = self.spec.evaluation, self.spec.training.batch_size
         rng = np.random.default_rng([self.spec.training.seed, _VALIDATION_STREAM])
-        inputs, labels = self.objective.sample("validation", rng, evaluation.batches * batch_size)
+        inputs, labels = objective.sample("validation", rng, evaluation.batches * batch_size)
         losses: list[float] = []
         metric_lists: dict[str, list[float]] = {}
         with self._evaluation_mode():
             for start in range(0, len(inputs), batch_size):
                 batch = self._on_device((inputs[start : start + batch_size], labels[start : start + batch_size]))
-                loss, metrics = self.loss_and_metrics(*batch)
+                with self.autocast():
+                    loss, metrics = objective.loss(self.forward, *batch)
                 losses.append(loss.item())
                 for name, value in metrics.items():
                     metric_lists.setdefault(name, []).append(value)
-        self.last_eval_metrics = {f"val_{name}": float(np.mean(values)) for name, values in metric_lists.items()}
-        return float(np.mean(losses))
+        return float(np.mean(losses)), {name: float(np.mean(values)) for name, values in metric_lists.items()}
 
     def load_pretrained(self, folder: Path) -> None:
         """Start from a base's weights (`init_from`): safetensors only, never a pickle; the step, optimizer and
@@ -221,6 +249,15 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _validation_metrics(metrics: dict[str, float], spec: JobSpec, *, suffix: str, loss: float) -> dict[str, float]:
+    """One evaluation's metrics as recorded: `val_loss<suffix>`, `val_<metric><suffix>`, and a causal LM's
+    `val_perplexity<suffix>` (exp of the mean token cross-entropy)."""
+    named = {f"val_loss{suffix}": loss, **{f"val_{name}{suffix}": value for name, value in metrics.items()}}
+    if spec.objective.reports_perplexity and loss < _MAX_EXP:
+        named[f"val_perplexity{suffix}"] = math.exp(loss)
+    return named
 
 
 def seed_everything(seed: int) -> None:

@@ -154,3 +154,21 @@ def test_resuming_a_mixture_continues_its_per_source_counts_and_batches(tmp_path
     assert resumed.tokens_by_source == straight.tokens_by_source
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_held_out_data_is_evaluated_like_a_validation_split_and_leaves_training_alone() -> None:
+    cpu = torch.device("cpu")
+    data = _data()
+    other_tokens = (np.arange(3_000) * 7 % 50).astype(np.uint16)
+    other = dataclasses.replace(data, train=other_tokens, validation=other_tokens)
+    with_heldout = Trainer(_spec(), data, device=cpu, heldout={"other": other})
+    plain = Trainer(_spec(), data, device=cpu)  # the same seed: the same initial weights
+    loss = with_heldout.evaluate()
+    assert loss == plain.evaluate()
+    metrics = with_heldout.last_eval_metrics
+    assert set(metrics) == {"val_perplexity", "val_loss/other", "val_perplexity/other"}
+    assert metrics["val_loss/other"] == pytest.approx(Trainer(_spec(), other, device=cpu).evaluate())
+    assert metrics["val_loss/other"] != pytest.approx(loss)
+    assert metrics["val_perplexity/other"] == pytest.approx(math.exp(metrics["val_loss/other"]))
+    assert metrics["val_perplexity"] == pytest.approx(math.exp(loss))
+    assert with_heldout.train_step().loss == plain.train_step().loss
