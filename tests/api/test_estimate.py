@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from models.build import SpecialTokenIds, build_causal_lm, build_encoder, build_seq2seq, count_parameters
 from selfsup.estimate import parameter_count
 from selfsup.spec import JobSpec, ModelSpec
+from selfsup_client import AsyncClient, Client, InvalidRequest, JobEstimate
 from tests.factories import api_error, ready_corpus, shakespeare_slice, small_job_spec, submit_job, wait_for_job
-from tests.service import Service
+from tests.service import REPO, Service
 
 pytestmark = pytest.mark.integration
 
@@ -158,3 +166,38 @@ def test_invalid_specs_get_the_same_422_as_post_jobs(
 def test_estimate_needs_a_key(embedded_service: Service, corpus: dict[str, Any]) -> None:
     anonymous = httpx.Client(base_url=embedded_service.base_url)
     api_error(anonymous.post("/v1/jobs:estimate", json=_tiny_spec(corpus["id"])), 401)
+
+
+def test_sdk_and_cli_estimate(
+    embedded_service: Service, client: httpx.Client, corpus: dict[str, Any], tmp_path: Path
+) -> None:
+    """`client.jobs.estimate(spec)` (sync and async) and `selfsup jobs estimate SPEC.yaml` give the API's answer."""
+    spec = _tiny_spec(corpus["id"])
+    expected = client.post("/v1/jobs:estimate", json=spec).json()
+    key = embedded_service.keys[TENANT]
+    with Client(embedded_service.base_url, key) as sdk:
+        estimate = sdk.jobs.estimate(spec)
+        assert isinstance(estimate, JobEstimate) and estimate.model_dump(mode="json") == expected
+        with pytest.raises(InvalidRequest, match="model.layers"):
+            sdk.jobs.estimate({**spec, "model": {"layers": 0}})
+
+    async def estimate_async() -> JobEstimate:
+        async with AsyncClient(embedded_service.base_url, key) as sdk:
+            return await sdk.jobs.estimate(spec)
+
+    assert asyncio.run(estimate_async()).model_dump(mode="json") == expected
+
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFSUP_")}
+    env.update({"SELFSUP_URL": embedded_service.base_url, "SELFSUP_API_KEY": key})
+    result = subprocess.run(
+        [sys.executable, "-m", "selfsup.cli", "jobs", "estimate", str(spec_file), "--json"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == expected
