@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.schemas import EstimateBasis, JobEstimate
@@ -67,7 +68,10 @@ def _eta(
     )
     candidates: list[tuple[bool, estimate.ReferenceRun]] = []
     for run in recorded:
-        reference = JobSpec.model_validate(run.spec)
+        try:
+            reference = JobSpec.model_validate(run.spec)
+        except ValidationError:
+            continue  # a spec stored by an older version that no longer validates: not a usable reference
         vocab_size = run.vocab_size or estimate.spec_vocabulary(reference, tokenized_size=None).size
         parameters = estimate.spec_parameters(reference, vocab_size=vocab_size)
         same_shape = (reference.model.family, reference.objective.type) == (spec.model.family, spec.objective.type)
