@@ -103,6 +103,49 @@ class JobsPage(BaseModel):
     next_cursor: str | None = None
 
 
+class EstimateBasis(BaseModel):
+    """The recorded throughput an ETA was computed from."""
+
+    job_ids: list[str] = Field(description="The reference jobs (the caller's own), newest first.")
+    count: int
+    shape_match: Literal["same family and objective", "any shape"] = Field(
+        description="Whether the reference jobs train the same model family with the same objective; only when "
+        "none does are jobs of other shapes used."
+    )
+    history_days: float = Field(description="Throughput recorded this recently was considered.")
+    tokens_per_second: float = Field(description="The throughput expected for this spec, after FLOPs scaling.")
+    method: str = Field(description="How the reference throughput is scaled to this spec.")
+
+
+class JobEstimate(BaseModel):
+    """What a job spec would cost, from `POST /v1/jobs:estimate` (no job is created)."""
+
+    parameters: int = Field(description="Trainable parameters of the model the spec builds (tied weights once).")
+    vocab_size: int = Field(description="The vocabulary the parameter count assumes.")
+    approximate: bool = Field(
+        description="True when the vocabulary (so the embedding's parameters) is assumed, not yet known: no job "
+        "has tokenized these corpora with this tokenizer. `note` says what was assumed."
+    )
+    note: str | None = None
+    tokens_per_step: int
+    max_steps: int
+    total_tokens: int = Field(description="max_steps × tokens_per_step.")
+    flops_per_token: int
+    training_flops: int
+    flops_formula: str
+    tokens_per_parameter: float
+    compute_optimal_tokens_per_parameter: float = Field(
+        description="About 20 tokens per parameter is compute-optimal (Hoffmann et al. 2022, Chinchilla)."
+    )
+    compute_optimal_ratio: float = Field(description="tokens_per_parameter / compute_optimal_tokens_per_parameter.")
+    compute_optimal: Literal["under-trained", "compute-optimal", "over-trained"] = Field(
+        description="compute-optimal within a factor of 2 of the ratio; under- or over-trained outside it."
+    )
+    eta_seconds: float | None = Field(description="Expected training time; null when there is no throughput history.")
+    eta_reason: str | None = Field(default=None, description="Why eta_seconds is null, when it is.")
+    eta_basis: EstimateBasis | None = None
+
+
 class MetricPoint(BaseModel):
     step: int
     name: str

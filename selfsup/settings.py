@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=10.0, gt=0)
     broker_visibility_timeout: int = Field(default=3600, gt=0)
     worker_cpu_concurrency: int = Field(default=1, ge=1)
+    estimate_history_days: float = Field(
+        default=30.0, gt=0, description="`POST /v1/jobs:estimate` bases its ETA on throughput recorded this recently."
+    )
     curation_processes: int | None = Field(
         default=None, ge=1, description="Processes a dataset's curation runs its per-document rules in; all cores."
     )

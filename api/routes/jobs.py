@@ -14,12 +14,14 @@ from sqlalchemy.orm import Session
 
 from api.deps import CursorDep, OwnedJob, SessionDep, StreamedJob, StreamHubDep, StreamStart, TenantDep, wake_worker
 from api.errors import ApiError, validation_details
+from api.estimates import estimate_job
 from api.presenters import checkpoint_public, checkpoints_public, job_public
 from api.schemas import (
     CheckpointPublic,
     CheckpointsPage,
     EventPublic,
     EventsPage,
+    JobEstimate,
     JobPublic,
     JobsPage,
     JobStatus,
@@ -93,6 +95,21 @@ def create_job(
         return _replay(earlier, fingerprint, response)
     wake_worker(PREPARE_JOB, job.id)
     return job_public(job)
+
+
+@router.post(
+    ":estimate",
+    response_model=JobEstimate,
+    summary="Estimate a job: parameters, tokens, FLOPs, tokens per parameter, ETA",
+    description="Validates the spec as `POST /v1/jobs` does (the same 422s, the corpora or dataset must be yours) "
+    "and creates nothing. FLOPs follow `flops_formula`; `eta_seconds` scales the throughput your recent jobs "
+    "recorded (preferring those of the same family and objective) by FLOPs per token, and is null with "
+    "`eta_reason` when there is no such history. See docs/estimates.md.",
+    responses={422: {"description": "Invalid spec; `details` names each bad field"}},
+)
+def estimate(spec: JobSpec, tenant: TenantDep, session: SessionDep) -> JobEstimate:
+    _check_data(spec, tenant=tenant, session=session)
+    return estimate_job(session=session, tenant=tenant, spec=spec)
 
 
 def _replay(job: Job, fingerprint: str, response: Response) -> JobPublic:

@@ -28,7 +28,17 @@ from selfsup_client.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from selfsup_client.models import Checkpoint, CheckpointFile, Corpus, Event, Job, MetricPoint, StreamMessage
+from selfsup_client.models import (
+    Checkpoint,
+    CheckpointFile,
+    Corpus,
+    EstimateBasis,
+    Event,
+    Job,
+    JobEstimate,
+    MetricPoint,
+    StreamMessage,
+)
 
 __all__ = [
     "APIError",
@@ -48,9 +58,11 @@ __all__ = [
     "Corpora",
     "Corpus",
     "DownloadError",
+    "EstimateBasis",
     "Event",
     "InvalidRequest",
     "Job",
+    "JobEstimate",
     "Jobs",
     "MetricPoint",
     "NotFound",

@@ -39,7 +39,16 @@ from selfsup_client._files import (
 from selfsup_client._progress import JobProgress, TransferBar
 from selfsup_client._retry import RetryPolicy
 from selfsup_client.errors import ChecksumMismatch, error_from_response
-from selfsup_client.models import Checkpoint, CheckpointFile, Corpus, Event, Job, MetricPoint, StreamMessage
+from selfsup_client.models import (
+    Checkpoint,
+    CheckpointFile,
+    Corpus,
+    Event,
+    Job,
+    JobEstimate,
+    MetricPoint,
+    StreamMessage,
+)
 
 Content = Callable[[], Any]
 
@@ -235,6 +244,12 @@ class Jobs:
         key = idempotency_key or new_idempotency_key()
         response = self._client.request("POST", "/v1/jobs", json=dict(spec), headers={"Idempotency-Key": key})
         return Job.model_validate(response.json())
+
+    def estimate(self, spec: Mapping[str, Any]) -> JobEstimate:
+        """Parameters, tokens, FLOPs, tokens per parameter and an ETA for a spec, validated as `create` does;
+        nothing is created."""
+        response = self._client.request("POST", "/v1/jobs:estimate", json=dict(spec))
+        return JobEstimate.model_validate(response.json())
 
     def list(self, *, status: str | None = None, limit: int = 50) -> Iterator[Job]:
         """Every job (with `status`, if given), newest first, fetched `limit` per page as the iteration goes."""

@@ -194,6 +194,22 @@ def jobs_create(
     _print_json(job) if as_json else _print_fields(job, skip=("spec", "metrics"))
 
 
+@jobs_app.command("estimate")
+def jobs_estimate(
+    ctx: typer.Context,
+    spec_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The job spec, .json or .yaml")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Estimate a job from a JSON or YAML spec (parameters, tokens, FLOPs, ETA); creates nothing."""
+    spec = _load_spec(spec_file)
+    with _client(ctx) as client:
+        estimate = client.jobs.estimate(spec)
+    _print_json(estimate) if as_json else _print_fields(estimate, skip=("flops_formula", "eta_basis"))
+    if not as_json and estimate.eta_basis is not None:
+        basis = estimate.eta_basis
+        out.print(f"ETA from {basis.count} job(s) ({basis.shape_match}): {', '.join(basis.job_ids)}")
+
+
 @jobs_app.command("list")
 def jobs_list(
     ctx: typer.Context,

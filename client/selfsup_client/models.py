@@ -67,6 +67,39 @@ class Job(Resource):
         return self.status in FINISHED_JOB_STATUSES
 
 
+class EstimateBasis(Resource):
+    """The recorded throughput a job estimate's ETA was computed from."""
+
+    job_ids: list[str]
+    count: int
+    shape_match: str
+    history_days: float
+    tokens_per_second: float
+    method: str
+
+
+class JobEstimate(Resource):
+    """What a job spec would cost (`POST /v1/jobs:estimate`); no job is created."""
+
+    parameters: int
+    vocab_size: int
+    approximate: bool
+    note: str | None = None
+    tokens_per_step: int
+    max_steps: int
+    total_tokens: int
+    flops_per_token: int
+    training_flops: int
+    flops_formula: str
+    tokens_per_parameter: float
+    compute_optimal_tokens_per_parameter: float
+    compute_optimal_ratio: float
+    compute_optimal: Literal["under-trained", "compute-optimal", "over-trained"]
+    eta_seconds: float | None = None
+    eta_reason: str | None = None
+    eta_basis: EstimateBasis | None = None
+
+
 class Event(Resource):
     """One entry of a job's history (`queued`, `started`, `checkpoint_saved`, `finished`, …)."""
 

@@ -52,6 +52,11 @@ from storage.crud.datasets import (
     add_dataset,
     get_dataset,
 )
+from storage.crud.estimates import (
+    RecordedThroughput,
+    recent_throughput,
+    tokenized_vocab_size,
+)
 from storage.crud.events import (
     add_event,
     delete_metrics_after,
@@ -119,6 +124,7 @@ from storage.crud.webhooks import (
 
 __all__ = [
     "OperationsSnapshot",
+    "RecordedThroughput",
     "RequeueOutcome",
     "RunningJob",
     "add_checkpoint",
@@ -192,6 +198,7 @@ __all__ = [
     "prunable_checkpoints_among",
     "queued_jobs_on_dataset",
     "queued_jobs_reading",
+    "recent_throughput",
     "record_delivery_attempt",
     "record_job_dataset",
     "renew_lease",
@@ -204,6 +211,7 @@ __all__ = [
     "running_jobs_of",
     "stale_processing_corpora",
     "stale_processing_curated_datasets",
+    "tokenized_vocab_size",
     "stale_queued_jobs",
     "tenant_for_key",
     "touch_curated_dataset",
