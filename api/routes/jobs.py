@@ -109,6 +109,9 @@ def create_job(
 )
 def estimate(spec: JobSpec, tenant: TenantDep, session: SessionDep) -> JobEstimate:
     _check_data(spec, tenant=tenant, session=session)
+    if spec.init_from is not None:  # the shape and tokenizer are the parent's, as the job would have them
+        spec, _, _ = _resolve_init_from(spec, spec.model_dump(mode="json"), tenant=tenant, session=session)
+    _check_heldout_corpora(spec, tenant=tenant, session=session)
     return estimate_job(session=session, tenant=tenant, spec=spec)
 
 
