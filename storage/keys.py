@@ -7,6 +7,7 @@ curated/<curation_key>/                    a curated dataset's kept text, once p
     source-<i>/<split>.jsonl               the kept documents of source i's split (train, validation)
     report.json                            the curation report (written last: its presence means done)
 checkpoints/<job_id>/v<version>-<random>/  one checkpoint (a Hugging Face folder and resume/)
+labelled-sets/<labelled_set_id>/examples.jsonl  a labelled set for probes, as uploaded
 """
 
 from __future__ import annotations
@@ -75,3 +76,16 @@ def job_checkpoints_prefix(job_id: str) -> str:
 def checkpoint_prefix(job_id: str, version: int) -> str:
     """A fresh blob prefix for a job's checkpoint version (unique, so two writers never share one)."""
     return join_key(job_checkpoints_prefix(job_id), f"v{version:06d}-{secrets.token_hex(4)}")
+
+
+LABELLED_SETS = "labelled-sets"
+
+
+def labelled_set_key(labelled_set_id: str) -> str:
+    """Blob key of a labelled set's examples, as uploaded (JSONL `{"text", "label"}`)."""
+    return join_key(LABELLED_SETS, labelled_set_id, "examples.jsonl")
+
+
+def labelled_set_prefix(labelled_set_id: str) -> str:
+    """The blob prefix of everything stored for one labelled set."""
+    return join_key(LABELLED_SETS, labelled_set_id)
