@@ -122,3 +122,14 @@ def test_the_spec_imports_without_torch() -> None:
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_probes_need_distinct_metric_names() -> None:
+    base: dict[str, Any] = {"corpus_ids": ["cor_1"], "objective": {"type": "masked_lm"}}
+    probes = [{"labelled_set_id": "lbl_1", "name": "play"}]
+    assert JobSpec.model_validate({**base, "probes": probes}).probes[0].name == "play"
+    assert "probes" not in JobSpec.model_validate(base).model_dump(mode="json")
+    for bad in (probes * 2, [{"labelled_set_id": "lbl_1", "name": "a/b"}], [{"name": "x"}]):
+        with pytest.raises(ValidationError) as error:
+            JobSpec.model_validate({**base, "probes": bad})
+        assert any(d["field"].startswith("probes") for d in validation_details(error.value.errors())), bad
