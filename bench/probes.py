@@ -3,15 +3,16 @@ same probe of the random-init model?
 
 One command, from the repository root:
 
-    .venv/bin/python bench/probes.py [--steps 400] [--checkpoints 5] [--per-play 300] [--threads 2] [--out FILE]
+    .venv/bin/python bench/probes.py [--steps 400] [--checkpoints 5] [--per-play 300] [--layers 4] [--width 128]
+                                     [--threads 2] [--keep-home] [--out FILE]
 
 1. The labelled task, from real text: which of two plays of tiny Shakespeare a speech comes from, *Romeo and
    Juliet* or *The Taming of the Shrew* (`tests/factories.py: play_speeches`: the speeches of each play's main
    speakers, at least 80 characters, the speaker's name line removed), `--per-play` of each. Uploaded with
    `POST /v1/labelled-sets`.
 2. Through the real service (`selfsup up`, embedded, in a fresh temporary home): all of tiny Shakespeare as
-   the corpus, and a masked-LM job (BERT, 4 layers, 4 heads, width 128, context 64, WordPiece 2,048, batch 16,
-   lr 1e-3) of `--steps` steps with `--checkpoints` evenly spaced checkpoints and
+   the corpus, and a masked-LM job (BERT, `--layers` 4, 4 heads, `--width` 128, context 64, WordPiece 2,048,
+   batch 16, lr 1e-3) of `--steps` steps with `--checkpoints` evenly spaced checkpoints and
    `"probes": [{"labelled_set_id": ..., "name": "play"}]`.
 3. The service probes each checkpoint on its cpu queue (mean-pooled last hidden states, scikit-learn's
    logistic regression on 80% of the speeches, accuracy on the other 20%, split by a hash of each text per
@@ -48,7 +49,9 @@ from tests.factories import (  # noqa: E402
 from tests.service import Service, start_service, wait_until  # noqa: E402
 
 
-def job_spec(corpus_id: str, labelled_set_id: str, *, steps: int, checkpoints: int) -> dict[str, Any]:
+def job_spec(
+    corpus_id: str, labelled_set_id: str, *, steps: int, checkpoints: int, layers: int = 4, width: int = 128
+) -> dict[str, Any]:
     """The probed masked-LM job."""
     every = max(1, steps // checkpoints)
     return {
@@ -56,7 +59,7 @@ def job_spec(corpus_id: str, labelled_set_id: str, *, steps: int, checkpoints: i
         "corpus_ids": [corpus_id],
         "objective": {"type": "masked_lm"},
         "tokenizer": {"type": "wordpiece", "vocab_size": 2048},
-        "model": {"layers": 4, "heads": 4, "width": 128, "context_length": 64},
+        "model": {"layers": layers, "heads": 4, "width": width, "context_length": 64},
         "training": {"max_steps": steps, "batch_size": 16, "learning_rate": 1e-3},
         "evaluation": {"every_steps": every, "batches": 8},
         "checkpointing": {"every_steps": every, "keep_last": checkpoints + 1},
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=400, help="masked-LM steps (default 400)")
     parser.add_argument("--checkpoints", type=int, default=5, help="evenly spaced checkpoints (default 5)")
     parser.add_argument("--per-play", type=int, default=300, help="labelled speeches per play (default 300)")
+    parser.add_argument("--layers", type=int, default=4, help="BERT layers (default 4)")
+    parser.add_argument("--width", type=int, default=128, help="BERT width, 4 heads (default 128)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training worker")
     parser.add_argument("--keep-home", action="store_true", help="keep the SELFSUP_HOME (service log, DB)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/probes-<time>.json)")
@@ -101,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {
         "SELFSUP_TORCH_THREADS": str(args.threads),
         "SELFSUP_CONTROL_INTERVAL_SECONDS": "1.0",
-        "SELFSUP_LEASE_SECONDS": "60",
+        # Long enough that a trainer on a busy shared machine is not taken for dead.
+        "SELFSUP_LEASE_SECONDS": "300",
         "SELFSUP_RECONCILE_INTERVAL_SECONDS": "15",
     }
     try:
@@ -115,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
                 corpus = wait_for_corpus(client, corpus["id"], timeout=600)
                 if corpus["status"] != "ready":
                     raise RuntimeError(f"corpus ingest failed: {corpus}")
-                spec = job_spec(corpus["id"], labelled_set["id"], steps=args.steps, checkpoints=args.checkpoints)
+                spec = job_spec(
+                    corpus["id"],
+                    labelled_set["id"],
+                    steps=args.steps,
+                    checkpoints=args.checkpoints,
+                    layers=args.layers,
+                    width=args.width,
+                )
                 job = client.post("/v1/jobs", json=spec).raise_for_status().json()
 
                 def probes_done() -> list[dict[str, Any]] | None:
