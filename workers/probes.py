@@ -66,8 +66,9 @@ def run_probe(run_id: str, *, store: BlobStore) -> str:
     try:
         examples = read_labelled_set(store, labelled_set_id)
         result = probe_accuracy(store.local_copy(prefix), examples, random_init_seed=seed if random_init else None)
-    except (OSError, ValueError, RuntimeError) as exc:
-        # A checkpoint removed while it was read, or one the Auto classes cannot load: the run fails, saying why.
+    except Exception as exc:
+        # A checkpoint removed while it was read, one the Auto classes cannot load, a labelled set the classifier
+        # refuses: the run fails and says why (logged with its traceback), rather than staying `running` forever.
         log.exception("probe %s failed", run_id)
         with session_scope() as session:
             failed = crud.get_probe_run(session=session, run_id=run_id)
