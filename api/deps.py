@@ -28,10 +28,11 @@ from api.errors import ApiError
 from api.streams import StreamHub, StreamIdError, StreamPosition, ending_streams_on_exit_signals
 from selfsup.logs import bind_log_context
 from selfsup.settings import get_settings
+from selfsup.spec import ProbeSpec
 from storage import crud
 from storage.db import get_sessionmaker, pool_capacity, session_scope
 from storage.status import CorpusStatus
-from storage.tables import Checkpoint, Corpus, Dataset, Job, Tenant, Webhook
+from storage.tables import Checkpoint, Corpus, Dataset, Job, LabelledSet, Tenant, Webhook
 from workers.celery_app import enqueue
 
 log = logging.getLogger("selfsup.api")
@@ -196,7 +197,16 @@ def owned_webhook(webhook_id: str, tenant: TenantDep, session: SessionDep) -> We
     return webhook
 
 
+def owned_labelled_set(labelled_set_id: str, tenant: TenantDep, session: SessionDep) -> LabelledSet:
+    """The caller's labelled set, or 404."""
+    labelled_set = crud.get_labelled_set(session=session, tenant=tenant, labelled_set_id=labelled_set_id)
+    if labelled_set is None:
+        raise ApiError(404, f"no labelled set {labelled_set_id}")
+    return labelled_set
+
+
 OwnedCorpus = Annotated[Corpus, Depends(owned_corpus)]
+OwnedLabelledSet = Annotated[LabelledSet, Depends(owned_labelled_set)]
 OwnedDataset = Annotated[Dataset, Depends(owned_dataset)]
 OwnedJob = Annotated[Job, Depends(owned_job)]
 OwnedCheckpoint = Annotated[Checkpoint, Depends(owned_checkpoint)]
@@ -288,6 +298,17 @@ def readable_corpora(session: Session, tenant: Tenant, named: list[tuple[str, st
     if problems:
         raise ApiError(422, "; ".join(f"{p['field']}: {p['message']}" for p in problems), details=problems)
     return found
+
+
+def check_labelled_sets(session: Session, tenant: Tenant, probes: list[ProbeSpec], *, field: str) -> None:
+    """422 unless every probe names one of the caller's labelled sets; `field` prefixes the paths (`probes`)."""
+    problems = [
+        {"field": f"{field}[{i}].labelled_set_id", "message": f"no labelled set {probe.labelled_set_id}"}
+        for i, probe in enumerate(probes)
+        if crud.get_labelled_set(session=session, tenant=tenant, labelled_set_id=probe.labelled_set_id) is None
+    ]
+    if problems:
+        raise ApiError(422, "; ".join(f"{p['field']}: {p['message']}" for p in problems), details=problems)
 
 
 def wake_worker(task: str, row_id: str) -> None:

@@ -12,13 +12,15 @@ from api.schemas import (
     DatasetSourcePublic,
     DeliveryPublic,
     JobPublic,
+    LabelledSetPublic,
+    ProbeRunPublic,
     WebhookCreated,
     WebhookPublic,
 )
 from selfsup.spec import JobSpec
 from storage import crud
 from storage.status import JobStatus
-from storage.tables import Checkpoint, Corpus, Dataset, Job, Webhook, WebhookDelivery
+from storage.tables import Checkpoint, Corpus, Dataset, Job, LabelledSet, ProbeRun, Webhook, WebhookDelivery
 
 
 def corpus_public(corpus: Corpus) -> CorpusPublic:
@@ -115,3 +117,26 @@ def webhook_created(webhook: Webhook) -> WebhookCreated:
 def delivery_public(delivery: WebhookDelivery) -> DeliveryPublic:
     """A webhook delivery and its attempts so far."""
     return DeliveryPublic.model_validate(delivery, from_attributes=True)
+
+
+def labelled_set_public(labelled_set: LabelledSet) -> LabelledSetPublic:
+    """A labelled set as clients see it (never its blob key)."""
+    return LabelledSetPublic.model_validate(labelled_set, from_attributes=True)
+
+
+def probe_run_public(run: ProbeRun) -> ProbeRunPublic:
+    """A probe run as clients see it, with the metric it records."""
+    return ProbeRunPublic(
+        id=run.id,
+        job_id=run.job_id,
+        checkpoint_id=run.checkpoint_id,
+        random_init=run.random_init,
+        step=run.step,
+        name=run.name,
+        metric=crud.probe_metric_name(run.name),
+        labelled_set_id=run.labelled_set_id,
+        status=run.status,  # type: ignore[arg-type]
+        accuracy=run.accuracy,
+        error=run.error,
+        created_at=run.created_at,
+    )

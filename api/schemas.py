@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from selfsup.spec import ProbeList
 from selfsup.webhook_targets import MAX_URL_LENGTH
 from storage.status import WebhookEventType
 
@@ -293,3 +294,52 @@ class ErrorResponse(BaseModel):
     """Every error the API answers: `{"error": {"code", "message", "details"}}`."""
 
     error: ErrorBody
+
+
+class LabelledSetPublic(BaseModel):
+    """A labelled set for probes: JSONL `{"text", "label"}`, validated when uploaded."""
+
+    id: str = Field(examples=["lbl_5f1c0e9a2b7d4c3e8a10"])
+    name: str = Field(examples=["which-play"])
+    size_bytes: int
+    sha256: str
+    examples: int
+    label_counts: dict[str, int] = Field(description="Examples per label.")
+    created_at: datetime
+
+
+class LabelledSetsPage(BaseModel):
+    data: list[LabelledSetPublic]
+    next_cursor: str | None = None
+
+
+class ProbesRequest(BaseModel):
+    """Probes to run on an existing checkpoint, as in the job spec's `probes`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    probes: ProbeList = Field(min_length=1)
+
+
+ProbeRunStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class ProbeRunPublic(BaseModel):
+    """One probe of one checkpoint (or of the random-init model, at step 0)."""
+
+    id: str = Field(examples=["prb_0a1b2c3d4e5f60718293"])
+    job_id: str
+    checkpoint_id: str | None = Field(description="The checkpoint probed; for the random-init baseline, whose shape.")
+    random_init: bool
+    step: int
+    name: str
+    metric: str = Field(examples=["probe_accuracy/source"])
+    labelled_set_id: str
+    status: ProbeRunStatus
+    accuracy: float | None = Field(default=None, description="Held-out accuracy, once succeeded.")
+    error: str | None = None
+    created_at: datetime
+
+
+class ProbeRunsPage(BaseModel):
+    data: list[ProbeRunPublic]

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_labelled_set_bytes: int = Field(
+        default=16 * 1024**2, gt=0, description="The largest labelled set (`POST /v1/labelled-sets`) accepted."
+    )
+    max_labelled_set_examples: int = Field(
+        default=20_000, ge=4, description="The most examples a labelled set may hold (probes fit on CPU)."
+    )
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
 
     torch_threads: int | None = Field(default=None, ge=1, description="torch threads in a training worker.")

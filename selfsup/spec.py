@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -316,6 +317,38 @@ def inherit_from_parent(canonical: dict[str, Any], model: dict[str, Any], tokeni
 # --- end init_from ---
 
 
+# --- probes (issue 13): linear probes of every checkpoint on the tenant's labelled sets ---
+PROBE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class ProbeSpec(StrictModel):
+    """A linear probe: logistic regression on a checkpoint's frozen, mean-pooled features of a labelled set.
+
+    Its held-out accuracy is the job's metric `probe_accuracy/<name>` at each checkpoint's step, and at step 0
+    for the same probe of the random-init model of the job's shape and seed (the baseline to beat)."""
+
+    labelled_set_id: str = Field(min_length=1, max_length=64, description="A labelled set (`POST /v1/labelled-sets`).")
+    name: str = Field(
+        min_length=1,
+        max_length=40,
+        pattern=PROBE_NAME_PATTERN,
+        description="Names the metric: `probe_accuracy/<name>`. Letters, digits, `_`, `.` and `-`.",
+    )
+
+
+def check_probe_names(probes: list[ProbeSpec]) -> list[ProbeSpec]:
+    """Probes of one request or job need distinct names (each names its own metric)."""
+    names = [p.name for p in probes]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"probe names must be distinct (each names a metric); repeated: {', '.join(repeated)}")
+    return probes
+
+
+ProbeList = Annotated[list[ProbeSpec], Field(max_length=8), AfterValidator(check_probe_names)]
+# --- end probes ---
+
+
 # The `type` values of each tagged section, so error paths can leave the tag out.
 UNION_TAGS: dict[str, set[str]] = {
     "objective": {objective_type(section) for section in OBJECTIVES},
@@ -351,6 +384,10 @@ class JobSpec(StrictModel):
     # Which `model` and `tokenizer` fields the client gave (before defaults), to check against `init_from`.
     _given_model: set[str] = PrivateAttr(default_factory=set)
     _given_tokenizer: set[str] = PrivateAttr(default_factory=set)
+    probes: ProbeList = Field(
+        default_factory=list,
+        description="Linear probes of every checkpoint (and of the random-init model, at step 0), on the cpu queue.",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -379,6 +416,8 @@ class JobSpec(StrictModel):
                 del dumped[data_field]
         if isinstance(dumped.get("init_from"), dict):
             dumped["init_from"] = {k: v for k, v in dumped["init_from"].items() if v is not None}
+        if not dumped.get("probes", True):
+            del dumped["probes"]  # a job without probes keeps the spec (and fingerprint) it had before probes
         return dumped
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ curated/<curation_key>/                    a curated dataset's kept text, once p
     report.json                            the curation report (written last: its presence means done)
 checkpoints/<job_id>/v<version>-<random>/  one checkpoint (a Hugging Face folder and resume/)
 heldout/<heldout_key>/                     a held-out corpus tokenized with one job tokenizer (both splits)
+labelled-sets/<labelled_set_id>/examples.jsonl  a labelled set for probes, as uploaded
 """
 
 from __future__ import annotations
@@ -82,3 +83,16 @@ def checkpoint_prefix(job_id: str, version: int) -> str:
 def heldout_prefix(heldout_key: str) -> str:
     """The blob prefix of a held-out corpus's token array, named by its cache key."""
     return join_key(HELDOUT, heldout_key)
+
+
+LABELLED_SETS = "labelled-sets"
+
+
+def labelled_set_key(labelled_set_id: str) -> str:
+    """Blob key of a labelled set's examples, as uploaded (JSONL `{"text", "label"}`)."""
+    return join_key(LABELLED_SETS, labelled_set_id, "examples.jsonl")
+
+
+def labelled_set_prefix(labelled_set_id: str) -> str:
+    """The blob prefix of everything stored for one labelled set."""
+    return join_key(LABELLED_SETS, labelled_set_id)

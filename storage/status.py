@@ -30,6 +30,15 @@ class CorpusStatus(StrEnum):
     FAILED = "failed"
 
 
+class ProbeStatus(StrEnum):
+    """Where a probe run is: queued (written with its checkpoint), running on a cpu worker, or done."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 class DatasetStatus(StrEnum):
     """Where a curated dataset is in curation."""
 

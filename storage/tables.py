@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from storage.status import CorpusStatus, DatasetStatus, DeliveryStatus, JobStatus
+from storage.status import CorpusStatus, DatasetStatus, DeliveryStatus, JobStatus, ProbeStatus
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -281,3 +281,46 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class LabelledSet(Base):
+    """A tenant's small labelled set (`POST /v1/labelled-sets`): JSONL `{"text", "label"}`, validated on upload.
+
+    Its examples live in the blob store as uploaded; the row says what they hold."""
+
+    __tablename__ = "labelled_sets"
+    __table_args__ = (Index("ix_labelled_sets_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("lbl"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    examples: Mapped[int] = mapped_column(Integer)
+    label_counts: Mapped[dict[str, Any]] = mapped_column()  # {label: examples}
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProbeRun(Base):
+    """One linear probe of one checkpoint (or, with `random_init`, of the job's untrained model, at step 0).
+
+    Written in the transaction that records the checkpoint (or by `POST /v1/checkpoints/{id}/probes`); a cpu
+    worker runs it and records `probe_accuracy/<name>` at `step`. `checkpoint_id` is no foreign key: a
+    checkpoint pruned before its probe ran leaves the run to fail with that reason."""
+
+    __tablename__ = "probe_runs"
+    __table_args__ = (Index("ix_probe_runs_status", "status", "updated_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("prb"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # The checkpoint probed; for the random-init baseline, one whose config and tokenizer give the shape.
+    checkpoint_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    random_init: Mapped[bool] = mapped_column(Boolean, default=False)
+    step: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(64))
+    labelled_set_id: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(16), default=ProbeStatus.QUEUED)  # a ProbeStatus
+    accuracy: Mapped[float | None] = mapped_column(Float, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

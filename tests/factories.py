@@ -161,3 +161,59 @@ def api_error(response: httpx.Response, status: int) -> dict[str, Any]:
     body: dict[str, Any] = response.json()["error"]
     assert body["code"] and body["message"], body
     return body
+
+
+# Speakers of two plays in tiny Shakespeare, for a labelled task that is learnable from the text: which play
+# a speech (its speaker's name left out) comes from.
+PLAY_SPEAKERS = {
+    "romeo_and_juliet": {"ROMEO", "JULIET", "Nurse", "BENVOLIO", "MERCUTIO", "TYBALT", "CAPULET", "LADY CAPULET"},
+    "taming_of_the_shrew": {
+        "PETRUCHIO",
+        "KATHARINA",
+        "TRANIO",
+        "HORTENSIO",
+        "BAPTISTA",
+        "GRUMIO",
+        "LUCENTIO",
+        "GREMIO",
+    },
+}
+
+
+def play_speeches(per_play: int = 100, *, min_chars: int = 80, max_chars: int = 400) -> list[dict[str, str]]:
+    """`{"text", "label"}` examples: speeches of Romeo and Juliet and of The Taming of the Shrew, in file order."""
+    examples: list[dict[str, str]] = []
+    counts = dict.fromkeys(PLAY_SPEAKERS, 0)
+    for block in SHAKESPEARE.read_text().split("\n\n"):
+        speaker, _, speech = block.strip("\n").partition("\n")
+        label = next((play for play, names in PLAY_SPEAKERS.items() if speaker.rstrip(":") in names), None)
+        text = " ".join(speech.split())
+        if label is None or len(text) < min_chars or counts[label] >= per_play:
+            continue
+        counts[label] += 1
+        examples.append({"text": text[:max_chars], "label": label})
+    return examples
+
+
+def plays_corpus(n_bytes_each: int = 100_000) -> bytes:
+    """Text of both plays (Romeo and Juliet, then The Taming of the Shrew), to pretrain on before probing."""
+    text = SHAKESPEARE.read_text()
+    parts = []
+    for start in (text.index("ROMEO:\n"), text.index("PETRUCHIO:\n")):
+        part = text[start : start + n_bytes_each]
+        parts.append(part[: part.rfind("\n\n") + 1])
+    return "\n".join(parts).encode()
+
+
+def labelled_set_jsonl(examples: list[dict[str, Any]]) -> bytes:
+    """JSONL bytes of labelled examples."""
+    import json
+
+    return "".join(json.dumps(e) + "\n" for e in examples).encode()
+
+
+def upload_labelled_set(client: httpx.Client, data: bytes, *, name: str = "plays") -> httpx.Response:
+    """POST a labelled set (JSONL) and return the response."""
+    return client.post(
+        "/v1/labelled-sets", params={"name": name}, content=data, headers={"Content-Type": "application/jsonl"}
+    )

@@ -28,6 +28,7 @@ TRAIN_JOB = "selfsup.train_job"
 RECONCILE = "selfsup.reconcile"
 DELIVER_WEBHOOK = "selfsup.deliver_webhook"
 SWEEP_WEBHOOKS = "selfsup.sweep_webhooks"
+PROBE_CHECKPOINT = "selfsup.probe_checkpoint"
 
 TASK_QUEUES = {
     INGEST_CORPUS: CPU_QUEUE,
@@ -37,6 +38,8 @@ TASK_QUEUES = {
     RECONCILE: CPU_QUEUE,
     DELIVER_WEBHOOK: CPU_QUEUE,
     SWEEP_WEBHOOKS: CPU_QUEUE,
+    # On the cpu queue, one torch thread: probing never slows training down.
+    PROBE_CHECKPOINT: CPU_QUEUE,
 }
 
 

@@ -25,6 +25,7 @@ from workers.celery_app import (
     DELIVER_WEBHOOK,
     INGEST_CORPUS,
     PREPARE_JOB,
+    PROBE_CHECKPOINT,
     RECONCILE,
     SWEEP_WEBHOOKS,
     TRAIN_JOB,
@@ -60,6 +61,7 @@ _ID_FIELD = {
     PREPARE_JOB: "job_id",
     TRAIN_JOB: "job_id",
     DELIVER_WEBHOOK: "delivery_id",
+    PROBE_CHECKPOINT: "probe_run_id",
 }
 _task_log_contexts: dict[str, Any] = {}
 
@@ -98,6 +100,7 @@ def _prepare_worker(**_: Any) -> None:
     import workers.curate
     import workers.ingest
     import workers.prepare
+    import workers.probes
     import workers.train
     import workers.webhooks  # noqa: F401
 
@@ -154,6 +157,14 @@ def train_job(job_id: str) -> str:
     )
 
 
+@selfsup_task(PROBE_CHECKPOINT)
+def probe_checkpoint(probe_run_id: str) -> str:
+    """Fit a linear probe on a checkpoint's frozen features (or the random-init baseline's); record its accuracy."""
+    from workers.probes import run_probe
+
+    return run_probe(probe_run_id, store=get_blob_store())
+
+
 @selfsup_task(DELIVER_WEBHOOK)
 def deliver_webhook(delivery_id: str) -> str:
     """Make one signed attempt at a due webhook delivery; record the answer, or schedule the retry."""
@@ -172,8 +183,8 @@ def sweep_webhooks() -> str:
 
 @selfsup_task(RECONCILE)
 def reconcile() -> str:
-    """Re-enqueue what the broker may have lost (jobs, ingests, curations), resume jobs whose trainer died, sweep
-    broken uploads."""
+    """Re-enqueue what the broker may have lost (jobs, ingests, curations, probes), resume jobs whose trainer died,
+    sweep broken uploads."""
     settings = get_settings()
     stale = utcnow() - timedelta(seconds=settings.lease_seconds)
     to_prepare: list[str] = []
@@ -185,6 +196,7 @@ def reconcile() -> str:
         to_ingest = crud.stale_processing_corpora(session=session, untouched_since=stale)
         # A curation touches its dataset as it goes, so only a lost wake-up or a dead worker looks stale.
         to_curate = crud.stale_processing_curated_datasets(session=session, untouched_since=stale)
+        to_probe = crud.stale_queued_probe_runs(session=session, untouched_since=stale)
     to_train += _requeue_expired_leases()
     sent = 0
     for task, ids in (
@@ -192,6 +204,7 @@ def reconcile() -> str:
         (TRAIN_JOB, to_train),
         (INGEST_CORPUS, to_ingest),
         (CURATE_DATASET, to_curate),
+        (PROBE_CHECKPOINT, to_probe),
     ):
         # A job waiting behind a long one is still in the queue: only re-send what the broker lost.
         waiting = waiting_ids(task) if ids else set()

@@ -31,7 +31,7 @@ from storage.db import session_scope
 from storage.keys import job_checkpoints_prefix, join_key
 from storage.status import JobStatus
 from storage.tables import Checkpoint, Corpus, Dataset, Job, TokenizedDataset, utcnow
-from workers.celery_app import TRAIN_JOB, enqueue
+from workers.celery_app import PROBE_CHECKPOINT, TRAIN_JOB, enqueue
 from workers.data.datasets import TOKENIZER_DIR, dataset_meta, open_token_arrays
 from workers.data.heldout import heldout_key, open_heldout, tokenizer_sha256
 from workers.faults import Faults
@@ -326,7 +326,7 @@ class Lease:
                 session.rollback()
                 store.delete_prefix(written.prefix)
                 raise LeaseLost(f"lease on {self.job_id} lost while saving checkpoint v{record.version}")
-            crud.add_checkpoint(
+            checkpoint = crud.add_checkpoint(
                 session=session,
                 checkpoint=Checkpoint(
                     job_id=self.job_id,
@@ -360,8 +360,12 @@ class Lease:
             stale = crud.prunable_checkpoints(session=session, job_id=self.job_id, keep_last=keep_last)
             for old in stale:
                 crud.delete_checkpoint(session=session, checkpoint_id=old.id)
+            # The spec's probes of this checkpoint (and the random-init baseline, once): queued in this transaction.
+            probe_runs = [run.id for run in crud.queue_job_probes(session=session, checkpoint=checkpoint)]
         for old in stale:
             store.delete_prefix(old.blob_prefix)
+        for run_id in probe_runs:
+            enqueue(PROBE_CHECKPOINT, run_id)
 
 
 def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, should_stop: Callable[[], bool]) -> str:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from api.deps import OwnedCheckpoint, SessionDep
+from api.deps import OwnedCheckpoint, SessionDep, TenantDep, check_labelled_sets, wake_worker
 from api.downloads import blob_download
 from api.errors import ApiError
-from api.presenters import checkpoint_public
-from api.schemas import CheckpointPublic
+from api.presenters import checkpoint_public, probe_run_public
+from api.schemas import CheckpointPublic, ProbeRunsPage, ProbesRequest
+from storage import crud
 from storage.blobs import get_blob_store
 from storage.checkpoints import iter_tar, tar_size
 from storage.keys import join_key
+from workers.celery_app import PROBE_CHECKPOINT
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 
@@ -70,3 +72,29 @@ def download_file(checkpoint: OwnedCheckpoint, name: str, request: Request) -> R
         sha256=entry["sha256"],
         last_modified=checkpoint.created_at,
     )
+
+
+@router.post(
+    "/{checkpoint_id}/probes",
+    status_code=202,
+    response_model=ProbeRunsPage,
+    summary="Probe a checkpoint",
+    description="Queue linear probes of this checkpoint on the caller's labelled sets (the body is the job spec's "
+    "`probes`, under `probes`). Each records `probe_accuracy/<name>` at the checkpoint's step in the job's "
+    "metrics; a probe name the job has no baseline of yet also gets the random-init baseline at step 0. "
+    "Follow the runs at `GET /v1/jobs/{job_id}/probes`.",
+)
+def probe_checkpoint(
+    checkpoint: OwnedCheckpoint, body: ProbesRequest, tenant: TenantDep, session: SessionDep
+) -> ProbeRunsPage:
+    check_labelled_sets(session, tenant, body.probes, field="probes")
+    runs = crud.queue_probe_runs(
+        session=session,
+        job_id=checkpoint.job_id,
+        checkpoint=checkpoint,
+        probes=[probe.model_dump() for probe in body.probes],
+    )
+    session.commit()
+    for run in runs:
+        wake_worker(PROBE_CHECKPOINT, run.id)
+    return ProbeRunsPage(data=[probe_run_public(r) for r in runs])

@@ -12,10 +12,20 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import CursorDep, OwnedJob, SessionDep, StreamedJob, StreamHubDep, StreamStart, TenantDep, wake_worker
+from api.deps import (
+    CursorDep,
+    OwnedJob,
+    SessionDep,
+    StreamedJob,
+    StreamHubDep,
+    StreamStart,
+    TenantDep,
+    check_labelled_sets,
+    wake_worker,
+)
 from api.errors import ApiError, validation_details
 from api.estimates import estimate_job
-from api.presenters import checkpoint_public, checkpoints_public, job_public
+from api.presenters import checkpoint_public, checkpoints_public, job_public, probe_run_public
 from api.schemas import (
     CheckpointPublic,
     CheckpointsPage,
@@ -27,6 +37,7 @@ from api.schemas import (
     JobStatus,
     MetricPoint,
     MetricsPage,
+    ProbeRunsPage,
 )
 from selfsup.spec import JobSpec, heldout_metric_names, inherit_from_parent, parent_conflicts
 from storage import crud
@@ -72,6 +83,7 @@ def create_job(
     if spec.init_from is not None:
         spec, canonical, base = _resolve_init_from(spec, canonical, tenant=tenant, session=session)
     _check_heldout_corpora(spec, tenant=tenant, session=session)
+    check_labelled_sets(session, tenant, spec.probes, field="probes")
     try:
         job = crud.create_job(
             session=session,
@@ -347,6 +359,17 @@ async def stream_job(job: StreamedJob, start: StreamStart, streams: StreamHubDep
     of its own before it joins that shared read."""
     async for message in streams.follow(job.id, finished=job.status in FINISHED_JOB_STATUSES, start=start):
         yield message
+
+
+@router.get(
+    "/{job_id}/probes",
+    response_model=ProbeRunsPage,
+    summary="A job's probe runs",
+    description="Every probe of the job's checkpoints (and the random-init baseline, at step 0): queued, running, "
+    "or done with its held-out accuracy, which is also the metric `probe_accuracy/<name>` at the run's step.",
+)
+def get_probe_runs(job: OwnedJob, session: SessionDep) -> ProbeRunsPage:
+    return ProbeRunsPage(data=[probe_run_public(r) for r in crud.list_probe_runs(session=session, job_id=job.id)])
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointsPage, summary="A job's checkpoints")

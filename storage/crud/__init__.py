@@ -104,6 +104,23 @@ from storage.crud.paging import (
     decode_cursor,
     encode_cursor,
 )
+from storage.crud.probes import (
+    PROBE_METRIC_PREFIX,
+    claim_probe_run,
+    create_labelled_set,
+    delete_labelled_set,
+    fail_probe_run,
+    get_labelled_set,
+    get_labelled_set_by_id,
+    get_probe_run,
+    list_labelled_sets,
+    list_probe_runs,
+    probe_metric_name,
+    queue_job_probes,
+    queue_probe_runs,
+    record_probe_accuracy,
+    stale_queued_probe_runs,
+)
 from storage.crud.tenants import (
     create_api_key,
     get_or_create_tenant,
@@ -123,6 +140,21 @@ from storage.crud.webhooks import (
 )
 
 __all__ = [
+    "PROBE_METRIC_PREFIX",
+    "claim_probe_run",
+    "create_labelled_set",
+    "delete_labelled_set",
+    "fail_probe_run",
+    "get_labelled_set",
+    "get_labelled_set_by_id",
+    "get_probe_run",
+    "list_labelled_sets",
+    "list_probe_runs",
+    "probe_metric_name",
+    "queue_job_probes",
+    "queue_probe_runs",
+    "record_probe_accuracy",
+    "stale_queued_probe_runs",
     "OperationsSnapshot",
     "RecordedThroughput",
     "RequeueOutcome",

@@ -142,3 +142,14 @@ def test_init_from_names_exactly_one_parent_and_remembers_what_the_client_gave()
     assert merged.tokenizer is not None and merged.tokenizer.type == "char"
     assert merged.model_dump(mode="json")["init_from"] == {"checkpoint_id": "c"}
     assert "init_from" not in JobSpec.model_validate(base).model_dump(mode="json")  # stored specs stay as they were
+
+
+def test_probes_need_distinct_metric_names() -> None:
+    base: dict[str, Any] = {"corpus_ids": ["cor_1"], "objective": {"type": "masked_lm"}}
+    probes = [{"labelled_set_id": "lbl_1", "name": "play"}]
+    assert JobSpec.model_validate({**base, "probes": probes}).probes[0].name == "play"
+    assert "probes" not in JobSpec.model_validate(base).model_dump(mode="json")
+    for bad in (probes * 2, [{"labelled_set_id": "lbl_1", "name": "a/b"}], [{"name": "x"}]):
+        with pytest.raises(ValidationError) as error:
+            JobSpec.model_validate({**base, "probes": bad})
+        assert any(d["field"].startswith("probes") for d in validation_details(error.value.errors())), bad

@@ -27,6 +27,8 @@ TABLES = {
     "datasets",
     "webhooks",
     "webhook_deliveries",
+    "labelled_sets",
+    "probe_runs",
 }
 
 
@@ -56,7 +58,7 @@ def _roundtrip(url: str) -> None:
     migrate.upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
     engine.dispose()
 
 
