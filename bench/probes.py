@@ -49,8 +49,33 @@ from tests.factories import (  # noqa: E402
 from tests.service import Service, start_service, wait_until  # noqa: E402
 
 
+def word_order_examples(speeches: list[dict[str, str]]) -> list[dict[str, str]]:
+    """`--task order`: every other speech as written ("natural"), the rest with their words shuffled ("shuffled").
+
+    The two classes draw their words from the same speeches, so a bag of words (which a random-init model's
+    mean-pooled features largely are) tells them apart no better than chance; a model that learned how words
+    follow each other can. Each speech appears once (a speech and its shuffled twin on both sides of the
+    probe's split would let a classifier match twins by their words and score below chance)."""
+    import random
+
+    examples = []
+    for i, speech in enumerate(speeches):
+        words = speech["text"].split()
+        if i % 2:
+            random.Random(i).shuffle(words)
+        examples.append({"text": " ".join(words), "label": "shuffled" if i % 2 else "natural"})
+    return examples
+
+
 def job_spec(
-    corpus_id: str, labelled_set_id: str, *, steps: int, checkpoints: int, layers: int = 4, width: int = 128
+    corpus_id: str,
+    labelled_set_id: str,
+    *,
+    steps: int,
+    checkpoints: int,
+    layers: int = 4,
+    width: int = 128,
+    probe: str = "play",
 ) -> dict[str, Any]:
     """The probed masked-LM job."""
     every = max(1, steps // checkpoints)
@@ -63,7 +88,7 @@ def job_spec(
         "training": {"max_steps": steps, "batch_size": 16, "learning_rate": 1e-3},
         "evaluation": {"every_steps": every, "batches": 8},
         "checkpointing": {"every_steps": every, "keep_last": checkpoints + 1},
-        "probes": [{"labelled_set_id": labelled_set_id, "name": "play"}],
+        "probes": [{"labelled_set_id": labelled_set_id, "name": probe}],
     }
 
 
@@ -92,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-play", type=int, default=300, help="labelled speeches per play (default 300)")
     parser.add_argument("--layers", type=int, default=4, help="BERT layers (default 4)")
     parser.add_argument("--width", type=int, default=128, help="BERT width, 4 heads (default 128)")
+    parser.add_argument(
+        "--task",
+        choices=("play", "order"),
+        default="play",
+        help="play: which of two plays a speech is from; order: natural or word-shuffled speech (default play)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training worker")
     parser.add_argument("--keep-home", action="store_true", help="keep the SELFSUP_HOME (service log, DB)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/probes-<time>.json)")
@@ -100,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be at least --checkpoints (at least 1), --per-play at least 5")
     out: Path = args.out or REPO / "bench" / "results" / f"probes-{datetime.now():%Y%m%d-%H%M%S}.json"
     examples = play_speeches(per_play=args.per_play)
+    if args.task == "order":
+        examples = word_order_examples(examples)
     tmp = Path(tempfile.mkdtemp(prefix="selfsup-probes-bench-"))
     began = time.monotonic()
     # Production-like settings (the test defaults, a 10 s lease among them, are tuned for the tests' speed).
@@ -114,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         service: Service = start_service(tmp / "home", extra_env=env)
         try:
             with service.client("alice") as client:
-                uploaded = upload_labelled_set(client, labelled_set_jsonl(examples), name="which-play")
+                uploaded = upload_labelled_set(client, labelled_set_jsonl(examples), name=f"probe-{args.task}")
                 uploaded.raise_for_status()
                 labelled_set = uploaded.json()
                 corpus = upload_corpus(client, SHAKESPEARE.read_bytes(), name="tinyshakespeare.txt")
@@ -128,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     checkpoints=args.checkpoints,
                     layers=args.layers,
                     width=args.width,
+                    probe=args.task,
                 )
                 job = client.post("/v1/jobs", json=spec).raise_for_status().json()
 
@@ -174,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print("| step | model | probe_accuracy/play | val_loss |\n| ---: | --- | ---: | ---: |")
+    print(f"| step | model | probe_accuracy/{args.task} | val_loss |\n| ---: | --- | ---: | ---: |")
     for row in rows:
         acc = f"{row['probe_accuracy']:.3f}" if row["probe_accuracy"] is not None else f"({row['status']})"
         loss = f"{row['val_loss']:.3f}" if row["val_loss"] is not None else ""
