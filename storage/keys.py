@@ -7,6 +7,8 @@ curated/<curation_key>/                    a curated dataset's kept text, once p
     source-<i>/<split>.jsonl               the kept documents of source i's split (train, validation)
     report.json                            the curation report (written last: its presence means done)
 checkpoints/<job_id>/v<version>-<random>/  one checkpoint (a Hugging Face folder and resume/)
+models/<model_id>/upload                   an uploaded model archive, until it is validated
+models/<model_id>/hf/                      the uploaded model's extracted Hugging Face folder
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ CORPORA = "corpora"
 DATASETS = "datasets"
 CURATED = "curated"
 CHECKPOINTS = "checkpoints"
+MODELS = "models"
 
 
 def join_key(prefix: str, *names: str) -> str:
@@ -75,3 +78,18 @@ def job_checkpoints_prefix(job_id: str) -> str:
 def checkpoint_prefix(job_id: str, version: int) -> str:
     """A fresh blob prefix for a job's checkpoint version (unique, so two writers never share one)."""
     return join_key(job_checkpoints_prefix(job_id), f"v{version:06d}-{secrets.token_hex(4)}")
+
+
+def model_prefix(model_id: str) -> str:
+    """The blob prefix of everything stored for one uploaded model."""
+    return join_key(MODELS, model_id)
+
+
+def model_upload_key(model_id: str) -> str:
+    """Blob key of a model archive as uploaded (removed once extracted)."""
+    return join_key(model_prefix(model_id), "upload")
+
+
+def model_files_prefix(model_id: str) -> str:
+    """The blob prefix of an uploaded model's extracted Hugging Face folder."""
+    return join_key(model_prefix(model_id), "hf")

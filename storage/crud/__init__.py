@@ -85,6 +85,17 @@ from storage.crud.jobs import (
     running_jobs_of,
     stale_queued_jobs,
 )
+from storage.crud.models import (
+    create_model,
+    delete_model,
+    fail_model,
+    get_model,
+    get_model_by_id,
+    list_models,
+    mark_model_ready,
+    model_in_use,
+    stale_processing_models,
+)
 from storage.crud.operations import (
     OperationsSnapshot,
     RunningJob,
@@ -113,6 +124,15 @@ from storage.crud.webhooks import (
 )
 
 __all__ = [
+    "create_model",
+    "delete_model",
+    "fail_model",
+    "get_model",
+    "get_model_by_id",
+    "list_models",
+    "mark_model_ready",
+    "model_in_use",
+    "stale_processing_models",
     "OperationsSnapshot",
     "RequeueOutcome",
     "RunningJob",

@@ -15,13 +15,14 @@ from storage.tables import (
     Corpus,
     Dataset,
     Job,
+    Model,
     WebhookDelivery,
 )
 
-Row = TypeVar("Row", Corpus, Dataset, Job, WebhookDelivery)
+Row = TypeVar("Row", Corpus, Dataset, Job, Model, WebhookDelivery)
 
 
-def encode_cursor(row: Corpus | Dataset | Job | WebhookDelivery) -> str:
+def encode_cursor(row: Corpus | Dataset | Job | Model | WebhookDelivery) -> str:
     """An opaque cursor pointing just after `row` in newest-first order."""
     raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
