@@ -113,7 +113,7 @@ async def receive_upload(
     return ReceivedUpload(
         filename=filename,
         fmt=fmt,
-        compression="gzip" if sink.head == b"\x1f\x8b" else None,
+        compression="gzip" if sink.head[:2] == b"\x1f\x8b" else None,
         size_bytes=sink.size,
         sha256=sink.digest.hexdigest(),
     )
