@@ -12,7 +12,14 @@ import functools
 import operator
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from models.objectives import OBJECTIVES, objective_type
 from models.objectives.base import ObjectiveSpec
@@ -101,7 +108,7 @@ _DROPOUT_DESCRIPTION = (
 
 
 class ModelSpec(StrictModel):
-    """The architecture's shape; weights always start from a random init."""
+    """The architecture's shape; weights start from a random init unless the job names `init_from`."""
 
     family: ModelFamily = Field(default="gpt2", description="Default: the objective's (see the README).")
     layers: int = Field(default=4, ge=1, le=96)
@@ -178,6 +185,62 @@ class CheckpointingSpec(StrictModel):
     keep_last: int = Field(default=3, ge=1, le=1000)
 
 
+# --- init_from (issue 13, continued pretraining) ---
+# The shape a job takes from the checkpoint or model it starts from; `dropout` stays the job's own.
+INHERITED_MODEL_FIELDS = ("family", "layers", "heads", "width", "context_length")
+
+
+class InitFromSpec(StrictModel):
+    """Start from trained weights instead of a random init: one of the tenant's checkpoints or uploaded models.
+
+    The job takes the weights, the model shape and the tokenizer from it (leave `model` and `tokenizer` out, or
+    give values that agree), and trains with a fresh optimizer and schedule from step 0."""
+
+    checkpoint_id: str | None = Field(default=None, min_length=1, max_length=64, description="A checkpoint (`ckpt_…`).")
+    model_id: str | None = Field(default=None, min_length=1, max_length=64, description="An uploaded model (`mdl_…`).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> InitFromSpec:
+        if (self.checkpoint_id is None) == (self.model_id is None):
+            raise invalid_combination("init_from", "name exactly one of checkpoint_id and model_id")
+        return self
+
+
+def parent_conflicts(spec: JobSpec, model: dict[str, Any], tokenizer: dict[str, Any]) -> list[dict[str, str]]:
+    """`{field, message}` for each `model` or `tokenizer` field the client gave that contradicts the parent's."""
+    source = "the checkpoint or model in init_from"
+    problems = []
+    for name in INHERITED_MODEL_FIELDS:
+        given = getattr(spec.model, name)
+        if name in spec.given_model_fields and given != model[name]:
+            problems.append(
+                {"field": f"model.{name}", "message": f"{source} has {name} {model[name]}, not {given}; leave it out"}
+            )
+    if spec.given_tokenizer_fields and spec.tokenizer is not None:
+        mine = spec.tokenizer.model_dump(mode="json")
+        for name in sorted(spec.given_tokenizer_fields):
+            if mine.get(name) != tokenizer.get(name):
+                problems.append(
+                    {
+                        "field": f"tokenizer.{name}",
+                        "message": f"{source} has tokenizer {name} {tokenizer.get(name)}, not {mine.get(name)}; "
+                        "leave tokenizer out to keep the parent's",
+                    }
+                )
+    return problems
+
+
+def inherit_from_parent(canonical: dict[str, Any], model: dict[str, Any], tokenizer: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec with the parent's model shape and tokenizer in place of the job's own (validate it again)."""
+    merged = dict(canonical)
+    merged["model"] = {**canonical["model"], **{name: model[name] for name in INHERITED_MODEL_FIELDS}}
+    merged["tokenizer"] = dict(tokenizer)
+    return merged
+
+
+# --- end init_from ---
+
+
 # The `type` values of each tagged section, so error paths can leave the tag out.
 UNION_TAGS: dict[str, set[str]] = {
     "objective": {objective_type(section) for section in OBJECTIVES},
@@ -207,6 +270,12 @@ class JobSpec(StrictModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec)
+    init_from: InitFromSpec | None = Field(
+        default=None, description="Start from a checkpoint's or an uploaded model's weights, shape and tokenizer."
+    )
+    # Which `model` and `tokenizer` fields the client gave (before defaults), to check against `init_from`.
+    _given_model: set[str] = PrivateAttr(default_factory=set)
+    _given_tokenizer: set[str] = PrivateAttr(default_factory=set)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -230,9 +299,11 @@ class JobSpec(StrictModel):
     def _leave_out_the_unused_data_field(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # A corpus job's stored spec (and so its request fingerprint and lineage) stays what it was.
         dumped: dict[str, Any] = handler(self)
-        for data_field in ("corpus_ids", "dataset_id"):
+        for data_field in ("corpus_ids", "dataset_id", "init_from"):
             if dumped.get(data_field, ...) is None:
                 del dumped[data_field]
+        if isinstance(dumped.get("init_from"), dict):
+            dumped["init_from"] = {k: v for k, v in dumped["init_from"].items() if v is not None}
         return dumped
 
     @model_validator(mode="after")
@@ -243,6 +314,8 @@ class JobSpec(StrictModel):
             raise invalid_combination("dataset_id", "name either corpus_ids or dataset_id, not both")
         if self.corpus_ids is not None and len(set(self.corpus_ids)) != len(self.corpus_ids):
             raise ValueError("corpus_ids must not repeat an id")
+        self._given_model = set(self.model.model_fields_set)
+        self._given_tokenizer = set(self.tokenizer.model_fields_set) if self.tokenizer is not None else set()
         objective = self.objective
         if "family" not in self.model.model_fields_set:
             self.model.family = objective.families[0]
@@ -275,6 +348,24 @@ class JobSpec(StrictModel):
                 f"{self.tokenizer.special_tokens}; leave tokenizer.special_tokens out to get them",
             )
         objective.check_job(self)
+
+    def __eq__(self, other: object) -> bool:
+        # Specs are equal when their fields are: which fields the client gave is not part of the spec.
+        if not isinstance(other, JobSpec):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def given_model_fields(self) -> set[str]:
+        """The `model` fields the client gave, before defaults were filled in."""
+        return self._given_model
+
+    @property
+    def given_tokenizer_fields(self) -> set[str]:
+        """The `tokenizer` fields the client gave (none when it left `tokenizer` out)."""
+        return self._given_tokenizer
 
     @property
     def tokens_per_step(self) -> int:

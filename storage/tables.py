@@ -180,6 +180,8 @@ class Job(Base):
     dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL", name="fk_jobs_dataset_id_datasets"), default=None, index=True
     )
+    # What `init_from` named, resolved when the job was created (`storage.bases`); None for a random init.
+    base: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # The lease: who trains this job now, and until when that claim holds without a heartbeat.
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -8,16 +8,19 @@ each source drawn by its weight).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from selfsup.spec import JobSpec
 from storage import crud
+from storage.bases import BaseUnusable, tokenizer_files
 from storage.blobs import BlobStore
+from storage.checkpoints import verify_files
 from storage.db import session_scope
 from storage.status import CorpusStatus, DatasetStatus, JobStatus
 from storage.tables import Corpus, Dataset, TokenizedDataset
 from workers.celery_app import TRAIN_JOB, enqueue
-from workers.data.datasets import build_dataset, dataset_key
+from workers.data.datasets import build_dataset, dataset_key, tokenizer_identity
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,9 @@ def prepare(job_id: str, *, store: BlobStore) -> str:
             return "already prepared"
         spec = JobSpec.model_validate(job.spec)
         tokenizer_spec = spec.tokenizer.model_dump(mode="json")  # type: ignore[union-attr]
+        base = job.base
+        # A job that starts from a base keeps the base's tokenizer: the key names its files' sha256.
+        identity = tokenizer_identity(tokenizer_spec, base["tokenizer_sha256"] if base else None)
         data: list[Corpus] | Dataset
         if job.dataset_id is not None or spec.dataset_id is not None:
             curated = crud.get_curated_dataset_by_id(session=session, dataset_id=job.dataset_id or "")
@@ -47,9 +53,7 @@ def prepare(job_id: str, *, store: BlobStore) -> str:
             from workers.data.curated import curated_dataset_key
 
             data = curated
-            key = curated_dataset_key(
-                curated.curation_key, [s["corpus_id"] for s in curated.source_corpora], tokenizer_spec
-            )
+            key = curated_dataset_key(curated.curation_key, [s["corpus_id"] for s in curated.source_corpora], identity)
         else:
             corpora = crud.job_corpora(session=session, job_id=job_id)
             failed = [c for c in corpora if c.status == CorpusStatus.FAILED]
@@ -64,12 +68,24 @@ def prepare(job_id: str, *, store: BlobStore) -> str:
             if any(c.status != CorpusStatus.READY for c in corpora):
                 return "waiting for corpus ingest"
             data = corpora
-            key = dataset_key([c.sha256 for c in corpora], tokenizer_spec)
+            key = dataset_key([c.sha256 for c in corpora], identity)
         dataset = crud.get_dataset(session=session, key=key)
 
     if dataset is None:
         try:
-            built = _build(store=store, key=key, data=data, tokenizer_spec=tokenizer_spec)
+            base_tokenizer = _base_tokenizer(store, base) if base else None
+        except BaseUnusable as exc:
+            _fail(job_id, str(exc))
+            return "failed: base unusable"
+        try:
+            built = _build(
+                store=store,
+                key=key,
+                data=data,
+                tokenizer_spec=tokenizer_spec,
+                base_tokenizer=base_tokenizer,
+                identity=identity,
+            )
         except Exception as exc:
             log.exception("tokenizing for job %s failed", job_id)
             _fail(job_id, f"tokenization failed: {type(exc).__name__}: {exc}")
@@ -100,14 +116,30 @@ def prepare(job_id: str, *, store: BlobStore) -> str:
 
 
 def _build(
-    *, store: BlobStore, key: str, data: list[Corpus] | Dataset, tokenizer_spec: dict[str, Any]
+    *,
+    store: BlobStore,
+    key: str,
+    data: list[Corpus] | Dataset,
+    tokenizer_spec: dict[str, Any],
+    base_tokenizer: Path | None,
+    identity: dict[str, Any],
 ) -> TokenizedDataset:
     """Tokenize a job's corpora as they are, or a curated dataset's kept text by its sources' weights."""
+    tokenizer = {"tokenizer_spec": tokenizer_spec, "base_tokenizer": base_tokenizer, "identity": identity}
     if isinstance(data, Dataset):
         from workers.data.curated import build_curated_dataset
 
-        return build_curated_dataset(store=store, key=key, dataset=data, tokenizer_spec=tokenizer_spec)
-    return build_dataset(store=store, key=key, corpora=data, tokenizer_spec=tokenizer_spec)
+        return build_curated_dataset(store=store, key=key, dataset=data, **tokenizer)  # type: ignore[arg-type]
+    return build_dataset(store=store, key=key, corpora=data, **tokenizer)  # type: ignore[arg-type]
+
+
+def _base_tokenizer(store: BlobStore, base: dict[str, Any]) -> Path:
+    """The local folder of the base a job starts from, its tokenizer files checked against their sha256s."""
+    folder = store.local_copy(base["blob_prefix"])
+    problem = verify_files(folder, tokenizer_files(base["files"]))
+    if problem:
+        raise BaseUnusable(f"cannot use the tokenizer of {base['type']} {base['id']} (init_from): {problem}")
+    return folder
 
 
 def _fail(job_id: str, reason: str) -> None:

@@ -10,6 +10,7 @@ under the lease is this module's.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +34,13 @@ from storage.tables import Checkpoint, Corpus, Dataset, Job, TokenizedDataset, u
 from workers.celery_app import TRAIN_JOB, enqueue
 from workers.data.datasets import TOKENIZER_DIR, dataset_meta, open_token_arrays
 from workers.faults import Faults
-from workers.training.checkpointing import CheckpointRecord, RunLineage, write_checkpoint_folder
+from workers.training.checkpointing import (
+    LINEAGE_FILE,
+    CheckpointRecord,
+    RunLineage,
+    base_lineage,
+    write_checkpoint_folder,
+)
 from workers.training.trainer import StepResult, Trainer, TrainingDiverged, pick_device
 
 log = logging.getLogger(__name__)
@@ -189,9 +196,14 @@ def _open_trainer(spec: JobSpec, store: BlobStore, dataset: TokenizedDataset) ->
         raise CannotTrain(f"cannot start training: {exc}") from exc
 
 
-def _resume_or_start(trainer: Trainer, store: BlobStore, job: Job, *, owner: str) -> Checkpoint | None:
-    """Resume from the newest good checkpoint, if any, and say so in an event; returns that checkpoint."""
+def _resume_or_start(
+    trainer: Trainer, store: BlobStore, job: Job, *, owner: str, start: Callable[[], str] | None = None
+) -> Checkpoint | None:
+    """Resume from the newest good checkpoint, if any, and say so in an event; returns that checkpoint.
+
+    Without one, `start` (if given) loads the weights the job starts from and says from what."""
     resumed = _resume_from_checkpoint(trainer, store, job)
+    origin = start() if resumed is None and start is not None else ""
     with session_scope() as session:
         if resumed is None:
             crud.add_event(
@@ -199,7 +211,7 @@ def _resume_or_start(trainer: Trainer, store: BlobStore, job: Job, *, owner: str
                 job_id=job.id,
                 type="started",
                 message=f"training started on {owner} ({trainer.device.type}, "
-                f"{'bf16' if trainer.bf16 else 'fp32'}, {count_parameters(trainer.model):,} parameters)",
+                f"{'bf16' if trainer.bf16 else 'fp32'}, {count_parameters(trainer.model):,} parameters){origin}",
             )
             return None
         # Steps after the checkpoint will be replayed: their metrics are replaced, never duplicated.
@@ -406,6 +418,15 @@ class JobRun:
         if dataset is None:
             raise RuntimeError("the job was started before its tokenized data existed")
         self.trainer, meta = _open_trainer(self.spec, self.store, dataset)
+        self.init_from: dict[str, Any] | None = None
+        self.tokenizer_dir = self.store.local_copy(join_key(dataset.blob_prefix, TOKENIZER_DIR))
+        start = self._start_from_base if self.job.base is not None else None
+        resumed = _resume_or_start(self.trainer, self.store, self.job, owner=self.owner, start=start)
+        if resumed is not None:
+            self.control.latest = dict(resumed.metrics)
+            if self.job.base is not None:  # resumed from its own checkpoint: the parent is not read again
+                folder = self.store.local_copy(resumed.blob_prefix)
+                self.init_from = json.loads((folder / LINEAGE_FILE).read_text(encoding="utf-8")).get("init_from")
         self.lineage = RunLineage.of(
             job=self.job,
             spec=self.spec,
@@ -413,11 +434,23 @@ class JobRun:
             dataset=dataset,
             corpus_tokens=meta.get("corpus_tokens", {}),
             curated=self.curated,
+            init_from=self.init_from,
         )
-        self.tokenizer_dir = self.store.local_copy(join_key(dataset.blob_prefix, TOKENIZER_DIR))
-        resumed = _resume_or_start(self.trainer, self.store, self.job, owner=self.owner)
-        if resumed is not None:
-            self.control.latest = dict(resumed.metrics)
+
+    def _start_from_base(self) -> str:
+        """Load the weights of the job's base (`init_from`), its files checked against their sha256s first."""
+        base = self.job.base
+        assert base is not None
+        folder = self.store.local_copy(base["blob_prefix"])
+        problem = verify_files(folder, base["files"])
+        if problem:
+            raise CannotTrain(f"cannot start from {base['type']} {base['id']} (init_from): {problem}")
+        try:
+            self.trainer.load_pretrained(folder)
+        except ValueError as exc:
+            raise CannotTrain(f"cannot start from {base['type']} {base['id']}: {exc}") from exc
+        self.init_from = base_lineage(base, folder)
+        return f", from {base['type']} {base['id']}"
 
     # The step loop
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import CursorDep, OwnedJob, SessionDep, StreamedJob, StreamHubDep, StreamStart, TenantDep, wake_worker
-from api.errors import ApiError
+from api.errors import ApiError, validation_details
 from api.presenters import checkpoint_public, checkpoints_public, job_public
 from api.schemas import (
     CheckpointPublic,
@@ -24,8 +26,11 @@ from api.schemas import (
     MetricPoint,
     MetricsPage,
 )
-from selfsup.spec import JobSpec
+from selfsup.spec import JobSpec, inherit_from_parent, parent_conflicts
 from storage import crud
+from storage.bases import checkpoint_base, model_base
+from storage.blobs import get_blob_store
+from storage.keys import join_key
 from storage.status import FINISHED_JOB_STATUSES, CorpusStatus, DatasetStatus
 from storage.status import JobStatus as Status
 from storage.tables import Job, Tenant
@@ -61,11 +66,15 @@ def create_job(
         if earlier is not None:
             return _replay(earlier, fingerprint, response)
     dataset_id = _check_data(spec, tenant=tenant, session=session)
+    base = None
+    if spec.init_from is not None:
+        spec, canonical, base = _resolve_init_from(spec, canonical, tenant=tenant, session=session)
     try:
         job = crud.create_job(
             session=session,
             tenant=tenant,
             spec=canonical,
+            base=base,
             name=spec.name or f"{spec.objective.type}-{spec.model.family}",
             corpus_ids=spec.corpus_ids or [],
             dataset_id=dataset_id,
@@ -110,6 +119,47 @@ def _check_data(spec: JobSpec, *, tenant: Tenant, session: Session) -> str | Non
     if problem:
         raise ApiError(422, f"dataset_id: {problem}", details=[{"field": "dataset_id", "message": problem}])
     return spec.dataset_id
+
+
+def _resolve_init_from(
+    spec: JobSpec, canonical: dict[str, Any], *, tenant: Tenant, session: Session
+) -> tuple[JobSpec, dict[str, Any], dict[str, Any]]:
+    """The spec with the parent's shape and tokenizer, and the base it starts from; 422 naming what is wrong."""
+    assert spec.init_from is not None
+    base: dict[str, Any] | None = None
+    if spec.init_from.checkpoint_id is not None:
+        field, wanted = "init_from.checkpoint_id", spec.init_from.checkpoint_id
+        checkpoint = crud.get_checkpoint(session=session, tenant=tenant, checkpoint_id=wanted)
+        parent = crud.get_job(session=session, tenant=tenant, job_id=checkpoint.job_id) if checkpoint else None
+        if checkpoint is not None and parent is not None:
+            base = checkpoint_base(checkpoint, parent)
+        problem = f"no checkpoint {wanted}"
+    else:
+        field, wanted = "init_from.model_id", spec.init_from.model_id or ""
+        problem = f"no model {wanted}"
+        # `crud.get_model` comes with the models table (issue 13's `POST /v1/models`); until then no model exists.
+        get_model = getattr(crud, "get_model", None)
+        model = get_model(session=session, tenant=tenant, model_id=wanted) if get_model is not None else None
+        if model is not None and model.status != "ready":
+            problem = f"model {wanted} is {model.status}, not ready" + (f": {model.error}" if model.error else "")
+        elif model is not None:
+            try:
+                with get_blob_store().open(join_key(model.blob_prefix, "config.json")) as fh:
+                    base = model_base(model, config=json.load(fh))
+            except (OSError, ValueError) as exc:
+                problem = f"model {wanted} cannot be started from: {exc}"
+    if base is None:
+        raise ApiError(422, f"{field}: {problem}", details=[{"field": field, "message": problem}])
+    conflicts = parent_conflicts(spec, base["model"], base["tokenizer"])
+    if conflicts:
+        raise ApiError(422, "; ".join(f"{p['field']}: {p['message']}" for p in conflicts), details=conflicts)
+    merged = inherit_from_parent(canonical, base["model"], base["tokenizer"])
+    try:
+        inherited = JobSpec.model_validate(merged)
+    except ValidationError as exc:  # the parent's shape does not suit this objective (say, a gpt2 for masked_lm)
+        details = validation_details(exc.errors())
+        raise ApiError(422, "; ".join(f"{d['field']}: {d['message']}" for d in details), details=details) from exc
+    return inherited, inherited.model_dump(mode="json"), base
 
 
 def _check_corpora(spec: JobSpec, *, tenant: Tenant, session: Session) -> None:

@@ -66,11 +66,15 @@ def create_job(
     idempotency_key: str | None,
     request_sha256: str | None,
     dataset_id: str | None = None,
+    base: dict[str, Any] | None = None,
 ) -> Job:
-    """Record a queued job and the corpora or dataset it reads. Raises IntegrityError on an idempotency race."""
+    """Record a queued job, the corpora or dataset it reads and the base it starts from (`storage.bases`).
+
+    Raises IntegrityError on an idempotency race."""
     job = Job(
         tenant_id=tenant.id,
         dataset_id=dataset_id,
+        base=base,
         name=name,
         spec=spec,
         max_steps=max_steps,

@@ -122,3 +122,23 @@ def test_the_spec_imports_without_torch() -> None:
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_init_from_names_exactly_one_parent_and_remembers_what_the_client_gave() -> None:
+    from selfsup.spec import inherit_from_parent, parent_conflicts
+
+    base = {"corpus_ids": ["cor_1"], "objective": {"type": "causal_lm"}}
+    for wrong in ({}, {"checkpoint_id": "ckpt_1", "model_id": "mdl_1"}):
+        with pytest.raises(ValidationError, match="exactly one of checkpoint_id and model_id"):
+            JobSpec.model_validate({**base, "init_from": wrong})
+    spec = JobSpec.model_validate({**base, "model": {"width": 256, "heads": 2}, "init_from": {"checkpoint_id": "c"}})
+    assert spec.given_model_fields == {"width", "heads"} and spec.given_tokenizer_fields == set()
+    parent_model = {"family": "gpt2", "layers": 2, "heads": 2, "width": 64, "context_length": 32, "dropout": 0.0}
+    parent_tokenizer = {"type": "char", "special_tokens": "gpt2"}
+    # Only what the client gave is checked (heads agrees; the filled-in defaults never conflict).
+    assert [p["field"] for p in parent_conflicts(spec, parent_model, parent_tokenizer)] == ["model.width"]
+    merged = JobSpec.model_validate(inherit_from_parent(spec.model_dump(mode="json"), parent_model, parent_tokenizer))
+    assert (merged.model.width, merged.model.layers, merged.model.context_length) == (64, 2, 32)
+    assert merged.tokenizer is not None and merged.tokenizer.type == "char"
+    assert merged.model_dump(mode="json")["init_from"] == {"checkpoint_id": "c"}
+    assert "init_from" not in JobSpec.model_validate(base).model_dump(mode="json")  # stored specs stay as they were

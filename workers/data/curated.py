@@ -180,7 +180,13 @@ def _curated_documents(store: BlobStore, curation_key: str, source_index: int, s
 
 
 def build_curated_dataset(
-    *, store: BlobStore, key: str, dataset: Dataset, tokenizer_spec: dict[str, Any]
+    *,
+    store: BlobStore,
+    key: str,
+    dataset: Dataset,
+    tokenizer_spec: dict[str, Any],
+    base_tokenizer: Path | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> TokenizedDataset:
     """Tokenize a ready dataset's kept text, each source (named by its corpus id) drawn by its weight."""
     spec = _tokenizer_spec.validate_python(tokenizer_spec)
@@ -191,10 +197,10 @@ def build_curated_dataset(
     }
     weights = {source["corpus_id"]: float(source["share"]) for source in dataset.source_corpora}
     with store.staging_dir(prefix) as staging:
-        meta = write_dataset(staging, spec, sources, weights=weights)
+        meta = write_dataset(staging, spec, sources, weights=weights, base_tokenizer=base_tokenizer)
     return TokenizedDataset(
         key=key,
-        tokenizer_spec=tokenizer_spec,
+        tokenizer_spec=identity or tokenizer_spec,
         corpus_sha256s=[source["sha256"] for source in dataset.source_corpora],
         vocab_size=meta["vocab_size"],
         train_tokens=meta["train_tokens"],

@@ -18,16 +18,19 @@ import hashlib
 import itertools
 import json
 import math
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import TypeAdapter
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from models.build import SpecialTokenIds
 from models.windows import MixtureSource
 from selfsup.spec import TokenizerSpec
+from storage.bases import TOKENIZER_FILES
 from storage.blobs import BlobStore
 from storage.keys import corpus_split_key, dataset_prefix, join_key
 from storage.tables import Corpus, TokenizedDataset
@@ -49,8 +52,16 @@ DATASET_FORMAT = 2
 _tokenizer_spec = TypeAdapter(TokenizerSpec)
 
 
+def tokenizer_identity(tokenizer_spec: dict[str, Any], base_tokenizer_sha256: str | None = None) -> dict[str, Any]:
+    """What the tokens depend on besides the text: the spec of a tokenizer trained on it, or, for a job that
+    starts from a base (`init_from`), the sha256 of the base's tokenizer files (`storage.bases.tokenizer_sha256`)."""
+    if base_tokenizer_sha256 is not None:
+        return {"base_tokenizer_sha256": base_tokenizer_sha256}
+    return tokenizer_spec
+
+
 def dataset_key(corpus_sha256s: Sequence[str], tokenizer_spec: dict[str, Any]) -> str:
-    """The cache key: what the tokens depend on, and nothing else."""
+    """The cache key: what the tokens depend on, and nothing else (`tokenizer_spec`: a `tokenizer_identity`)."""
     payload = json.dumps(
         {"corpora": list(corpus_sha256s), "tokenizer": tokenizer_spec, "format": DATASET_FORMAT}, sort_keys=True
     )
@@ -62,17 +73,24 @@ DocumentSources = Mapping[str, Callable[[str], Iterable[str]]]
 
 
 def build_dataset(
-    *, store: BlobStore, key: str, corpora: Sequence[Corpus], tokenizer_spec: dict[str, Any]
+    *,
+    store: BlobStore,
+    key: str,
+    corpora: Sequence[Corpus],
+    tokenizer_spec: dict[str, Any],
+    base_tokenizer: Path | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> TokenizedDataset:
-    """Train the tokenizer on the training split and write both splits as flat token arrays."""
+    """Train the tokenizer on the training split (or take `base_tokenizer`'s) and write both splits as flat token
+    arrays; `identity` is what the key says of the tokenizer (`tokenizer_identity`), recorded with the dataset."""
     spec = _tokenizer_spec.validate_python(tokenizer_spec)
     prefix = dataset_prefix(key)
     sources = {corpus.id: functools.partial(_corpus_documents, store, corpus) for corpus in corpora}
     with store.staging_dir(prefix) as staging:
-        meta = write_dataset(staging, spec, sources)
+        meta = write_dataset(staging, spec, sources, base_tokenizer=base_tokenizer)
     return TokenizedDataset(
         key=key,
-        tokenizer_spec=tokenizer_spec,
+        tokenizer_spec=identity or tokenizer_spec,
         corpus_sha256s=[c.sha256 for c in corpora],
         vocab_size=meta["vocab_size"],
         train_tokens=meta["train_tokens"],
@@ -82,13 +100,24 @@ def build_dataset(
 
 
 def write_dataset(
-    folder: Path, spec: AnyTokenizerSpec, sources: DocumentSources, weights: Mapping[str, float] | None = None
+    folder: Path,
+    spec: AnyTokenizerSpec,
+    sources: DocumentSources,
+    weights: Mapping[str, float] | None = None,
+    *,
+    base_tokenizer: Path | None = None,
 ) -> dict[str, Any]:
-    """Write a dataset folder (see the module docstring) from each source's documents; returns its meta."""
+    """Write a dataset folder (see the module docstring) from each source's documents; returns its meta.
+
+    With `base_tokenizer` (a folder holding a saved tokenizer: a base's, for `init_from`), that tokenizer's files
+    are copied as they are and used; otherwise `spec`'s tokenizer is trained on the training split."""
     shares = None if weights is None else normalised_weights(weights, sources=list(sources))
-    tokenizer = train_tokenizer(spec, itertools.chain.from_iterable(read("train") for read in sources.values()))
-    tokenizer.save_pretrained(folder / TOKENIZER_DIR)
-    _portable_tokenizer_config(folder / TOKENIZER_DIR / "tokenizer_config.json")
+    if base_tokenizer is not None:
+        tokenizer = copy_base_tokenizer(base_tokenizer, folder / TOKENIZER_DIR)
+    else:
+        tokenizer = train_tokenizer(spec, itertools.chain.from_iterable(read("train") for read in sources.values()))
+        tokenizer.save_pretrained(folder / TOKENIZER_DIR)
+        _portable_tokenizer_config(folder / TOKENIZER_DIR / "tokenizer_config.json")
     with open(folder / WORD_BOUNDARIES_FILE, "wb") as fh:
         np.save(fh, word_boundaries(tokenizer))
     corpus_tokens: dict[str, dict[str, int]] = {corpus_id: {} for corpus_id in sources}
@@ -112,6 +141,18 @@ def write_dataset(
         meta["sources"] = _source_segments(corpus_tokens, shares)
     (folder / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def copy_base_tokenizer(source: Path, target: Path) -> PreTrainedTokenizerFast:
+    """Copy a base's tokenizer files byte for byte (so their sha256s stay the base's) and load the copy."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+    tokenizer = AutoTokenizer.from_pretrained(target, local_files_only=True, use_fast=True)
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise ValueError(f"the base's tokenizer ({type(tokenizer).__name__}) has no fast (Rust) version")
+    return tokenizer
 
 
 def normalised_weights(weights: Mapping[str, float], *, sources: Sequence[str]) -> dict[str, float]:

@@ -6,6 +6,7 @@ its lease; this module only says what goes into the folder and writes it.
 
 from __future__ import annotations
 
+import json
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ class RunLineage:
     corpora: list[dict[str, Any]]
     dataset: dict[str, Any]
     curated_dataset: dict[str, Any] | None = None
+    # The checkpoint or model the job started from (`base_lineage`), None for a random init.
+    init_from: dict[str, Any] | None = None
 
     @classmethod
     def of(
@@ -47,9 +50,11 @@ class RunLineage:
         dataset: TokenizedDataset,
         corpus_tokens: dict[str, Any],
         curated: Dataset | None = None,
+        init_from: dict[str, Any] | None = None,
     ) -> RunLineage:
         """The lineage of a job's rows; `corpus_tokens` is the dataset's per-corpus token count."""
         return cls(
+            init_from=init_from,
             curated_dataset=curated_lineage(curated) if curated is not None else None,
             job={"id": job.id, "name": job.name, "spec": spec.model_dump(mode="json")},
             corpora=[
@@ -63,6 +68,26 @@ class RunLineage:
                 "corpus_tokens": corpus_tokens,
             },
         )
+
+
+def base_lineage(base: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """What a job's lineage says of the base it started from (`jobs.base`, its files verified in `folder`).
+
+    A checkpoint's entry carries that checkpoint's own corpora, dataset and `init_from` (from its `selfsup.json`), so
+    a chain of continued runs nests back to the first corpus."""
+    entry: dict[str, Any] = {
+        key: base[key] for key in ("type", "id", "name", "job_id", "job_name", "version", "step") if key in base
+    }
+    entry["files"] = [{"name": f["name"], "size_bytes": f["size_bytes"], "sha256": f["sha256"]} for f in base["files"]]
+    entry["tokenizer_sha256"] = base["tokenizer_sha256"]
+    parent_lineage = folder / LINEAGE_FILE
+    if base["type"] == "checkpoint" and parent_lineage.is_file():
+        parent = json.loads(parent_lineage.read_text(encoding="utf-8"))
+        entry["objective"] = parent.get("job", {}).get("spec", {}).get("objective")
+        for key in ("corpora", "dataset", "curated_dataset", "init_from"):
+            if parent.get(key) is not None:
+                entry[key] = parent[key]
+    return entry
 
 
 def curated_lineage(dataset: Dataset) -> dict[str, Any]:
@@ -100,11 +125,13 @@ def software_versions() -> dict[str, str]:
 def checkpoint_manifest(run: RunLineage, record: CheckpointRecord, *, parameters: int) -> dict[str, Any]:
     """The content of `selfsup.json`: where a checkpoint came from and where training stood."""
     curated = {"curated_dataset": run.curated_dataset} if run.curated_dataset is not None else {}
+    init_from = {"init_from": run.init_from} if run.init_from is not None else {}
     return {
         "job": run.job,
         "corpora": run.corpora,
         "dataset": run.dataset,
         **curated,
+        **init_from,
         "checkpoint": {
             "version": record.version,
             "step": record.step,

@@ -52,13 +52,13 @@ tags: [selfsup, {objective.type}, {model["family"]}]
 
 # {lineage["job"]["name"]} — checkpoint v{ckpt["version"]}{" (final)" if ckpt["final"] else ""}
 
-A `{model["family"]}` model pretrained from random weights by selfsup, on unlabeled text only, with
-{objective.describe()}.
-
+A `{model["family"]}` model pretrained {_origin(lineage.get("init_from"))} by selfsup, on unlabeled text
+only, with {objective.describe()}.
+{_continued_section(lineage["init_from"]) if lineage.get("init_from") else ""}
 ## Model
 - Family `{model["family"]}`: {_shape(model)}.
 - {lineage["parameters"]:,} parameters.
-- Tokenizer: {tok_desc}, trained on the training split of the corpora below. Special tokens: {specials}.
+- Tokenizer: {tok_desc}, {_tokenizer_origin(lineage.get("init_from"))}. Special tokens: {specials}.
 
 ## Training
 - {ckpt["step"]:,} of {training["max_steps"]:,} steps, {ckpt["tokens_seen"]:,} tokens seen
@@ -158,3 +158,48 @@ def _total(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k} {_total(v)}" for k, v in value.items())
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _origin(init_from: dict[str, Any] | None) -> str:
+    if not init_from:
+        return "from random weights"
+    return f"further (continued pretraining) from {_name_base(init_from)}"
+
+
+def _tokenizer_origin(init_from: dict[str, Any] | None) -> str:
+    if not init_from:
+        return "trained on the training split of the corpora below"
+    return f"kept from {_name_base(init_from)} (tokenizer files' sha256 `{init_from['tokenizer_sha256']}`)"
+
+
+def _name_base(base: dict[str, Any]) -> str:
+    if base["type"] == "checkpoint":
+        return (
+            f"checkpoint `{base['id']}` (v{base['version']}, step {base['step']:,} of job `{base['job_id']}`, "
+            f"{base['job_name']})"
+        )
+    return f"model `{base['id']}`" + (f" ({base['name']})" if base.get("name") else "")
+
+
+def _continued_section(init_from: dict[str, Any]) -> str:
+    """The chain of bases back to the first, each with what it was trained on, and the parent's files."""
+    chain, level = [], init_from
+    while level:
+        corpora = ", ".join(f"{c['name']} (`{c['id']}`, sha256 `{c['sha256']}`)" for c in level.get("corpora") or [])
+        chain.append(f"- {_name_base(level)}" + (f", trained on {corpora}" if corpora else ""))
+        level = level.get("init_from") or {}
+    chain_lines = "\n".join(chain)
+    files = "\n".join(f"| {f['name']} | `{f['sha256']}` |" for f in init_from["files"])
+    return f"""
+## Continued from
+Training started from the weights, shape and tokenizer of {_name_base(init_from)}, with a fresh optimizer
+and schedule from step 0. Its lineage, newest first (the full record is under `init_from` in `selfsup.json`):
+
+{chain_lines}
+
+Files of {_name_base(init_from)}:
+
+| file | sha256 |
+| --- | --- |
+{files}
+"""

@@ -154,6 +154,15 @@ class Trainer:
         self.last_eval_metrics = {f"val_{name}": float(np.mean(values)) for name, values in metric_lists.items()}
         return float(np.mean(losses))
 
+    def load_pretrained(self, folder: Path) -> None:
+        """Start from a base's weights (`init_from`): safetensors only, never a pickle; the step, optimizer and
+        schedule stay fresh. `ValueError` if the folder's weights do not fit this job's model."""
+        try:
+            loaded = type(self.model).from_pretrained(folder, use_safetensors=True, local_files_only=True)
+            self.model.load_state_dict(loaded.state_dict(), strict=True)
+        except (OSError, RuntimeError) as exc:
+            raise ValueError(f"the weights of init_from do not fit this job's model: {exc}") from exc
+
     def save_pretrained(self, folder: Path) -> None:
         """Save the model as a Hugging Face directory, plus any files the objective adds to a checkpoint."""
         self.model.save_pretrained(folder)

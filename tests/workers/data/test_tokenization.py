@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from selfsup.spec import BPETokenizerSpec, CharTokenizerSpec, UnigramTokenizerSpec, WordPieceTokenizerSpec
 from tests.factories import write_shakespeare_dataset
-from workers.data.datasets import dataset_key
+from workers.data.datasets import dataset_key, tokenizer_identity
 from workers.data.tokenization import END_OF_TEXT, TokenArrayWriter, train_tokenizer, word_boundaries
 
 DOCS = ["First Citizen:\nBefore we proceed any further, hear me speak.", "All:\nSpeak, speak.", "ROMEO:\nO, she doth!"]
@@ -150,3 +150,34 @@ def test_word_boundaries_group_the_pieces_of_each_word(spec: object, text: str, 
     word_ids = word_ids_from_boundaries(ids, begins_word=table[0], ends_word=table[1], special_ids=[])
     grouped = [tokenizer.decode(ids[0][word_ids[0] == w]) for w in word_ids[0].unique().tolist()]
     assert [w.strip() for w in grouped] == [w.strip() for w in words]
+
+
+def test_dataset_key_of_a_base_tokenizer_depends_on_its_sha256_not_on_the_spec() -> None:
+    spec = {"type": "char", "special_tokens": "gpt2"}
+    trained = dataset_key(["sha1"], tokenizer_identity(spec))
+    assert trained == dataset_key(["sha1"], spec)  # a job without init_from keeps the key it had
+    kept = dataset_key(["sha1"], tokenizer_identity(spec, "tok-a"))
+    assert kept != trained  # tokens from a base's tokenizer are never mistaken for a freshly trained one's
+    assert kept == dataset_key(["sha1"], tokenizer_identity({"type": "bpe", "vocab_size": 300}, "tok-a"))
+    assert kept != dataset_key(["sha1"], tokenizer_identity(spec, "tok-b"))
+    assert kept != dataset_key(["sha2"], tokenizer_identity(spec, "tok-a"))
+
+
+def test_a_base_tokenizer_is_copied_byte_for_byte_and_used_as_it_is(tmp_path: Path) -> None:
+    from workers.data.datasets import TOKENIZER_DIR, write_dataset
+
+    write_shakespeare_dataset(tmp_path / "parent", CharTokenizerSpec(type="char"), n_bytes=20_000)
+    base = tmp_path / "parent" / TOKENIZER_DIR
+    # Other text, and a spec that would train another tokenizer: the base's is used instead.
+    docs = {"train": ["zebra quay, 42 ÿ"], "validation": ["xylophone"]}
+    meta = write_dataset(
+        tmp_path / "child", BPETokenizerSpec(type="bpe", vocab_size=300), {"b": docs.__getitem__}, base_tokenizer=base
+    )
+    copied = tmp_path / "child" / TOKENIZER_DIR
+    assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in base.iterdir())
+    for path in base.iterdir():
+        assert (copied / path.name).read_bytes() == path.read_bytes(), path.name
+    parent = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    assert meta["vocab_size"] == len(parent)
+    tokens = np.fromfile(tmp_path / "child" / "train.bin", dtype=np.uint16)
+    assert tokens.tolist() == [*parent(docs["train"][0])["input_ids"], parent.eos_token_id]
