@@ -222,7 +222,7 @@ def save_tiny_hf_model(folder: Path, family: str, *, width: int = 32, safetensor
                 hidden_size=width,
                 num_hidden_layers=2,
                 num_attention_heads=2,
-                intermediate_size=2 * width,
+                intermediate_size=4 * width,
                 max_position_embeddings=64,
                 pad_token_id=tokenizer.pad_token_id,
             )

@@ -12,12 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from tests.factories import (
     api_error,
+    ready_corpus,
     save_tiny_hf_model,
+    shakespeare_slice,
+    small_job_spec,
+    submit_job,
     tar_folder,
     upload_model,
+    wait_for_job,
     wait_for_model,
     zip_folder,
 )
@@ -185,3 +191,76 @@ def test_models_are_tenant_scoped_and_delete_removes_the_files(
     assert alice.delete(f"/v1/models/{model['id']}").status_code == 204
     api_error(alice.get(f"/v1/models/{model['id']}"), 404)
     assert _model_blobs(embedded_service, model["id"]) == []
+
+
+@pytest.mark.parametrize(
+    ("family", "objective", "auto_class"),
+    [("gpt2", "causal_lm", "AutoModelForCausalLM"), ("bert", "masked_lm", "AutoModelForMaskedLM")],
+)
+def test_continue_pretraining_an_uploaded_model_and_load_the_checkpoint_with_auto_classes(
+    embedded_service: Service,
+    tiny_models: dict[str, Path],
+    tmp_path: Path,
+    family: str,
+    objective: str,
+    auto_class: str,
+) -> None:
+    import transformers
+
+    alice = embedded_service.client("alice")
+    folder = tiny_models[family]
+    uploaded = upload_model(alice, tar_folder(folder), name=f"base-{family}", content_type=TAR_GZ)
+    model = wait_for_model(alice, uploaded["id"])
+    assert model["status"] == "ready", model
+    corpus = ready_corpus(alice, shakespeare_slice(30_000))
+    spec = small_job_spec(
+        corpus["id"],
+        name=f"continued-{family}",
+        objective={"type": objective},
+        init_from={"model_id": model["id"]},
+        training={"max_steps": 6, "batch_size": 4, "warmup_steps": 1},
+        evaluation={"every_steps": 6, "batches": 1},
+        checkpointing={"every_steps": 6},
+    )
+    del spec["model"], spec["tokenizer"]  # both come from the uploaded model
+    job = submit_job(alice, spec)
+    assert job["spec"]["model"]["family"] == family and job["spec"]["model"]["width"] == 32
+
+    # While a job starts from it, the model cannot be deleted.
+    body = api_error(alice.delete(f"/v1/models/{model['id']}"), 409)
+    assert body["details"] == {"job_ids": [job["id"]]}, body
+    done = wait_for_job(alice, job["id"])
+    assert done["status"] == "succeeded", (done, embedded_service.log())
+    started = [e for e in alice.get(f"/v1/jobs/{job['id']}/events").json()["data"] if e["type"] == "started"]
+    assert f"from model {model['id']}" in started[0]["message"]
+
+    # Download the final checkpoint and load it as a fine-tuning script would, offline.
+    checkpoint = next(
+        c for c in alice.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"] if "final" in c["aliases"]
+    )
+    downloaded = tmp_path / "checkpoint"
+    downloaded.mkdir()
+    for entry in checkpoint["files"]:
+        response = alice.get(f"/v1/checkpoints/{checkpoint['id']}/files/{entry['name']}")
+        assert response.status_code == 200, response.text
+        (downloaded / entry["name"]).write_bytes(response.content)
+    loaded = getattr(transformers, auto_class).from_pretrained(downloaded, local_files_only=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(downloaded, local_files_only=True)
+    assert loaded.config.model_type == family
+    logits = loaded(**tokenizer("To be, or not to be", return_tensors="pt")).logits
+    assert logits.shape[-1] == len(tokenizer)
+
+    # It trained from the uploaded weights (a few small steps away from them, not a fresh random init) ...
+    name = "transformer.wte.weight" if family == "gpt2" else "bert.embeddings.word_embeddings.weight"
+    before = load_file(folder / "model.safetensors")[name]
+    after = loaded.state_dict()[name]
+    assert 0 < (after - before).abs().max().item() < 0.05
+    # ... kept its tokenizer byte for byte, and the lineage names the model and its files.
+    sha256s = {f["name"]: f["sha256"] for f in checkpoint["files"]}
+    uploaded_sha256s = {f["name"]: f["sha256"] for f in model["files"]}
+    assert sha256s["tokenizer.json"] == uploaded_sha256s["tokenizer.json"]
+    lineage = json.loads(alice.get(f"/v1/checkpoints/{checkpoint['id']}/files/selfsup.json").text)
+    assert lineage["init_from"]["type"] == "model" and lineage["init_from"]["id"] == model["id"]
+    assert {f["name"]: f["sha256"] for f in lineage["init_from"]["files"]} == uploaded_sha256s
+
+    assert alice.delete(f"/v1/models/{model['id']}").status_code == 204  # the job is done: it may go now

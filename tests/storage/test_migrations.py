@@ -27,6 +27,7 @@ TABLES = {
     "datasets",
     "webhooks",
     "webhook_deliveries",
+    "models",
 }
 
 
@@ -56,7 +57,7 @@ def _roundtrip(url: str) -> None:
     migrate.upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
     engine.dispose()
 
 
