@@ -225,10 +225,6 @@ def test_continue_pretraining_an_uploaded_model_and_load_the_checkpoint_with_aut
     del spec["model"], spec["tokenizer"]  # both come from the uploaded model
     job = submit_job(alice, spec)
     assert job["spec"]["model"]["family"] == family and job["spec"]["model"]["width"] == 32
-
-    # While a job starts from it, the model cannot be deleted.
-    body = api_error(alice.delete(f"/v1/models/{model['id']}"), 409)
-    assert body["details"] == {"job_ids": [job["id"]]}, body
     done = wait_for_job(alice, job["id"])
     assert done["status"] == "succeeded", (done, embedded_service.log())
     started = [e for e in alice.get(f"/v1/jobs/{job['id']}/events").json()["data"] if e["type"] == "started"]
@@ -264,3 +260,29 @@ def test_continue_pretraining_an_uploaded_model_and_load_the_checkpoint_with_aut
     assert {f["name"]: f["sha256"] for f in lineage["init_from"]["files"]} == uploaded_sha256s
 
     assert alice.delete(f"/v1/models/{model['id']}").status_code == 204  # the job is done: it may go now
+
+
+def test_a_model_a_job_starts_from_is_kept_until_the_job_ends(service: Service, tiny_models: dict[str, Path]) -> None:
+    # On both backends: which jobs use a model is read from their specs' JSON in SQL.
+    alice = service.client("alice")
+    model = wait_for_model(
+        alice, upload_model(alice, zip_folder(tiny_models["bert"]), name="in-use", content_type=ZIP)["id"]
+    )
+    assert model["status"] == "ready", model
+    corpus = ready_corpus(alice, shakespeare_slice(20_000))
+    spec = small_job_spec(
+        corpus["id"],
+        name="long",
+        objective={"type": "masked_lm"},
+        init_from={"model_id": model["id"]},
+        training={"max_steps": 100_000},
+    )
+    del spec["model"], spec["tokenizer"]
+    job = submit_job(alice, spec)
+    body = api_error(alice.delete(f"/v1/models/{model['id']}"), 409)
+    assert body["details"] == {"job_ids": [job["id"]]} and "cancel them first" in body["message"]
+    assert alice.get(f"/v1/models/{model['id']}").json()["status"] == "ready"
+
+    assert alice.post(f"/v1/jobs/{job['id']}/cancel").status_code in (200, 202)
+    assert wait_for_job(alice, job["id"])["status"] == "cancelled"
+    assert alice.delete(f"/v1/models/{model['id']}").status_code == 204
