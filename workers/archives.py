@@ -76,14 +76,14 @@ class _Budget:
 
     def write(self, n: int) -> None:
         self.written += n
-        if self.written > self.limits.max_bytes:
-            raise ArchiveRefused(
-                f"the archive extracts to more than {self.limits.max_bytes:,} bytes (SELFSUP_MODEL_MAX_BYTES)"
-            )
         if self.written > self.limits.max_ratio * self.archive_bytes:
             raise ArchiveRefused(
                 f"the archive extracts to more than {self.limits.max_ratio:g} times its own size of "
                 f"{self.archive_bytes:,} bytes (SELFSUP_ARCHIVE_MAX_RATIO): refused as a decompression bomb"
+            )
+        if self.written > self.limits.max_bytes:
+            raise ArchiveRefused(
+                f"the archive extracts to more than {self.limits.max_bytes:,} bytes (SELFSUP_MODEL_MAX_BYTES)"
             )
 
 
