@@ -39,6 +39,8 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 # The files a vocabulary is read from: a fast tokenizer's, or a slow one's (BPE, WordPiece, SentencePiece).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
 _SHOWN = 3  # how many offending names an error message lists
+# Where each family's config says how deep it is (T5's decoder depth too).
+_LAYER_KEYS = ("n_layer", "num_hidden_layers", "num_layers", "num_decoder_layers")
 
 
 class PretrainedRefused(ValueError):
@@ -73,6 +75,14 @@ def check_pretrained_folder(folder: Path) -> PretrainedSummary:
     except Exception as exc:  # noqa: BLE001 - any failure to parse config.json is the uploader's to fix
         raise PretrainedRefused(f"config.json does not load as a {family} config: {exc}") from exc
     stored = _stored_shapes(folder)
+    # Each layer has several tensors: a config claiming more layers than the weights hold tensors cannot match
+    # them, and building it (even on the meta device) could keep the worker busy for a long time.
+    layers = max((v for k in _LAYER_KEYS if isinstance(v := getattr(config, k, None), int)), default=0)
+    if layers > len(stored):
+        raise PretrainedRefused(
+            f"config.json describes {layers} layers but the weights hold only {len(stored)} tensors: "
+            "the weights do not match config.json"
+        )
     try:
         with torch.device("meta"):  # the shapes the config implies, without allocating the weights
             model = model_class(config)
