@@ -32,7 +32,7 @@ from selfsup.spec import ProbeSpec
 from storage import crud
 from storage.db import get_sessionmaker, pool_capacity, session_scope
 from storage.status import CorpusStatus
-from storage.tables import Checkpoint, Corpus, Dataset, Job, LabelledSet, Tenant, Webhook
+from storage.tables import Checkpoint, Corpus, Dataset, Job, LabelledSet, Model, Tenant, Webhook
 from workers.celery_app import enqueue
 
 log = logging.getLogger("selfsup.api")
@@ -189,6 +189,14 @@ def owned_checkpoint(checkpoint_id: str, tenant: TenantDep, session: SessionDep)
     return checkpoint
 
 
+def owned_model(model_id: str, tenant: TenantDep, session: SessionDep) -> Model:
+    """The caller's uploaded model, or 404."""
+    model = crud.get_model(session=session, tenant=tenant, model_id=model_id)
+    if model is None:
+        raise ApiError(404, f"no model {model_id}")
+    return model
+
+
 def owned_webhook(webhook_id: str, tenant: TenantDep, session: SessionDep) -> Webhook:
     """The caller's webhook, or 404."""
     webhook = crud.get_webhook(session=session, tenant=tenant, webhook_id=webhook_id)
@@ -210,6 +218,7 @@ OwnedLabelledSet = Annotated[LabelledSet, Depends(owned_labelled_set)]
 OwnedDataset = Annotated[Dataset, Depends(owned_dataset)]
 OwnedJob = Annotated[Job, Depends(owned_job)]
 OwnedCheckpoint = Annotated[Checkpoint, Depends(owned_checkpoint)]
+OwnedModel = Annotated[Model, Depends(owned_model)]
 OwnedWebhook = Annotated[Webhook, Depends(owned_webhook)]
 
 

@@ -13,6 +13,8 @@ from api.schemas import (
     DeliveryPublic,
     JobPublic,
     LabelledSetPublic,
+    ModelFile,
+    ModelPublic,
     ProbeRunPublic,
     WebhookCreated,
     WebhookPublic,
@@ -20,12 +22,39 @@ from api.schemas import (
 from selfsup.spec import JobSpec
 from storage import crud
 from storage.status import JobStatus
-from storage.tables import Checkpoint, Corpus, Dataset, Job, LabelledSet, ProbeRun, Webhook, WebhookDelivery
+from storage.tables import (
+    Checkpoint,
+    Corpus,
+    Dataset,
+    Job,
+    LabelledSet,
+    Model,
+    ProbeRun,
+    Webhook,
+    WebhookDelivery,
+)
 
 
 def corpus_public(corpus: Corpus) -> CorpusPublic:
     """A corpus as clients see it."""
     return CorpusPublic.model_validate(corpus, from_attributes=True)
+
+
+def model_public(model: Model) -> ModelPublic:
+    """An uploaded model as clients see it (never its blob location)."""
+    return ModelPublic(
+        id=model.id,
+        name=model.name,
+        status=model.status,  # type: ignore[arg-type]
+        error=model.error,
+        family=model.family,  # type: ignore[arg-type]
+        parameters=model.parameters,
+        archive_format=model.archive_format,  # type: ignore[arg-type]
+        archive_bytes=model.archive_bytes,
+        archive_sha256=model.archive_sha256,
+        files=[ModelFile(name=f["name"], size_bytes=f["bytes"], sha256=f["sha256"]) for f in model.files],
+        created_at=model.created_at,
+    )
 
 
 def dataset_public(dataset: Dataset) -> DatasetPublic:

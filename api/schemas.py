@@ -195,6 +195,39 @@ class CheckpointsPage(BaseModel):
     data: list[CheckpointPublic]
 
 
+ModelStatus = Literal["processing", "ready", "failed"]
+ModelFamily = Literal["gpt2", "llama", "bert", "roberta", "t5"]
+
+
+class ModelFile(BaseModel):
+    """One file of an uploaded model's Hugging Face folder."""
+
+    name: str = Field(examples=["model.safetensors"])
+    size_bytes: int
+    sha256: str
+
+
+class ModelPublic(BaseModel):
+    """A base model a tenant uploaded: a Hugging Face folder, validated before it is ready to start jobs from."""
+
+    id: str = Field(examples=["mdl_7d2e9c4b1a3f5e6d8c0b"])
+    name: str = Field(examples=["gpt2-small-domain"])
+    status: ModelStatus
+    error: str | None = Field(default=None, description="Why validation failed, when it did: what to fix.")
+    family: ModelFamily | None = Field(default=None, description="The architecture, set when ready.")
+    parameters: int | None = Field(default=None, description="Parameter count, set when ready.")
+    archive_format: Literal["tar", "zip"]
+    archive_bytes: int
+    archive_sha256: str = Field(description="sha256 of the archive as uploaded.")
+    files: list[ModelFile] = Field(description="The extracted files, set when ready.")
+    created_at: datetime
+
+
+class ModelsPage(BaseModel):
+    data: list[ModelPublic]
+    next_cursor: str | None = None
+
+
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 

@@ -1,4 +1,5 @@
-"""Receive a corpus upload as a stream: constant memory, sha256 while streaming, size limit enforced.
+"""Receive an upload (a corpus, a model archive) as a stream: constant memory, sha256 while streaming, size
+limit enforced.
 
 The body is either the file itself or `multipart/form-data` with a field `file`. Bytes go to a
 temporary blob that appears under its final key only when the upload completed within the limit,
@@ -57,12 +58,17 @@ def detect_format(content_type: str | None, name: str | None) -> str | None:
     return None
 
 
+# Enough of the first bytes to tell gzip (2 bytes) and a tar header (`ustar` at offset 257) apart.
+_HEAD_BYTES = 512
+
+
 @dataclass
 class _Sink:
     """Counts, hashes and writes bytes, refusing to go past the limit."""
 
     out: BinaryIO
     limit: int
+    limit_setting: str = "SELFSUP_MAX_UPLOAD_BYTES"
     size: int = 0
     head: bytes = b""
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
@@ -70,9 +76,9 @@ class _Sink:
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
-            raise ApiError(413, f"the upload exceeds the limit of {self.limit:,} bytes (SELFSUP_MAX_UPLOAD_BYTES)")
-        if len(self.head) < 2:
-            self.head += data[: 2 - len(self.head)]
+            raise ApiError(413, f"the upload exceeds the limit of {self.limit:,} bytes ({self.limit_setting})")
+        if len(self.head) < _HEAD_BYTES:
+            self.head += data[: _HEAD_BYTES - len(self.head)]
         self.digest.update(data)
         self.out.write(data)
 
@@ -90,19 +96,10 @@ async def receive_upload(
     request: Request, *, store: BlobStore, key: str, name: str | None, limit: int
 ) -> ReceivedUpload:
     """Stream the request body into `key`; raises ApiError (413, 415, 422) without keeping anything."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise ApiError(413, f"the upload ({int(declared):,} bytes) exceeds the limit of {limit:,} bytes")
-    content_type = request.headers.get("content-type", "")
-    media, options = parse_options_header(content_type)
+    _refuse_declared_oversize(request, limit)
     with store.writer(key) as out:
         sink = _Sink(out=out, limit=limit)
-        if media == b"multipart/form-data":
-            filename, part_type = await _receive_multipart(request, options.get(b"boundary"), sink)
-        else:
-            filename, part_type = None, content_type
-            async for chunk in _body(request):
-                sink.write(chunk)
+        filename, part_type = await _stream_into(request, sink, what="the corpus")
         if sink.size == 0:
             raise ApiError(422, "the upload is empty: send the corpus file as the request body")
         fmt = detect_format(part_type, name or filename)
@@ -116,10 +113,69 @@ async def receive_upload(
     return ReceivedUpload(
         filename=filename,
         fmt=fmt,
-        compression="gzip" if sink.head == b"\x1f\x8b" else None,
+        compression="gzip" if sink.head[:2] == b"\x1f\x8b" else None,
         size_bytes=sink.size,
         sha256=sink.digest.hexdigest(),
     )
+
+
+@dataclass
+class ReceivedArchive:
+    """An uploaded archive: its declared name, the format its first bytes show, and the measured size and digest."""
+
+    filename: str | None
+    fmt: str  # tar (plain or gzip/bz2/xz-compressed) | zip
+    size_bytes: int
+    sha256: str
+
+
+def archive_format(head: bytes) -> str | None:
+    """`zip` or `tar` from an archive's first bytes (a compressed tar counts as `tar`), else None."""
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if head[257:262] == b"ustar" or head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00":
+        return "tar"
+    return None
+
+
+async def receive_archive(
+    request: Request, *, store: BlobStore, key: str, limit: int, limit_setting: str
+) -> ReceivedArchive:
+    """Stream a tar or zip archive into `key`; raises ApiError (413, 415, 422) without keeping anything."""
+    _refuse_declared_oversize(request, limit)
+    with store.writer(key) as out:
+        sink = _Sink(out=out, limit=limit, limit_setting=limit_setting)
+        filename, _ = await _stream_into(request, sink, what="the model archive")
+        if sink.size == 0:
+            raise ApiError(
+                422, "the upload is empty: send the model folder as a tar or zip archive in the request body"
+            )
+        fmt = archive_format(sink.head)
+        if fmt is None:
+            raise ApiError(
+                415,
+                "the upload is neither a tar archive (plain, .tar.gz, .tar.bz2 or .tar.xz) nor a zip archive: "
+                "archive the Hugging Face model folder (config.json, model.safetensors, tokenizer files), e.g. "
+                "`tar -czf model.tar.gz -C my-model .`",
+            )
+    return ReceivedArchive(filename=filename, fmt=fmt, size_bytes=sink.size, sha256=sink.digest.hexdigest())
+
+
+def _refuse_declared_oversize(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise ApiError(413, f"the upload ({int(declared):,} bytes) exceeds the limit of {limit:,} bytes")
+
+
+async def _stream_into(request: Request, sink: _Sink, *, what: str) -> tuple[str | None, str]:
+    """Send the body (or its multipart `file` field) into `sink`; the file name and content type it declared."""
+    content_type = request.headers.get("content-type", "")
+    media, options = parse_options_header(content_type)
+    if media == b"multipart/form-data":
+        return await _receive_multipart(request, options.get(b"boundary"), sink, what=what)
+    async for chunk in _body(request):
+        sink.write(chunk)
+    return None, content_type
 
 
 class _MultipartFile:
@@ -165,7 +221,9 @@ class _MultipartFile:
         self.in_file = False
 
 
-async def _receive_multipart(request: Request, boundary: bytes | None, sink: _Sink) -> tuple[str | None, str]:
+async def _receive_multipart(
+    request: Request, boundary: bytes | None, sink: _Sink, *, what: str
+) -> tuple[str | None, str]:
     if not boundary:
         raise ApiError(400, "multipart/form-data without a boundary parameter")
     part = _MultipartFile(sink)
@@ -186,5 +244,5 @@ async def _receive_multipart(request: Request, boundary: bytes | None, sink: _Si
     except MultipartParseError as exc:
         raise ApiError(400, f"malformed multipart/form-data body: {exc}") from exc
     if not part.seen:
-        raise ApiError(422, "multipart upload without a field named `file`: send the corpus as the `file` field")
+        raise ApiError(422, f"multipart upload without a field named `file`: send {what} as the `file` field")
     return part.filename, part.content_type

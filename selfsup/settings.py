@@ -58,6 +58,20 @@ class Settings(BaseSettings):
     max_labelled_set_examples: int = Field(
         default=20_000, ge=4, description="The most examples a labelled set may hold (probes fit on CPU)."
     )
+    # Base-model uploads (`POST /v1/models`): a Hugging Face directory as a tar or zip archive.
+    model_max_bytes: int = Field(
+        default=20 * 1024**3,
+        gt=0,
+        description="The most bytes a model archive may have, uploaded and once extracted (counted as written).",
+    )
+    model_max_files: int = Field(
+        default=256, ge=1, description="The most entries (files and folders) an archive may hold."
+    )
+    archive_max_ratio: float = Field(
+        default=100.0,
+        gt=1,
+        description="The most bytes extraction may write per archive byte (a decompression bomb stops there).",
+    )
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
 
     torch_threads: int | None = Field(default=None, ge=1, description="torch threads in a training worker.")

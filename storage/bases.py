@@ -73,7 +73,7 @@ class ModelRow(Protocol):
 
     id: str
     name: str
-    family: str
+    family: str | None  # set once the model is ready
     files: list[Any]
     blob_prefix: str
 
@@ -119,8 +119,11 @@ def model_base(model: ModelRow, *, config: dict[str, Any]) -> dict[str, Any]:
     """The base a job starting from an uploaded model starts from (`config`: its `config.json`, whose `vocab_size`
     the job's model gets: the trainer builds it with the tokenizer's length, so the two must agree). The tokenizer
     section says what kind of tokenizer the family's is, with its specials."""
+    family = model.family
+    if family is None:
+        raise ValueError("it has not been validated (no family yet)")
     if "vocab_size" not in config:
-        raise ValueError(f"config.json of a {model.family} model has no vocab_size")
+        raise ValueError(f"config.json of a {family} model has no vocab_size")
     return {
         "type": "model",
         "id": model.id,
@@ -132,10 +135,10 @@ def model_base(model: ModelRow, *, config: dict[str, Any]) -> dict[str, Any]:
             for f in model.files
         ],
         "tokenizer_sha256": tokenizer_sha256(model.files),
-        "model": shape_from_hf_config(model.family, config),
+        "model": shape_from_hf_config(family, config),
         "tokenizer": {
-            "type": _TOKENIZER_TYPE_BY_FAMILY[model.family],
+            "type": _TOKENIZER_TYPE_BY_FAMILY[family],
             "vocab_size": config["vocab_size"],
-            "special_tokens": "gpt2" if model.family == "llama" else model.family,
+            "special_tokens": "gpt2" if family == "llama" else family,
         },
     }

@@ -9,6 +9,8 @@ curated/<curation_key>/                    a curated dataset's kept text, once p
 checkpoints/<job_id>/v<version>-<random>/  one checkpoint (a Hugging Face folder and resume/)
 heldout/<heldout_key>/                     a held-out corpus tokenized with one job tokenizer (both splits)
 labelled-sets/<labelled_set_id>/examples.jsonl  a labelled set for probes, as uploaded
+models/<model_id>/upload                   an uploaded model archive, until it is validated
+models/<model_id>/hf/                      the uploaded model's extracted Hugging Face folder
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ DATASETS = "datasets"
 CURATED = "curated"
 CHECKPOINTS = "checkpoints"
 HELDOUT = "heldout"
+MODELS = "models"
 
 
 def join_key(prefix: str, *names: str) -> str:
@@ -96,3 +99,18 @@ def labelled_set_key(labelled_set_id: str) -> str:
 def labelled_set_prefix(labelled_set_id: str) -> str:
     """The blob prefix of everything stored for one labelled set."""
     return join_key(LABELLED_SETS, labelled_set_id)
+
+
+def model_prefix(model_id: str) -> str:
+    """The blob prefix of everything stored for one uploaded model."""
+    return join_key(MODELS, model_id)
+
+
+def model_upload_key(model_id: str) -> str:
+    """Blob key of a model archive as uploaded (removed once extracted)."""
+    return join_key(model_prefix(model_id), "upload")
+
+
+def model_files_prefix(model_id: str) -> str:
+    """The blob prefix of an uploaded model's extracted Hugging Face folder."""
+    return join_key(model_prefix(model_id), "hf")

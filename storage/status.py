@@ -1,5 +1,5 @@
-"""The lifecycles of a job, a corpus, a curated dataset and a webhook delivery: their statuses and the moves between
-them, written once; and the events that webhooks subscribe to.
+"""The lifecycles of a job, a corpus, a curated dataset, an uploaded model and a webhook delivery: their statuses and
+the moves between them, written once; and the events that webhooks subscribe to.
 
 The values are the strings stored in the `status` columns and shown by the API; `crud` checks every
 change of status against the tables below, in Python and in the UPDATE's WHERE clause.
@@ -41,6 +41,14 @@ class ProbeStatus(StrEnum):
 
 class DatasetStatus(StrEnum):
     """Where a curated dataset is in curation."""
+
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class ModelStatus(StrEnum):
+    """Where an uploaded base model is in validation."""
 
     PROCESSING = "processing"
     READY = "ready"
@@ -104,6 +112,13 @@ DATASET_TRANSITIONS: Mapping[DatasetStatus, frozenset[DatasetStatus]] = {
     DatasetStatus.FAILED: frozenset(),
 }
 
+# A base model is validated once: it becomes ready or fails, and stays so.
+MODEL_TRANSITIONS: Mapping[ModelStatus, frozenset[ModelStatus]] = {
+    ModelStatus.PROCESSING: frozenset({ModelStatus.READY, ModelStatus.FAILED}),
+    ModelStatus.READY: frozenset(),
+    ModelStatus.FAILED: frozenset(),
+}
+
 # A delivery is retried while pending, and ends once: answered 2xx, or given up on.
 DELIVERY_TRANSITIONS: Mapping[DeliveryStatus, frozenset[DeliveryStatus]] = {
     DeliveryStatus.PENDING: frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.FAILED}),
@@ -141,6 +156,11 @@ def corpus_statuses_leading_to(target: CorpusStatus) -> frozenset[CorpusStatus]:
 def dataset_statuses_leading_to(target: DatasetStatus) -> frozenset[DatasetStatus]:
     """The statuses a curated dataset may move to `target` from."""
     return frozenset(status for status, moves in DATASET_TRANSITIONS.items() if target in moves)
+
+
+def model_statuses_leading_to(target: ModelStatus) -> frozenset[ModelStatus]:
+    """The statuses an uploaded model may move to `target` from."""
+    return frozenset(status for status, moves in MODEL_TRANSITIONS.items() if target in moves)
 
 
 def delivery_statuses_leading_to(target: DeliveryStatus) -> frozenset[DeliveryStatus]:

@@ -1,5 +1,5 @@
-"""The database tables: the single source of truth for tenants, corpora, datasets, jobs, metrics, checkpoints and
-webhooks."""
+"""The database tables: the single source of truth for tenants, corpora, datasets, uploaded models, jobs, metrics,
+checkpoints and webhooks."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from storage.status import CorpusStatus, DatasetStatus, DeliveryStatus, JobStatus, ProbeStatus
+from storage.status import CorpusStatus, DatasetStatus, DeliveryStatus, JobStatus, ModelStatus, ProbeStatus
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -124,6 +124,30 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Model(Base):
+    """A base model a tenant uploaded (`POST /v1/models`): a Hugging Face directory, validated before it is ready."""
+
+    __tablename__ = "models"
+    __table_args__ = (Index("ix_models_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("mdl"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=ModelStatus.PROCESSING)  # a ModelStatus
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    archive_format: Mapped[str] = mapped_column(String(16))  # tar | zip
+    archive_bytes: Mapped[int] = mapped_column(BigInteger)
+    archive_sha256: Mapped[str] = mapped_column(String(64))
+    # Set when ready: gpt2 | llama | bert | roberta | t5 (a ModelFamily), the parameter count, and
+    # [{name, bytes, sha256}] of the extracted files, which live under `blob_prefix` (a Hugging Face folder).
+    family: Mapped[str | None] = mapped_column(String(16), default=None)
+    parameters: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    files: Mapped[list[Any]] = mapped_column(default=list)
+    blob_prefix: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class Job(Base):

@@ -217,3 +217,119 @@ def upload_labelled_set(client: httpx.Client, data: bytes, *, name: str = "plays
     return client.post(
         "/v1/labelled-sets", params={"name": name}, content=data, headers={"Content-Type": "application/jsonl"}
     )
+
+
+def _tokenizer_lines() -> list[str]:
+    """Lines a tiny tokenizer is trained on, offline, for the base models the tests upload."""
+    return [line for line in shakespeare_slice(20_000).decode("utf-8").splitlines() if line.strip()]
+
+
+def save_tiny_hf_model(folder: Path, family: str, *, width: int = 32, safetensors: bool = True) -> Path:
+    """Save a tiny, randomly initialised GPT-2 (`gpt2`) or BERT (`bert`) and a tokenizer trained here into `folder`,
+    as `save_pretrained` writes them (what a user archives and uploads to `POST /v1/models`)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    if family == "gpt2":
+        raw = Tokenizer(models.BPE())
+        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        raw.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        raw.train_from_iterator(_tokenizer_lines(), trainer)
+        eos = "<|endoftext|>"
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=eos, eos_token=eos, unk_token=eos)
+        vocab = len(tokenizer)
+        model: Any = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab,
+                n_positions=64,
+                n_embd=width,
+                n_layer=2,
+                n_head=2,
+                bos_token_id=tokenizer.eos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        )
+    elif family == "bert":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        raw.decoder = decoders.WordPiece()
+        raw.train_from_iterator(_tokenizer_lines(), trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=raw,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+        vocab = len(tokenizer)
+        model = BertForMaskedLM(
+            BertConfig(
+                vocab_size=vocab,
+                hidden_size=width,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=4 * width,
+                max_position_embeddings=64,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    else:
+        raise ValueError(f"no tiny {family} model to make")
+    if safetensors:
+        model.save_pretrained(folder)
+    else:  # what older transformers wrote by default: a pickle
+        model.config.save_pretrained(folder)
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tar_folder(folder: Path, *, arcname: str = "model") -> bytes:
+    """`tar -czf - -C folder/.. folder` as bytes: the folder's files under one top-level folder `arcname`."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(folder, arcname=arcname)
+    return buffer.getvalue()
+
+
+def zip_folder(folder: Path) -> bytes:
+    """`cd folder && zip -r - .` as bytes: the folder's files at the top of a deflated zip."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+def upload_model(client: httpx.Client, archive: bytes, *, name: str, content_type: str) -> dict[str, Any]:
+    """POST an archive as a base model and return the 201 body."""
+    response = client.post("/v1/models", params={"name": name}, content=archive, headers={"Content-Type": content_type})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def wait_for_model(client: httpx.Client, model_id: str, timeout: float = 120) -> dict[str, Any]:
+    """Poll an uploaded model until validation finished (ready or failed)."""
+
+    def finished() -> dict[str, Any] | None:
+        body = client.get(f"/v1/models/{model_id}").json()
+        return body if body["status"] != "processing" else None
+
+    return wait_until(finished, timeout=timeout, what=f"model {model_id} validation")  # type: ignore[no-any-return]

@@ -24,6 +24,7 @@ GPU_QUEUE = "gpu"
 INGEST_CORPUS = "selfsup.ingest_corpus"
 PREPARE_JOB = "selfsup.prepare_job"
 CURATE_DATASET = "selfsup.curate_dataset"
+VALIDATE_MODEL = "selfsup.validate_model"
 TRAIN_JOB = "selfsup.train_job"
 RECONCILE = "selfsup.reconcile"
 DELIVER_WEBHOOK = "selfsup.deliver_webhook"
@@ -33,6 +34,7 @@ PROBE_CHECKPOINT = "selfsup.probe_checkpoint"
 TASK_QUEUES = {
     INGEST_CORPUS: CPU_QUEUE,
     CURATE_DATASET: CPU_QUEUE,
+    VALIDATE_MODEL: CPU_QUEUE,
     PREPARE_JOB: CPU_QUEUE,
     TRAIN_JOB: GPU_QUEUE,
     RECONCILE: CPU_QUEUE,

@@ -18,7 +18,7 @@ from selfsup.settings import get_settings
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.db import session_scope
-from storage.keys import CORPORA, CURATED, DATASETS
+from storage.keys import CORPORA, CURATED, DATASETS, MODELS
 from storage.tables import utcnow
 from workers.celery_app import (
     CURATE_DATASET,
@@ -29,6 +29,7 @@ from workers.celery_app import (
     RECONCILE,
     SWEEP_WEBHOOKS,
     TRAIN_JOB,
+    VALIDATE_MODEL,
     enqueue,
     get_celery,
     waiting_ids,
@@ -57,6 +58,7 @@ def selfsup_task(name: str, **options: Any) -> Callable[[Callable[..., str]], An
 # What the id a task takes names, for the log lines the task writes (and Celery's about it).
 _ID_FIELD = {
     INGEST_CORPUS: "corpus_id",
+    VALIDATE_MODEL: "model_id",
     CURATE_DATASET: "dataset_id",
     PREPARE_JOB: "job_id",
     TRAIN_JOB: "job_id",
@@ -99,6 +101,7 @@ def _prepare_worker(**_: Any) -> None:
 
     import workers.curate
     import workers.ingest
+    import workers.model_upload
     import workers.prepare
     import workers.probes
     import workers.train
@@ -125,6 +128,14 @@ def ingest_corpus(corpus_id: str) -> str:
     from workers.ingest import ingest
 
     return ingest(corpus_id, settings=get_settings(), store=get_blob_store())
+
+
+@selfsup_task(VALIDATE_MODEL)
+def validate_model(model_id: str) -> str:
+    """Extract an uploaded model archive safely and check the model (family, safetensors, shapes, tokenizer)."""
+    from workers.model_upload import validate_model as validate
+
+    return validate(model_id, settings=get_settings(), store=get_blob_store())
 
 
 @selfsup_task(CURATE_DATASET)
@@ -183,8 +194,8 @@ def sweep_webhooks() -> str:
 
 @selfsup_task(RECONCILE)
 def reconcile() -> str:
-    """Re-enqueue what the broker may have lost (jobs, ingests, curations, probes), resume jobs whose trainer died,
-    sweep broken uploads."""
+    """Re-enqueue what the broker may have lost (jobs, ingests, curations, probes, model validations), resume jobs
+    whose trainer died, sweep broken uploads."""
     settings = get_settings()
     stale = utcnow() - timedelta(seconds=settings.lease_seconds)
     to_prepare: list[str] = []
@@ -197,6 +208,7 @@ def reconcile() -> str:
         # A curation touches its dataset as it goes, so only a lost wake-up or a dead worker looks stale.
         to_curate = crud.stale_processing_curated_datasets(session=session, untouched_since=stale)
         to_probe = crud.stale_queued_probe_runs(session=session, untouched_since=stale)
+        to_validate = crud.stale_processing_models(session=session, untouched_since=stale)
     to_train += _requeue_expired_leases()
     sent = 0
     for task, ids in (
@@ -205,6 +217,7 @@ def reconcile() -> str:
         (INGEST_CORPUS, to_ingest),
         (CURATE_DATASET, to_curate),
         (PROBE_CHECKPOINT, to_probe),
+        (VALIDATE_MODEL, to_validate),
     ):
         # A job waiting behind a long one is still in the queue: only re-send what the broker lost.
         waiting = waiting_ids(task) if ids else set()
@@ -217,6 +230,7 @@ def reconcile() -> str:
         *store.sweep_orphans(CORPORA, older_than=settings.orphan_seconds),
         *store.sweep_orphans(DATASETS, older_than=settings.orphan_seconds),
         *store.sweep_orphans(CURATED, older_than=settings.orphan_seconds),
+        *store.sweep_orphans(MODELS, older_than=settings.orphan_seconds),
     ]
     return f"re-sent {sent} wake-ups; swept {len(swept)} orphaned temporary files"
 

@@ -44,7 +44,7 @@ from storage import crud
 from storage.bases import checkpoint_base, model_base
 from storage.blobs import get_blob_store
 from storage.keys import join_key
-from storage.status import FINISHED_JOB_STATUSES, CorpusStatus, DatasetStatus
+from storage.status import FINISHED_JOB_STATUSES, CorpusStatus, DatasetStatus, ModelStatus
 from storage.status import JobStatus as Status
 from storage.tables import Job, Tenant
 from workers.celery_app import PREPARE_JOB, TRAIN_JOB
@@ -170,10 +170,8 @@ def _resolve_init_from(
     else:
         field, wanted = "init_from.model_id", spec.init_from.model_id or ""
         problem = f"no model {wanted}"
-        # `crud.get_model` comes with the models table (issue 13's `POST /v1/models`); until then no model exists.
-        get_model = getattr(crud, "get_model", None)
-        model = get_model(session=session, tenant=tenant, model_id=wanted) if get_model is not None else None
-        if model is not None and model.status != "ready":
+        model = crud.get_model(session=session, tenant=tenant, model_id=wanted)
+        if model is not None and model.status != ModelStatus.READY:
             problem = f"model {wanted} is {model.status}, not ready" + (f": {model.error}" if model.error else "")
         elif model is not None:
             try:

@@ -95,6 +95,17 @@ from storage.crud.jobs import (
     running_jobs_of,
     stale_queued_jobs,
 )
+from storage.crud.models import (
+    create_model,
+    delete_model,
+    fail_model,
+    get_model,
+    get_model_by_id,
+    list_models,
+    mark_model_ready,
+    model_in_use,
+    stale_processing_models,
+)
 from storage.crud.operations import (
     OperationsSnapshot,
     RunningJob,
@@ -155,6 +166,15 @@ __all__ = [
     "queue_probe_runs",
     "record_probe_accuracy",
     "stale_queued_probe_runs",
+    "create_model",
+    "delete_model",
+    "fail_model",
+    "get_model",
+    "get_model_by_id",
+    "list_models",
+    "mark_model_ready",
+    "model_in_use",
+    "stale_processing_models",
     "OperationsSnapshot",
     "RecordedThroughput",
     "RequeueOutcome",

@@ -16,13 +16,14 @@ from storage.tables import (
     Dataset,
     Job,
     LabelledSet,
+    Model,
     WebhookDelivery,
 )
 
-Row = TypeVar("Row", Corpus, Dataset, Job, LabelledSet, WebhookDelivery)
+Row = TypeVar("Row", Corpus, Dataset, Job, LabelledSet, Model, WebhookDelivery)
 
 
-def encode_cursor(row: Corpus | Dataset | Job | LabelledSet | WebhookDelivery) -> str:
+def encode_cursor(row: Corpus | Dataset | Job | LabelledSet | Model | WebhookDelivery) -> str:
     """An opaque cursor pointing just after `row` in newest-first order."""
     raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")

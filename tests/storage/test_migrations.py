@@ -29,6 +29,7 @@ TABLES = {
     "webhook_deliveries",
     "labelled_sets",
     "probe_runs",
+    "models",
 }
 
 
@@ -58,7 +59,7 @@ def _roundtrip(url: str) -> None:
     migrate.upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
     engine.dispose()
 
 
