@@ -3,25 +3,12 @@ written after the checkpoints (a probe's accuracy), and pruning waits for it (cr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy.orm import Session
 
 from storage import crud
-from storage.db import make_engine
-from storage.tables import Base, Checkpoint, Job, utcnow
-
-
-@pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    Base.metadata.create_all(engine)
-    with Session(engine, expire_on_commit=False) as session:
-        yield session
-    engine.dispose()
+from storage.tables import Checkpoint, Job, utcnow
 
 
 def _job_with_checkpoints(session: Session, spec: dict[str, Any], steps: list[int]) -> Job:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, get_args
 
 import pytest
@@ -11,7 +9,6 @@ from sqlalchemy.orm import Session
 
 from api import schemas
 from storage import crud
-from storage.db import make_engine
 from storage.status import (
     ACTIVE_JOB_STATUSES,
     CORPUS_TRANSITIONS,
@@ -23,7 +20,7 @@ from storage.status import (
     JobStatus,
     job_statuses_leading_to,
 )
-from storage.tables import Base, Job, JobCorpus
+from storage.tables import Job, JobCorpus
 
 
 def test_the_api_shows_the_same_statuses_the_tables_store() -> None:
@@ -38,15 +35,6 @@ def test_final_statuses_are_the_ones_without_moves() -> None:
     assert job_statuses_leading_to(JobStatus.SUCCEEDED) == {JobStatus.RUNNING}
     with pytest.raises(ValueError, match="cannot move from paused to running"):
         job_statuses_leading_to(JobStatus.RUNNING, among=frozenset({JobStatus.PAUSED}))
-
-
-@pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    Base.metadata.create_all(engine)
-    with Session(engine, expire_on_commit=False) as session:
-        yield session
-    engine.dispose()
 
 
 def _job(session: Session, **training: Any) -> Job:

@@ -3,27 +3,14 @@ an attempt is claimed by one worker at a time (crud on a real SQLite database)."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage import crud
-from storage.db import make_engine
 from storage.status import DeliveryStatus, JobStatus
-from storage.tables import Base, Checkpoint, Job, Tenant, WebhookDelivery, utcnow
-
-
-@pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    Base.metadata.create_all(engine)
-    with Session(engine, expire_on_commit=False) as session:
-        yield session
-    engine.dispose()
+from storage.tables import Checkpoint, Job, Tenant, WebhookDelivery, utcnow
 
 
 def _tenant(session: Session, name: str = "alice") -> Tenant:
