@@ -9,6 +9,8 @@ this pass gives each operation the errors it can really answer, all with that sc
 - 404 on every operation with an `{id}` in its path (another tenant's resource is a 404 too);
 - 422 where a parameter or body can be invalid (not for a plain string id in the path);
 - 400 on uploads that accept `multipart/form-data` (a malformed body, or a client that disconnected);
+- 400 (malformed JSON), 413 (over `SELFSUP_MAX_JSON_BYTES`) and 415 (not sent as JSON) where the body is JSON;
+- 429 on every `/v1` operation (the key's rate limit; see `api/ratelimit.py`);
 - and whatever a route declares itself (409, 413, 415…), its description kept.
 """
 
@@ -28,13 +30,15 @@ _ERROR_REF = {"$ref": f"#/components/schemas/{ERROR_SCHEMA}"}
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 DEFAULT_DESCRIPTIONS = {
-    "400": "Malformed request: a broken `multipart/form-data` body, or the client disconnected mid-upload",
+    "400": "Malformed request: JSON that does not parse (the message says where), a broken `multipart/form-data` "
+    "body, or the client disconnected mid-upload",
     "401": "No API key, or an unknown one: send `Authorization: Bearer <key>`",
     "404": "No such resource among the caller's (another tenant's is not found either)",
     "409": "Conflicts with the resource's current state",
     "413": "Over the size limit",
     "415": "Unsupported media type",
     "422": "Invalid request; `details` names each bad field by its path",
+    "429": "Rate limit: the key made more requests than its burst and rate allow; retry after `Retry-After` seconds",
     "503": "Busy: no database connection came free in time; retry after `Retry-After` seconds",
 }
 
@@ -96,11 +100,14 @@ def _path_parameters(operation: dict[str, Any]) -> list[dict[str, Any]]:
 def _error_statuses(operation: dict[str, Any]) -> list[str]:
     statuses = []
     if operation.get("security"):
-        statuses += ["401", "503"]
+        statuses += ["401", "429", "503"]
     if _path_parameters(operation):
         statuses.append("404")
-    if "multipart/form-data" in operation.get("requestBody", {}).get("content", {}):
+    content = operation.get("requestBody", {}).get("content", {})
+    if "multipart/form-data" in content:
         statuses.append("400")
+    if "application/json" in content:
+        statuses += ["400", "413", "415"]
     return statuses
 
 

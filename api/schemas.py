@@ -243,7 +243,10 @@ class WebhookCreate(BaseModel):
         examples=["https://example.com/hooks/selfsup"],
     )
     event_types: list[WebhookEventType] = Field(
-        min_length=1, description="The events to send; repeats are ignored.", examples=[["job.succeeded"]]
+        min_length=1,
+        max_length=64,
+        description="The events to send; repeats are ignored.",
+        examples=[["job.succeeded"]],
     )
 
     @field_validator("event_types")

@@ -18,6 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from api.errors import ApiError
+from selfsup.spec_types import NAME_MAX_LENGTH, forbidden_name_character
 from storage.blobs import BlobStore
 
 _JSONL_TYPES = {
@@ -159,6 +160,19 @@ async def receive_archive(
                 "`tar -czf model.tar.gz -C my-model .`",
             )
     return ReceivedArchive(filename=filename, fmt=fmt, size_bytes=sink.size, sha256=sink.digest.hexdigest())
+
+
+def name_of_upload(name: str | None, filename: str | None, default: str) -> str:
+    """The name a corpus or model gets: `?name=` (already validated), else the multipart file name when it would
+    pass as a name (no control characters, at most 200 characters), else `default` (the new resource's id).
+
+    A file name that would not pass falls back rather than failing the upload that has already been received.
+    """
+    if name:
+        return name
+    if filename and len(filename) <= NAME_MAX_LENGTH and forbidden_name_character(filename) is None:
+        return filename
+    return default
 
 
 def _refuse_declared_oversize(request: Request, limit: int) -> None:

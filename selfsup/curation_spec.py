@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from selfsup.spec_types import StrictModel, invalid_combination
+from selfsup.spec_types import Name, StrictModel, invalid_combination
 
 CorpusId = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -125,7 +125,7 @@ class DatasetSource(StrictModel):
 class DatasetCreate(StrictModel):
     """`POST /v1/datasets`: a curated mixture of corpora."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = None
     sources: list[DatasetSource] = Field(min_length=1, max_length=64)
     curation: CurationSpec | None = Field(
         default=None,

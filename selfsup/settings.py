@@ -115,6 +115,37 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         default=None, description="When set, `GET /metrics` wants `Authorization: Bearer <this token>`."
     )
+    # Hostile clients (issue 14): per-key rate limits, body limits, response headers, CORS, the API's docs.
+    rate_limit_per_second: float = Field(
+        default=50.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Requests per second each API key may make on /v1, on average (the token bucket's refill); "
+        "0 turns rate limiting off.",
+    )
+    rate_limit_burst: int = Field(
+        default=200,
+        ge=0,
+        description="Requests an API key may make at once before the rate applies (the bucket's capacity); 0 turns "
+        "rate limiting off.",
+    )
+    max_json_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="The largest JSON request body accepted (a job spec, a dataset)."
+    )
+    hsts_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="When above 0, every response carries `Strict-Transport-Security: max-age=<this>`. Off by "
+        "default: the embedded default serves plain http; set it when a TLS proxy fronts the API.",
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins whose pages may call the API from a browser (`*` for any); empty "
+        "(the default): no CORS headers, so only the API's own dashboard can.",
+    )
+    api_docs: bool = Field(
+        default=True, description="Serve the OpenAPI document (`/openapi.json`) and its pages (`/docs`, `/redoc`)."
+    )
     fault_injection: str | None = Field(default=None, description="Tests only: see workers/faults.py.")
 
     @model_validator(mode="after")
@@ -127,6 +158,16 @@ class Settings(BaseSettings):
             if self.fault_injection:
                 raise ValueError("SELFSUP_FAULT_INJECTION crashes workers on purpose; it is for tests only")
         return self
+
+    @property
+    def rate_limited(self) -> bool:
+        """Whether /v1 requests are rate limited per key (both rate settings above 0)."""
+        return self.rate_limit_per_second > 0 and self.rate_limit_burst > 0
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """`SELFSUP_CORS_ORIGINS` as a list (empty: CORS off)."""
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def resolved_home(self) -> Path:

@@ -27,7 +27,7 @@ from pydantic import (
 
 from models.objectives import OBJECTIVES, objective_type
 from models.objectives.base import ObjectiveSpec
-from selfsup.spec_types import ModelFamily, SpecialTokens, StrictModel, invalid_combination
+from selfsup.spec_types import ModelFamily, Name, SpecialTokens, StrictModel, invalid_combination
 
 # The objective section: one of the registered objectives, told apart by `type`.
 if TYPE_CHECKING:
@@ -359,7 +359,7 @@ UNION_TAGS: dict[str, set[str]] = {
 class JobSpec(StrictModel):
     """A pretraining job: which corpora (or curated dataset), which exercise, which model, and how long."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = None
     corpus_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
         default=None,
         min_length=1,

@@ -30,6 +30,10 @@ TEST_SETTINGS = {
     "SELFSUP_STREAM_POLL_SECONDS": "0.25",
     # Every line a logger writes is a JSON object (tests/api/test_operations.py checks them).
     "SELFSUP_LOG_FORMAT": "json",
+    # Rate limits on, but far above what any test sends (150 pollers in test_concurrent_clients.py): every
+    # request still goes through the limiter; tests/api/test_hostile_input.py runs a second API with a tiny one.
+    "SELFSUP_RATE_LIMIT_PER_SECOND": "100000",
+    "SELFSUP_RATE_LIMIT_BURST": "100000",
 }
 
 

@@ -11,8 +11,9 @@ from api.deps import CursorDep, OwnedCorpus, SessionDep, TenantDep, UploaderDep,
 from api.errors import ApiError
 from api.presenters import corpus_public
 from api.schemas import CorporaPage, CorpusPublic
-from api.uploads import receive_upload
+from api.uploads import name_of_upload, receive_upload
 from selfsup.settings import get_settings
+from selfsup.spec_types import Name
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.keys import corpus_prefix, corpus_upload_key
@@ -64,7 +65,9 @@ background: poll the corpus until `status` is `ready` (or `failed`, with `error`
 async def upload_corpus(
     request: Request,
     tenant: UploaderDep,
-    name: Annotated[str | None, Query(min_length=1, max_length=200, description="Defaults to the file name.")] = None,
+    name: Annotated[
+        Name | None, Query(description="Defaults to the file name (the id if that is no valid name).")
+    ] = None,
 ) -> CorpusPublic:
     corpus_id = new_id("cor")
     store = get_blob_store()
@@ -82,7 +85,7 @@ async def upload_corpus(
             session=session,
             tenant=tenant,
             corpus_id=corpus_id,
-            name=name or upload.filename or corpus_id,
+            name=name_of_upload(name, upload.filename, corpus_id),
             fmt=upload.fmt,
             compression=upload.compression,
             size_bytes=upload.size_bytes,

@@ -12,6 +12,7 @@ from api.labelled_sets import read_body, validate_labelled_set
 from api.presenters import labelled_set_public
 from api.schemas import LabelledSetPublic, LabelledSetsPage
 from selfsup.settings import get_settings
+from selfsup.spec_types import Name
 from storage import crud
 from storage.blobs import BlobStore, get_blob_store
 from storage.keys import labelled_set_key, labelled_set_prefix
@@ -54,7 +55,7 @@ def _store(store: BlobStore, key: str, body: bytes) -> None:
 async def upload_labelled_set(
     request: Request,
     tenant: UploaderDep,
-    name: Annotated[str | None, Query(min_length=1, max_length=200, description="Defaults to the id.")] = None,
+    name: Annotated[Name | None, Query(description="Defaults to the id.")] = None,
 ) -> LabelledSetPublic:
     settings = get_settings()
     body = await read_body(request, limit=settings.max_labelled_set_bytes)

@@ -11,8 +11,9 @@ from api.deps import CursorDep, OwnedModel, SessionDep, TenantDep, UploaderDep, 
 from api.errors import ApiError
 from api.presenters import model_public
 from api.schemas import ModelPublic, ModelsPage
-from api.uploads import receive_archive
+from api.uploads import name_of_upload, receive_archive
 from selfsup.settings import get_settings
+from selfsup.spec_types import Name
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.keys import model_files_prefix, model_prefix, model_upload_key
@@ -71,7 +72,9 @@ extracted per archive byte. A refused archive leaves nothing stored.
 async def upload_model(
     request: Request,
     tenant: UploaderDep,
-    name: Annotated[str | None, Query(min_length=1, max_length=200, description="Defaults to the file name.")] = None,
+    name: Annotated[
+        Name | None, Query(description="Defaults to the file name (the id if that is no valid name).")
+    ] = None,
 ) -> ModelPublic:
     model_id = new_id("mdl")
     store = get_blob_store()
@@ -89,7 +92,7 @@ async def upload_model(
             session=session,
             tenant=tenant,
             model_id=model_id,
-            name=name or archive.filename or model_id,
+            name=name_of_upload(name, archive.filename, model_id),
             archive_format=archive.fmt,
             archive_bytes=archive.size_bytes,
             archive_sha256=archive.sha256,

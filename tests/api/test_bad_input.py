@@ -55,7 +55,14 @@ def test_invalid_spec_names_each_bad_field(embedded_service: Service) -> None:
     body = api_error(client.post("/v1/jobs", json={"objective": {"type": "causal_lm"}}), 422)
     assert body["details"][0]["field"] == "corpus_ids"
 
-    body = api_error(client.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"}), 422)
+    # Not JSON at all: 400 with where it broke (issue 14; it was a 422 naming `[1]` as the field).
+    body = api_error(client.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"}), 400)
+    assert body["details"] == {
+        "line": 1,
+        "column": 2,
+        "position": 1,
+        "reason": "Expecting property name enclosed in double quotes",
+    }
 
 
 def test_unknown_corpus_id_is_refused(embedded_service: Service) -> None:
