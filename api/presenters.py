@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 from api.schemas import (
     CheckpointFile,
     CheckpointPublic,
+    CorpusArchiveStats,
     CorpusPublic,
     DatasetPublic,
     DatasetSourcePublic,
@@ -36,8 +37,12 @@ from storage.tables import (
 
 
 def corpus_public(corpus: Corpus) -> CorpusPublic:
-    """A corpus as clients see it."""
-    return CorpusPublic.model_validate(corpus, from_attributes=True)
+    """A corpus as clients see it (an archive's file counts come from its ingest report)."""
+    public = CorpusPublic.model_validate(corpus, from_attributes=True)
+    archive = (corpus.ingest_report or {}).get("archive")
+    if archive is not None:
+        public.archive = CorpusArchiveStats.model_validate(archive)
+    return public
 
 
 def model_public(model: Model) -> ModelPublic:

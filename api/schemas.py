@@ -20,6 +20,17 @@ DatasetStatus = Literal["processing", "ready", "failed"]
 JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 
 
+class CorpusArchiveStats(BaseModel):
+    """What ingest made of an archive's files: one document per text file, the others skipped and counted."""
+
+    type: Literal["zip", "tar"]
+    files: int = Field(description="Regular files in the archive (folders not counted).")
+    text_files: int = Field(description="Files that became documents.")
+    skipped_binary: int = Field(description="Files with a NUL byte or invalid UTF-8.")
+    skipped_too_large: int = Field(description="Files larger than SELFSUP_ARCHIVE_MAX_FILE_BYTES.")
+    skipped_empty: int = Field(description="Files holding only whitespace.")
+
+
 class CorpusPublic(BaseModel):
     """An uploaded corpus."""
 
@@ -35,6 +46,9 @@ class CorpusPublic(BaseModel):
     characters: int | None = None
     train_documents: int | None = None
     validation_documents: int | None = None
+    archive: CorpusArchiveStats | None = Field(
+        default=None, description="For an archive of text files, once ready: what became of its files."
+    )
     created_at: datetime
 
 

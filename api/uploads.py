@@ -9,6 +9,7 @@ so an interrupted or refused upload leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -29,7 +30,18 @@ _JSONL_TYPES = {
     "application/json-lines",
 }
 _TEXT_TYPES = {"text/plain"}
+_ARCHIVE_TYPES = {
+    "application/zip",
+    "application/x-zip-compressed",
+    "application/x-tar",
+    "application/x-gtar",
+    "application/x-compressed-tar",
+    "application/x-bzip-compressed-tar",
+    "application/x-xz-compressed-tar",
+}
 _EXTENSIONS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_ARCHIVE_EXTENSIONS = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
+CORPUS_FORMATS = ("txt", "jsonl", "archive")
 
 
 @dataclass
@@ -44,13 +56,17 @@ class ReceivedUpload:
 
 
 def detect_format(content_type: str | None, name: str | None) -> str | None:
-    """`txt` or `jsonl` from the Content-Type, else from the name's extension (ignoring `.gz`)."""
+    """`txt`, `jsonl` or `archive` from the Content-Type, else from the name's extension (ignoring `.gz`)."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media in _TEXT_TYPES:
         return "txt"
     if media in _JSONL_TYPES:
         return "jsonl"
+    if media in _ARCHIVE_TYPES:
+        return "archive"
     stem = (name or "").lower()
+    if stem.endswith(_ARCHIVE_EXTENSIONS):
+        return "archive"
     if stem.endswith(".gz"):
         stem = stem[:-3]
     for ext, fmt in _EXTENSIONS.items():
@@ -93,28 +109,74 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
         raise ApiError(400, "the client disconnected before the upload finished; nothing was kept") from exc
 
 
+def _compression(head: bytes) -> str | None:
+    """The compression a stream's first bytes name (`gzip`, `bzip2`, `xz`), or None."""
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:3] == b"BZh":
+        return "bzip2"
+    if head[:6] == b"\xfd7zXZ\x00":
+        return "xz"
+    return None
+
+
+def _is_tar_or_zip(head: bytes) -> bool:
+    """Whether the first bytes are a zip, a tar, or a gzip stream that starts with a tar header."""
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or head[257:262] == b"ustar":
+        return True
+    if head[:2] == b"\x1f\x8b":  # peek inside: a .tar.gz shows `ustar` in its first decompressed block
+        try:
+            inner = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(head, _HEAD_BYTES)
+        except zlib.error:
+            return False
+        return inner[257:262] == b"ustar"
+    return False
+
+
+def corpus_format(requested: str | None, content_type: str | None, name: str | None, head: bytes) -> str | None:
+    """The corpus format: as requested (`?format=`), else `archive` when the bytes are a zip or tar, else from
+    the Content-Type or the name; None when nothing tells."""
+    if requested is not None:
+        if requested == "archive" and not (_is_tar_or_zip(head) or _compression(head)):
+            raise ApiError(
+                415,
+                "format=archive, but the upload is neither a zip nor a tar archive (plain, .tar.gz, .tar.bz2 or "
+                ".tar.xz): send e.g. `tar -czf docs.tar.gz docs/` or `zip -r docs.zip docs/`",
+            )
+        return requested
+    if _is_tar_or_zip(head):
+        return "archive"
+    return detect_format(content_type, name)
+
+
 async def receive_upload(
-    request: Request, *, store: BlobStore, key: str, name: str | None, limit: int
+    request: Request, *, store: BlobStore, key: str, name: str | None, limit: int, fmt: str | None = None
 ) -> ReceivedUpload:
-    """Stream the request body into `key`; raises ApiError (413, 415, 422) without keeping anything."""
+    """Stream the request body into `key`; raises ApiError (413, 415, 422) without keeping anything.
+
+    `fmt` is the format the client asked for (`?format=`); without it, the bytes, Content-Type and name tell.
+    """
     _refuse_declared_oversize(request, limit)
     with store.writer(key) as out:
         sink = _Sink(out=out, limit=limit)
         filename, part_type = await _stream_into(request, sink, what="the corpus")
         if sink.size == 0:
             raise ApiError(422, "the upload is empty: send the corpus file as the request body")
-        fmt = detect_format(part_type, name or filename)
-        if fmt is None:
+        detected = corpus_format(fmt, part_type, name or filename, sink.head)
+        if detected is None:
             raise ApiError(
                 415,
                 f"cannot tell the corpus format from Content-Type {part_type or '(none)'!r} and name "
                 f"{name or filename!r}: send Content-Type text/plain or application/jsonl, "
-                "or give a name ending in .txt or .jsonl (optionally .gz)",
+                "or give a name ending in .txt or .jsonl (optionally .gz), or send a .zip, .tar or .tar.gz "
+                "archive of text files, or say `?format=txt|jsonl|archive`",
             )
+    compression = _compression(sink.head)
     return ReceivedUpload(
         filename=filename,
-        fmt=fmt,
-        compression="gzip" if sink.head[:2] == b"\x1f\x8b" else None,
+        fmt=detected,
+        # A text corpus may be gzip-compressed; an archive names its tar's compression (a zip has its own).
+        compression=compression if detected == "archive" or compression == "gzip" else None,
         size_bytes=sink.size,
         sha256=sink.digest.hexdigest(),
     )

@@ -70,7 +70,23 @@ class Settings(BaseSettings):
     archive_max_ratio: float = Field(
         default=100.0,
         gt=1,
-        description="The most bytes extraction may write per archive byte (a decompression bomb stops there).",
+        description="The most bytes decompression may produce per uploaded byte, for model archives and for gzip, "
+        "zip and tar corpora (a decompression bomb stops there, while streaming).",
+    )
+    # Corpus uploads that decompress (`.txt.gz`, `.jsonl.gz`) or hold many files (`.zip`, `.tar`, `.tar.gz`).
+    max_decompressed_bytes: int = Field(
+        default=50 * 1024**3,
+        gt=0,
+        description="The most bytes a compressed corpus upload may decompress to, counted while streaming.",
+    )
+    archive_max_files: int = Field(
+        default=100_000, ge=1, description="The most entries (files and folders) a corpus archive may hold."
+    )
+    archive_max_file_bytes: int = Field(
+        default=10 * 1024**2,
+        gt=0,
+        description="The largest file of a corpus archive that becomes a document; larger ones are skipped and "
+        "counted.",
     )
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
 

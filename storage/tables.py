@@ -87,8 +87,8 @@ class Corpus(Base):
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=CorpusStatus.PROCESSING)  # a CorpusStatus
     error: Mapped[str | None] = mapped_column(Text, default=None)
-    format: Mapped[str] = mapped_column(String(16))  # txt | jsonl
-    compression: Mapped[str | None] = mapped_column(String(16), default=None)  # gzip | None
+    format: Mapped[str] = mapped_column(String(16))  # txt | jsonl | archive
+    compression: Mapped[str | None] = mapped_column(String(16), default=None)  # gzip | bzip2 | xz (a tar) | None
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     documents: Mapped[int | None] = mapped_column(BigInteger, default=None)

@@ -11,10 +11,33 @@ from storage.blobs import BlobStore
 from storage.db import session_scope
 from storage.keys import corpus_prefix, corpus_split_key, corpus_upload_key
 from storage.status import CorpusStatus
+from workers.archives import ArchiveLimits, ArchiveRefused, archive_kind
 from workers.celery_app import CURATE_DATASET, PREPARE_JOB, enqueue
-from workers.data.documents import IngestError, read_jsonl_texts, rebalance_tiny_split, split_corpus
+from workers.data.documents import (
+    IngestError,
+    IngestStats,
+    read_jsonl_texts,
+    rebalance_tiny_split,
+    split_archive,
+    split_corpus,
+)
 
 log = logging.getLogger(__name__)
+
+# Up to this many decompressed bytes are allowed whatever the ratio: a tiny archive is not a bomb.
+_RATIO_FLOOR_BYTES = 1024 * 1024
+
+
+def corpus_limits(settings: Settings) -> ArchiveLimits:
+    """What a compressed corpus upload (gzip, zip, tar) may decompress to, and an archive may hold."""
+    return ArchiveLimits(
+        max_files=settings.archive_max_files,
+        max_bytes=settings.max_decompressed_bytes,
+        max_ratio=settings.archive_max_ratio,
+        files_setting="SELFSUP_ARCHIVE_MAX_FILES",
+        bytes_setting="SELFSUP_MAX_DECOMPRESSED_BYTES",
+        ratio_floor_bytes=_RATIO_FLOOR_BYTES,
+    )
 
 
 def ingest(corpus_id: str, *, settings: Settings, store: BlobStore) -> str:
@@ -25,21 +48,11 @@ def ingest(corpus_id: str, *, settings: Settings, store: BlobStore) -> str:
             return "nothing to do"
         fmt = corpus.format
     try:
-        with (
-            store.open(corpus_upload_key(corpus_id)) as raw,
-            store.writer(corpus_split_key(corpus_id, "train")) as train_out,
-            store.writer(corpus_split_key(corpus_id, "validation")) as validation_out,
-        ):
-            stats = split_corpus(
-                raw,
-                fmt=fmt,
-                validation_fraction=settings.validation_fraction,
-                train_out=train_out,
-                validation_out=validation_out,
-            )
+        stats = _split(corpus_id, fmt, settings=settings, store=store)
         if stats.train_documents == 0 or stats.validation_documents == 0:
             stats.train_documents, stats.validation_documents = _rebalance(store, corpus_id, settings)
-    except IngestError as exc:
+    except (IngestError, ArchiveRefused) as exc:
+        # The split writers discarded their partial files; the upload stays, as for any failed corpus.
         return _fail(corpus_id, str(exc))
     except FileNotFoundError:
         return _fail(corpus_id, "the uploaded bytes are missing from storage (the upload did not complete)")
@@ -59,7 +72,7 @@ def ingest(corpus_id: str, *, settings: Settings, store: BlobStore) -> str:
             characters=stats.characters,
             train_documents=stats.train_documents,
             validation_documents=stats.validation_documents,
-            ingest_report={"dropped": stats.dropped},
+            ingest_report=stats.report(),
         ):
             return "nothing to do"  # another delivery finished it first
         waiting = [job.id for job in crud.queued_jobs_reading(session=session, corpus_id=corpus_id)]
@@ -69,6 +82,37 @@ def ingest(corpus_id: str, *, settings: Settings, store: BlobStore) -> str:
     for dataset_id in curating:  # a dataset of the tenant may wait for this corpus; one that does not, returns
         enqueue(CURATE_DATASET, dataset_id)
     return f"ready: {stats.documents} documents, {stats.characters} characters"
+
+
+def _split(corpus_id: str, fmt: str, *, settings: Settings, store: BlobStore) -> IngestStats:
+    """Read the upload into the train and validation splits (written only if the whole upload is read)."""
+    limits = corpus_limits(settings)
+    with (
+        store.writer(corpus_split_key(corpus_id, "train")) as train_out,
+        store.writer(corpus_split_key(corpus_id, "validation")) as validation_out,
+    ):
+        if fmt == "archive":
+            if not store.exists(corpus_upload_key(corpus_id)):
+                raise FileNotFoundError(corpus_upload_key(corpus_id))
+            archive = store.local_copy(corpus_upload_key(corpus_id))  # a zip is read from its end: a seekable file
+            return split_archive(
+                archive,
+                archive_kind(archive),
+                limits=limits,
+                max_file_bytes=settings.archive_max_file_bytes,
+                validation_fraction=settings.validation_fraction,
+                train_out=train_out,
+                validation_out=validation_out,
+            )
+        with store.open(corpus_upload_key(corpus_id)) as raw:
+            return split_corpus(
+                raw,
+                fmt=fmt,
+                validation_fraction=settings.validation_fraction,
+                train_out=train_out,
+                validation_out=validation_out,
+                limits=limits,
+            )
 
 
 def _rebalance(store: BlobStore, corpus_id: str, settings: Settings) -> tuple[int, int]:

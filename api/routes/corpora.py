@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -24,10 +24,18 @@ router = APIRouter(prefix="/v1/corpora", tags=["corpora"])
 
 _UPLOAD_DOC = """The body is the file itself, streamed (or `multipart/form-data` with a field `file`).
 
-Formats: `.txt` (UTF-8) or `.jsonl` with a string `text` per line, either gzip-compressed or not.
-The format comes from the `Content-Type` (`text/plain`; `application/jsonl` or `application/x-ndjson`),
-else from the name's extension; gzip is recognised by its magic bytes. Ingest then runs in the
-background: poll the corpus until `status` is `ready` (or `failed`, with `error` saying why).
+Formats: `.txt` (UTF-8) or `.jsonl` with a string `text` per line, either gzip-compressed or not; or an
+`archive` of text files (`.zip`, `.tar`, `.tar.gz`/`.tgz`, `.tar.bz2`, `.tar.xz`), one document per file.
+The format is `?format=` when given, else `archive` when the bytes are a zip or tar, else the `Content-Type`
+(`text/plain`; `application/jsonl` or `application/x-ndjson`; `application/zip`, `application/x-tar`), else
+the name's extension; gzip is recognised by its magic bytes. Ingest then runs in the background: poll the
+corpus until `status` is `ready` (or `failed`, with `error` saying why).
+
+Decompression is counted while it streams: past `SELFSUP_ARCHIVE_MAX_RATIO` times the upload's size, or past
+`SELFSUP_MAX_DECOMPRESSED_BYTES`, the corpus fails (a decompression bomb). In an archive, an absolute path, a
+`..`, a link or a device fails the whole corpus; binary files (a NUL byte or invalid UTF-8), files over
+`SELFSUP_ARCHIVE_MAX_FILE_BYTES` and empty files are skipped and counted in `archive`; more than
+`SELFSUP_ARCHIVE_MAX_FILES` entries fail it.
 
     curl -X POST "$SELFSUP/v1/corpora?name=shakespeare" -H "Authorization: Bearer $KEY" \\
          -H "Content-Type: text/plain" --data-binary @tinyshakespeare.txt
@@ -51,6 +59,8 @@ background: poll the corpus until `status` is `ready` (or `failed`, with `error`
             "content": {
                 "text/plain": {"schema": {"type": "string", "format": "binary"}},
                 "application/jsonl": {"schema": {"type": "string", "format": "binary"}},
+                "application/zip": {"schema": {"type": "string", "format": "binary"}},
+                "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
@@ -68,6 +78,10 @@ async def upload_corpus(
     name: Annotated[
         Name | None, Query(description="Defaults to the file name (the id if that is no valid name).")
     ] = None,
+    corpus_format: Annotated[
+        Literal["txt", "jsonl", "archive"] | None,
+        Query(alias="format", description="The corpus format; by default told by the bytes, Content-Type and name."),
+    ] = None,
 ) -> CorpusPublic:
     corpus_id = new_id("cor")
     store = get_blob_store()
@@ -77,6 +91,7 @@ async def upload_corpus(
         key=corpus_upload_key(corpus_id),
         name=name,
         limit=get_settings().max_upload_bytes,
+        fmt=corpus_format,
     )
     # The body streamed without holding a database connection; the row is written in a short transaction.
     corpus = await run_db(

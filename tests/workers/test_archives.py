@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.archives import ArchiveLimits, ArchiveRefused, extract_archive, safe_member_name
+from workers.archives import ArchiveLimits, ArchiveRefused, extract_archive, iter_members, safe_member_name
 
 LIMITS = ArchiveLimits(max_files=16, max_bytes=1_000_000, max_ratio=100)
 
@@ -125,3 +125,30 @@ def test_a_damaged_archive_is_refused(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     with pytest.raises(ArchiveRefused, match="damaged or truncated"):
         extract_archive(archive, "tar", tmp_path / "out", limits=LIMITS)
+
+
+def test_a_tar_bomb_counts_the_members_nobody_reads(tmp_path: Path) -> None:
+    """A compressed tar is inflated whatever the reader keeps: skipped members count against the limits too."""
+    with tarfile.open(tmp_path / "bomb.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("zeros")
+        info.size = 5_000_000
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    with pytest.raises(ArchiveRefused, match="decompression bomb"):
+        for _member in iter_members(tmp_path / "bomb.tar.gz", "tar", limits=LIMITS):
+            pass  # read nothing
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_zip_entries_other_than_stored_or_deflated_are_refused(tmp_path: Path, method: int) -> None:
+    with zipfile.ZipFile(tmp_path / "a.zip", "w", compression=method) as zf:
+        zf.writestr("notes.txt", b"hello")
+    with pytest.raises(ArchiveRefused, match="only stored and deflated"):
+        list(iter_members(tmp_path / "a.zip", "zip", limits=LIMITS))
+
+
+def test_a_zip_declaring_too_many_entries_is_refused_before_its_directory_is_read(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        for i in range(20):
+            zf.writestr(f"f{i}", b"")
+    with pytest.raises(ArchiveRefused, match="holds 20 entries, more than the 16"):
+        list(iter_members(tmp_path / "a.zip", "zip", limits=LIMITS))
