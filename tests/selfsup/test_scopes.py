@@ -1,12 +1,15 @@
-"""Scope names, what each grants, and the durations `selfsup keys create --expires-in` takes."""
+"""Scope names, what each grants, the durations `selfsup keys create --expires-in` takes, and the bootstrap key's
+setting."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from selfsup.scopes import Scope, grants, parse_duration, parse_scopes, scope_for_method
+from selfsup.settings import Settings
 
 
 def test_scopes_are_parsed_once_each_in_order_from_repeats_and_lists() -> None:
@@ -36,3 +39,10 @@ def test_durations() -> None:
     for bad in ("", "0d", "-1d", "soon", "1y", "1.5h"):
         with pytest.raises(ValueError, match="not a duration"):
             parse_duration(bad)
+
+
+def test_a_bootstrap_key_too_short_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ValidationError, match="SELFSUP_BOOTSTRAP_ADMIN_KEY must be at least 32 characters") as error:
+        Settings(bootstrap_admin_key="hunter2hunter2")
+    assert "hunter2" not in str(error.value)
+    assert Settings(bootstrap_admin_key="ss_" + "x" * 40).bootstrap_admin_key is not None
