@@ -16,23 +16,27 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
+from api.key_uses import KeyUses
 from api.streams import StreamHub, StreamIdError, StreamPosition, ending_streams_on_exit_signals
 from selfsup.logs import bind_log_context
+from selfsup.scopes import Scope, grants, scope_for_method
 from selfsup.settings import get_settings
 from selfsup.spec import ProbeSpec
 from storage import crud
 from storage.db import get_sessionmaker, pool_capacity, session_scope
 from storage.status import CorpusStatus
-from storage.tables import Checkpoint, Corpus, Dataset, Job, LabelledSet, Model, Tenant, Webhook
+from storage.tables import Checkpoint, Corpus, Dataset, Job, LabelledSet, Model, Tenant, Webhook, utcnow
 from workers.celery_app import enqueue
 
 log = logging.getLogger("selfsup.api")
@@ -43,14 +47,41 @@ T = TypeVar("T")
 @asynccontextmanager
 async def api_lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
     """The app's lifespan: one database slot per pooled connection, shared by every request and every
-    job stream's feed, and the process's job streams (`api/streams.py`), ended before the server stops."""
+    job stream's feed, the process's job streams (`api/streams.py`), ended before the server stops, and
+    the keys' last uses (`api/key_uses.py`), written every few seconds and once more at the end."""
+    settings = get_settings()
     slots = anyio.Semaphore(pool_capacity())
+    if settings.bootstrap_admin_key is not None:
+        await run_in_threadpool(_store_bootstrap_admin_key)
+    key_uses = KeyUses()
     async with anyio.create_task_group() as feeds:
         streams = StreamHub(slots, feeds)
+        feeds.start_soon(key_uses.flush_every, settings.key_last_used_flush_seconds, slots)
         with ending_streams_on_exit_signals(streams):
-            yield {"database_slots": slots, "streams": streams}
+            yield {"database_slots": slots, "streams": streams, "key_uses": key_uses}
         streams.shut_down()
         feeds.cancel_scope.cancel()
+    with anyio.CancelScope(shield=True):
+        await run_in_threadpool(key_uses.flush)
+
+
+def _store_bootstrap_admin_key() -> None:
+    """`SELFSUP_BOOTSTRAP_ADMIN_KEY`, stored hashed as an admin key of the operator tenant unless already stored."""
+    settings = get_settings()
+    assert settings.bootstrap_admin_key is not None
+    try:
+        with session_scope() as session:
+            created = crud.ensure_api_key(
+                session=session,
+                tenant_name=settings.operator_tenant,
+                key=settings.bootstrap_admin_key.get_secret_value(),
+                scopes=[Scope.ADMIN],
+                name="bootstrap (SELFSUP_BOOTSTRAP_ADMIN_KEY)",
+            )
+    except IntegrityError:
+        created = False  # another API process stored it at the same moment
+    if created:
+        log.info("stored SELFSUP_BOOTSTRAP_ADMIN_KEY as an admin key of tenant %s", settings.operator_tenant)
 
 
 @asynccontextmanager
@@ -124,37 +155,115 @@ async def run_db(request: Request, work: Callable[[Session], T]) -> T:
 bearer_scheme = HTTPBearer(
     auto_error=False,
     scheme_name="apiKey",
-    description="An API key: `Authorization: Bearer <key>` (create one with `selfsup keys create --tenant NAME`).",
+    description="An API key: `Authorization: Bearer <key>` (create one with `selfsup keys create --tenant NAME`, "
+    "or `POST /v1/keys` with an `admin` key). GET needs the `read` scope, other methods `write`, `/v1/keys` `admin`.",
 )
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 
-def tenant_for_credentials(session: Session, credentials: HTTPAuthorizationCredentials | None) -> Tenant:
-    """The tenant of `Authorization: Bearer <key>`; 401 without a valid key."""
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the tenant, and the id and scopes of the key it used (never the key itself)."""
+
+    tenant: Tenant
+    key_id: str
+    scopes: tuple[str, ...]
+
+
+def authenticate(request: Request, session: Session, credentials: HTTPAuthorizationCredentials | None) -> Caller:
+    """The caller of `Authorization: Bearer <key>`; 401 without a key that exists and is neither revoked nor
+    expired. Looked up on every request (no cache), so a revocation holds from the next request on."""
     if credentials is None:
         raise ApiError(
             401,
             "missing API key: send `Authorization: Bearer <key>` (create one with `selfsup keys create --tenant NAME`)",
         )
-    tenant = crud.tenant_for_key(session=session, key=credentials.credentials)
-    if tenant is None:
+    found = crud.api_key_and_tenant(session=session, key=credentials.credentials)
+    if found is None:
         raise ApiError(401, "invalid API key")
-    bind_log_context(tenant=tenant.name)  # the request's log lines say whose it was (never the key)
-    return tenant
+    api_key, tenant = found
+    now = utcnow()
+    refusal = crud.api_key_refusal(api_key, now=now)
+    if refusal == "revoked":
+        raise ApiError(401, "API key revoked: ask an admin of your tenant for a new one")
+    if refusal == "expired":
+        assert api_key.expires_at is not None
+        raise ApiError(
+            401, f"API key expired at {api_key.expires_at.isoformat()}: ask an admin of your tenant for a new one"
+        )
+    # The request's log lines say whose it was and which key (its id; never the key).
+    bind_log_context(tenant=tenant.name, key_id=api_key.id)
+    key_uses: KeyUses | None = getattr(request.state, "key_uses", None)
+    if key_uses is not None:
+        key_uses.note(api_key.id, now)
+    return Caller(tenant=tenant, key_id=api_key.id, scopes=tuple(api_key.scopes))
 
 
-def current_tenant(credentials: BearerDep, session: SessionDep) -> Tenant:
-    """The caller's tenant, looked up in the request's session."""
-    return tenant_for_credentials(session, credentials)
+def authorize(
+    request: Request, session: Session, credentials: HTTPAuthorizationCredentials | None, needed: Scope | None = None
+) -> Caller:
+    """The caller, if its key has the scope `needed` (default: what the request's method needs, `read` for GET
+    and HEAD, `write` for the rest); 401 as `authenticate` says, 403 naming the missing scope."""
+    caller = authenticate(request, session, credentials)
+    needed = needed or scope_for_method(request.method)
+    if not grants(caller.scopes, needed):
+        have = ", ".join(caller.scopes) or "none"
+        raise ApiError(
+            403,
+            f"this API key lacks the `{needed}` scope that {request.method} {request.url.path} needs "
+            f"(its scopes: {have}); ask an admin of your tenant for a key with `{needed}`",
+            details={"required_scope": str(needed), "key_scopes": list(caller.scopes)},
+        )
+    return caller
+
+
+def tenant_for_credentials(
+    request: Request, session: Session, credentials: HTTPAuthorizationCredentials | None
+) -> Tenant:
+    """The tenant of `Authorization: Bearer <key>`, if the key may do what the request's method needs."""
+    return authorize(request, session, credentials).tenant
+
+
+def current_tenant(request: Request, credentials: BearerDep, session: SessionDep) -> Tenant:
+    """The caller's tenant, looked up in the request's session; every `/v1` route but key management uses it,
+    so every one checks the scope its method needs."""
+    return tenant_for_credentials(request, session, credentials)
 
 
 async def uploading_tenant(request: Request, credentials: BearerDep) -> Tenant:
     """The caller's tenant, looked up in a transaction of its own, for routes that hold no session."""
-    return await run_db(request, lambda session: tenant_for_credentials(session, credentials))
+    return await run_db(request, lambda session: tenant_for_credentials(request, session, credentials))
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
 UploaderDep = Annotated[Tenant, Depends(uploading_tenant)]
+
+
+def require_scope(needed: Scope) -> Callable[[Request, HTTPAuthorizationCredentials | None, Session], Caller]:
+    """A dependency that gives the caller if its key has `needed`, whatever the method (403 otherwise)."""
+
+    def caller_with_scope(request: Request, credentials: BearerDep, session: SessionDep) -> Caller:
+        return authorize(request, session, credentials, needed)
+
+    return caller_with_scope
+
+
+AdminDep = Annotated[Caller, Depends(require_scope(Scope.ADMIN))]
+
+
+def require_operator(caller: AdminDep) -> Caller:
+    """The caller, if it holds an `admin` key of the operator tenant (`SELFSUP_OPERATOR_TENANT`); 403 otherwise."""
+    operator = get_settings().operator_tenant
+    if caller.tenant.name != operator:
+        raise ApiError(
+            403,
+            f"only an admin key of the operator tenant ({operator!r}) may do this",
+            details={"required_scope": str(Scope.ADMIN), "required_tenant": operator},
+        )
+    return caller
+
+
+OperatorDep = Annotated[Caller, Depends(require_operator)]
 
 
 def owned_corpus(corpus_id: str, tenant: TenantDep, session: SessionDep) -> Corpus:
@@ -226,7 +335,8 @@ async def streamed_job(job_id: str, request: Request, credentials: BearerDep) ->
     """The caller's job, or 404, read in a transaction of its own: a stream holds no session while it runs."""
 
     def load(session: Session) -> Job | None:
-        return crud.get_job(session=session, tenant=tenant_for_credentials(session, credentials), job_id=job_id)
+        tenant = tenant_for_credentials(request, session, credentials)
+        return crud.get_job(session=session, tenant=tenant, job_id=job_id)
 
     job = await run_db(request, load)
     if job is None:

@@ -5,7 +5,8 @@ nothing of the errors our dependencies raise. Our API answers every error as `Er
 (`{"error": {"code", "message", "details"}}`, see `api/errors.py`), so after FastAPI builds the document
 this pass gives each operation the errors it can really answer, all with that schema:
 
-- 401 and 503 on every operation that needs a key (the key is looked up in the database, which may be busy);
+- 401, 403 and 503 on every operation that needs a key (the key may lack the scope the operation needs, and it
+  is looked up in the database, which may be busy);
 - 404 on every operation with an `{id}` in its path (another tenant's resource is a 404 too);
 - 422 where a parameter or body can be invalid (not for a plain string id in the path);
 - 400 on uploads that accept `multipart/form-data` (a malformed body, or a client that disconnected);
@@ -32,7 +33,9 @@ _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 DEFAULT_DESCRIPTIONS = {
     "400": "Malformed request: JSON that does not parse (the message says where), a broken `multipart/form-data` "
     "body, or the client disconnected mid-upload",
-    "401": "No API key, or an unknown one: send `Authorization: Bearer <key>`",
+    "401": "No API key, or an unknown, revoked or expired one: send `Authorization: Bearer <key>`",
+    "403": "The API key lacks the scope this operation needs (`read` for GET, `write` for other methods, `admin` "
+    "for `/v1/keys`); the message names it",
     "404": "No such resource among the caller's (another tenant's is not found either)",
     "409": "Conflicts with the resource's current state",
     "413": "Over the size limit",
@@ -100,7 +103,7 @@ def _path_parameters(operation: dict[str, Any]) -> list[dict[str, Any]]:
 def _error_statuses(operation: dict[str, Any]) -> list[str]:
     statuses = []
     if operation.get("security"):
-        statuses += ["401", "429", "503"]
+        statuses += ["401", "403", "429", "503"]
     if _path_parameters(operation):
         statuses.append("404")
     content = operation.get("requestBody", {}).get("content", {})

@@ -13,6 +13,8 @@ from api.schemas import (
     DatasetSourcePublic,
     DeliveryPublic,
     JobPublic,
+    KeyCreated,
+    KeyPublic,
     LabelledSetPublic,
     ModelFile,
     ModelPublic,
@@ -24,6 +26,7 @@ from selfsup.spec import JobSpec
 from storage import crud
 from storage.status import JobStatus
 from storage.tables import (
+    ApiKey,
     Checkpoint,
     Corpus,
     Dataset,
@@ -174,3 +177,23 @@ def probe_run_public(run: ProbeRun) -> ProbeRunPublic:
         error=run.error,
         created_at=run.created_at,
     )
+
+
+def key_public(api_key: ApiKey) -> KeyPublic:
+    """An API key as its tenant's admins see it (never the key nor its hash)."""
+    return KeyPublic(
+        id=api_key.id,
+        name=api_key.name,
+        prefix=api_key.prefix,
+        scopes=list(api_key.scopes),
+        created_at=api_key.created_at,
+        expires_at=api_key.expires_at,
+        last_used_at=api_key.last_used_at,
+        revoked=api_key.revoked_at is not None,
+        revoked_at=api_key.revoked_at,
+    )
+
+
+def key_created(api_key: ApiKey, key: str) -> KeyCreated:
+    """A key just created, with the key itself: the one response that shows it."""
+    return KeyCreated(**key_public(api_key).model_dump(), key=key)

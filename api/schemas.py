@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from selfsup.scopes import DEFAULT_SCOPES, Scope
 from selfsup.spec import ProbeList
 from selfsup.webhook_targets import MAX_URL_LENGTH
 from storage.status import WebhookEventType
@@ -245,6 +246,72 @@ class ModelsPage(BaseModel):
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 
+# The longest lifetime a key may be given (ten years); a key without an expiry lives until revoked.
+MAX_KEY_LIFETIME_SECONDS = 10 * 365 * 86400
+
+
+class KeyCreate(BaseModel):
+    """An API key to create for the caller's tenant: its name, scopes and (optionally) when it expires."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=200, description="What the key is for.", examples=["ci-reader"])
+    scopes: list[Scope] = Field(
+        default_factory=lambda: list(DEFAULT_SCOPES),
+        min_length=1,
+        max_length=len(Scope),
+        description="`read` (GET requests), `write` (every other `/v1` request but key management; includes "
+        "read), `admin` (manage the tenant's keys; includes read and write).",
+        examples=[["read"]],
+    )
+    expires_in_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_KEY_LIFETIME_SECONDS,
+        description="The key stops working this many seconds from now (give this or `expires_at`, or neither).",
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="The key stops working at this time (with a timezone; in the future)."
+    )
+
+    @field_validator("scopes")
+    @classmethod
+    def _once_each(cls, value: list[Scope]) -> list[Scope]:
+        return [scope for scope in Scope if scope in value]
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> KeyCreate:
+        if self.expires_in_seconds is not None and self.expires_at is not None:
+            raise ValueError("give expires_in_seconds or expires_at, not both")
+        return self
+
+
+class KeyPublic(BaseModel):
+    """An API key as its tenant's admins see it: never the key itself nor its hash."""
+
+    id: str = Field(examples=["key_0a1b2c3d4e5f60718293"])
+    name: str
+    prefix: str = Field(description="The key's first characters, to tell keys apart.", examples=["ss_Xy3kQ9a"])
+    scopes: list[str] = Field(examples=[["read", "write"]])
+    created_at: datetime
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = Field(
+        default=None, description="When the key was last used (written every few seconds, so a little late)."
+    )
+    revoked: bool
+    revoked_at: datetime | None = None
+
+
+class KeyCreated(KeyPublic):
+    """A new API key: `key` is shown this once and never again (only its hash is stored)."""
+
+    key: str = Field(description="Send it as `Authorization: Bearer <key>`.", examples=["ss_Xy3kQ9a..."])
+
+
+class KeysPage(BaseModel):
+    data: list[KeyPublic]
+
+
 class WebhookCreate(BaseModel):
     """A webhook to create: where to POST, and which events."""
 
@@ -329,7 +396,7 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     code: str = Field(
-        description="Stable and machine-readable: bad_request, unauthorized, not_found, conflict, "
+        description="Stable and machine-readable: bad_request, unauthorized, forbidden, not_found, conflict, "
         "payload_too_large, unsupported_media_type, invalid_request, unavailable, internal_error.",
         examples=["not_found"],
     )

@@ -9,14 +9,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from selfsup.logs import configure_logging
 from selfsup.processes import keep_freed_memory
+from selfsup.scopes import DEFAULT_SCOPES, parse_duration, parse_scopes
 from selfsup.settings import get_settings
+
+if TYPE_CHECKING:
+    from storage.tables import ApiKey
 
 log = logging.getLogger("selfsup.cli")
 
@@ -39,14 +44,90 @@ def _safe_url() -> str:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
+    """Print a new key (only the key, on stdout: scripts capture it); what it is goes to stderr."""
+    from storage import crud, migrate
+    from storage.db import session_scope
+    from storage.tables import utcnow
+
+    try:
+        scopes = parse_scopes([*(args.scope or []), *(args.scopes or [])]) or list(DEFAULT_SCOPES)
+        lifetime = parse_duration(args.expires_in) if args.expires_in else None
+    except ValueError as exc:
+        print(f"selfsup keys create: {exc}", file=sys.stderr)
+        return 2
+    migrate.upgrade()
+    with session_scope() as session:
+        tenant = crud.get_or_create_tenant(session=session, name=args.tenant)
+        expires_at = utcnow() + lifetime if lifetime else None
+        api_key, key = crud.create_api_key(
+            session=session, tenant=tenant, scopes=scopes, name=args.name, expires_at=expires_at
+        )
+        described = _describe_key(api_key)
+    print(key)
+    print(f"created {described} for tenant {args.tenant}; the key above is shown only now", file=sys.stderr)
+    return 0
+
+
+def _describe_key(api_key: ApiKey) -> str:
+    expiry = f", expires {api_key.expires_at.isoformat(timespec='seconds')}" if api_key.expires_at else ""
+    name = f" {api_key.name!r}" if api_key.name else ""
+    return f"key {api_key.id}{name} (scopes {','.join(api_key.scopes)}{expiry})"
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    """A tenant's keys, one a line (never a key itself: only its first characters)."""
+    from storage import crud, migrate
+    from storage.db import session_scope
+    from storage.tables import utcnow
+
+    migrate.upgrade()
+    with session_scope() as session:
+        tenant = crud.get_tenant_by_name(session=session, name=args.tenant)
+        if tenant is None:
+            print(f"selfsup keys list: no tenant {args.tenant!r}", file=sys.stderr)
+            return 1
+        now = utcnow()
+        rows = [
+            (
+                k.id,
+                k.prefix + "...",
+                ",".join(k.scopes),
+                crud.api_key_refusal(k, now=now) or "active",
+                _when(k.created_at),
+                _when(k.expires_at),
+                _when(k.last_used_at),
+                k.name,
+            )
+            for k in crud.list_api_keys(session=session, tenant=tenant)
+        ]
+    header = ("ID", "PREFIX", "SCOPES", "STATUS", "CREATED", "EXPIRES", "LAST USED", "NAME")
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment is not None else "-"
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke a key by its id: it gets 401 from its next request on."""
     from storage import crud, migrate
     from storage.db import session_scope
 
     migrate.upgrade()
     with session_scope() as session:
-        tenant = crud.get_or_create_tenant(session=session, name=args.tenant)
-        key = crud.create_api_key(session=session, tenant=tenant)
-    print(key)
+        api_key = crud.get_api_key(session=session, key_id=args.key_id)
+        if api_key is None:
+            print(
+                f"selfsup keys revoke: no key {args.key_id!r} (see `selfsup keys list --tenant NAME`)", file=sys.stderr
+            )
+            return 1
+        tenant = crud.get_tenant(session=session, tenant_id=api_key.tenant_id)
+        crud.revoke_api_key(session=session, api_key=api_key)
+        described = _describe_key(api_key)
+    print(f"revoked {described} of tenant {tenant.name if tenant else '?'}", file=sys.stderr)
     return 0
 
 
@@ -158,9 +239,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a tenant if needed and print a new API key")
+    create = keys_sub.add_parser(
+        "create",
+        help="create a tenant if needed and print a new API key (only the key, on stdout)",
+        description="Scopes: read (GET requests), write (every other request but key management; includes read), "
+        "admin (manage "
+        "the tenant's keys with /v1/keys; includes read and write; an admin key of SELFSUP_OPERATOR_TENANT also "
+        "sets quotas). Default: read,write.",
+    )
     create.add_argument("--tenant", required=True)
+    create.add_argument("--scope", action="append", metavar="SCOPE", help="read, write or admin; repeat for several")
+    create.add_argument("--scopes", action="append", metavar="LIST", help="comma-separated, e.g. read,write")
+    create.add_argument("--name", default="", help="what the key is for")
+    create.add_argument("--expires-in", default=None, metavar="DURATION", help="e.g. 3600s, 12h, 30d, 2w")
     create.set_defaults(run=_keys_create)
+    listing = keys_sub.add_parser("list", help="list a tenant's keys (never the keys themselves)")
+    listing.add_argument("--tenant", required=True)
+    listing.set_defaults(run=_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id: it gets 401 from its next request on")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    revoke.set_defaults(run=_keys_revoke)
 
     api = sub.add_parser("api", help="run the HTTP API alone")
     api.add_argument("--host", default=None)
@@ -198,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         log_format = "text"  # the command itself reports the bad setting
     configure_logging(log_format)
     args = build_parser().parse_args(argv)
+    try:
+        get_settings()
+    except ValidationError as exc:  # said plainly (the values are not echoed: some are secrets)
+        print(f"selfsup: invalid settings: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.run(args))
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from typing import Literal
 from pythonjsonlogger.json import JsonFormatter
 
 # The fields a log line may carry from its context, in the order text lines show them.
-CONTEXT_FIELDS = ("request_id", "tenant", "job_id", "corpus_id", "dataset_id", "task")
+CONTEXT_FIELDS = ("request_id", "tenant", "key_id", "job_id", "corpus_id", "dataset_id", "task")
 
 _context: ContextVar[dict[str, str] | None] = ContextVar("selfsup_log_context", default=None)
 

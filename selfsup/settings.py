@@ -14,7 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """selfsup's configuration, read from `SELFSUP_*` environment variables (and `.env`)."""
 
-    model_config = SettingsConfigDict(env_prefix="SELFSUP_", env_file=".env", extra="ignore")
+    # Errors name the setting and what is wrong, never its value: some are secrets (keys, tokens, passwords).
+    model_config = SettingsConfigDict(env_prefix="SELFSUP_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = "development"
     home: Path = Field(default=Path("selfsup-data"), description="Data directory of the embedded default.")
@@ -162,10 +163,33 @@ class Settings(BaseSettings):
     api_docs: bool = Field(
         default=True, description="Serve the OpenAPI document (`/openapi.json`) and its pages (`/docs`, `/redoc`)."
     )
+    operator_tenant: str = Field(
+        default="operator",
+        min_length=1,
+        max_length=200,
+        description="The tenant whose `admin` keys operate the service (set other tenants' quotas).",
+    )
+    bootstrap_admin_key: SecretStr | None = Field(
+        default=None,
+        description="An API key the operator chose (at least 32 characters): on start the API stores it, hashed, as "
+        "an `admin` key of SELFSUP_OPERATOR_TENANT unless it is stored already (a revoked one stays revoked).",
+    )
+    key_last_used_flush_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the API writes keys' `last_used_at` (one statement for all keys used meanwhile), "
+        "instead of a database write per request.",
+    )
     fault_injection: str | None = Field(default=None, description="Tests only: see workers/faults.py.")
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Settings:
+        bootstrap = self.bootstrap_admin_key.get_secret_value() if self.bootstrap_admin_key else None
+        if bootstrap is not None and (len(bootstrap) < 32 or bootstrap != bootstrap.strip()):
+            raise ValueError(
+                "SELFSUP_BOOTSTRAP_ADMIN_KEY must be at least 32 characters without surrounding spaces "
+                "(e.g. the output of `python -c 'import secrets; print(\"ss_\" + secrets.token_urlsafe(32))'`)"
+            )
         if self.environment == "production":
             missing = [n for n in ("database_url", "redis_url") if getattr(self, n) is None]
             if missing:

@@ -74,7 +74,13 @@ class ApiKey(Base):
     # Only the sha256 of the key is stored; the key itself is shown once, when created.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # Scope names (selfsup/scopes.py): `read`, `write`, `admin`.
+    scopes: Mapped[list[Any]] = mapped_column(default=lambda: ["read", "write"])
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Written in batches by the API (api/key_uses.py), not on every request: late by up to the flush interval.
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 

@@ -28,6 +28,8 @@ TEST_SETTINGS = {
     "SELFSUP_RECONCILE_INTERVAL_SECONDS": "2",
     "SELFSUP_TORCH_THREADS": "1",
     "SELFSUP_STREAM_POLL_SECONDS": "0.25",
+    # Keys' last uses are written every half second (tests/api/test_keys.py waits for one).
+    "SELFSUP_KEY_LAST_USED_FLUSH_SECONDS": "0.5",
     # Every line a logger writes is a JSON object (tests/api/test_operations.py checks them).
     "SELFSUP_LOG_FORMAT": "json",
     # Rate limits on, but far above what any test sends (150 pollers in test_concurrent_clients.py): every
@@ -72,15 +74,26 @@ class Service:
         headers = {"Authorization": f"Bearer {self.keys[tenant]}"} if tenant in self.keys else {}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
 
-    def create_key(self, tenant: str) -> str:
-        """`selfsup keys create --tenant NAME`, as a user runs it."""
+    def create_key(self, tenant: str, *options: str) -> str:
+        """`selfsup keys create --tenant NAME [options]`, as a user runs it. Without options the key has the
+        default scopes (read, write) and becomes the tenant's key in `self.keys` (what `client(tenant)` sends);
+        with options (`--scope admin`, `--expires-in 2s`…) it is only returned."""
         out = subprocess.run(
-            [*SELFSUP, "keys", "create", "--tenant", tenant], env=self.env, cwd=REPO, capture_output=True, check=True
+            [*SELFSUP, "keys", "create", "--tenant", tenant, *options],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            check=True,
         )
         key = out.stdout.decode().strip()
         assert key.startswith("ss_") and "\n" not in key, out
-        self.keys[tenant] = key
+        if not options:
+            self.keys[tenant] = key
         return key
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `selfsup ARGS` against this service's database, as an operator does (not checked: see returncode)."""
+        return subprocess.run([*SELFSUP, *args], env=self.env, cwd=REPO, capture_output=True, text=True)
 
     def log(self) -> str:
         """What the service printed so far (for failure messages)."""

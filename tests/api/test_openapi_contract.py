@@ -55,7 +55,7 @@ def test_every_error_is_documented_with_the_error_shape_the_api_answers(embedded
         if path.startswith("/v1/"):
             authenticated += 1
             assert operation["security"] == [{"apiKey": []}], where
-            assert {"401", "503"} <= set(errors), where
+            assert {"401", "403", "503"} <= set(errors), where
         else:
             assert "security" not in operation, where
         if "{" in path:

@@ -10,9 +10,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.orm import Session
 
 from storage import migrate
-from storage.tables import Base
+from storage.tables import ApiKey, Base
 
 TABLES = {
     "tenants",
@@ -59,7 +60,7 @@ def _roundtrip(url: str) -> None:
     migrate.upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0009"
     engine.dispose()
 
 
@@ -69,6 +70,45 @@ def test_migrations_roundtrip_on_sqlite(tmp_path: Path) -> None:
 
 def test_migrations_roundtrip_on_postgres(postgres_database: str) -> None:
     _roundtrip(postgres_database)
+
+
+def _keys_made_before_scopes_keep_read_and_write(url: str) -> None:
+    migrate.upgrade(url, revision="0008")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO tenants (id, name, created_at) VALUES ('ten_old', 'old', :t)"),
+                {"t": "2026-01-01 00:00:00"},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, created_at) "
+                    "VALUES ('key_old', 'ten_old', :h, 'ss_old', :t)"
+                ),
+                {"h": "0" * 64, "t": "2026-01-01 00:00:00"},
+            )
+        migrate.upgrade(url)
+        with Session(engine) as session:
+            key = session.get(ApiKey, "key_old")
+            assert key is not None
+            assert (key.scopes, key.name, key.expires_at, key.last_used_at, key.revoked_at) == (
+                ["read", "write"],
+                "",
+                None,
+                None,
+                None,
+            )
+    finally:
+        engine.dispose()
+
+
+def test_keys_made_before_scopes_keep_read_and_write_on_sqlite(tmp_path: Path) -> None:
+    _keys_made_before_scopes_keep_read_and_write(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+def test_keys_made_before_scopes_keep_read_and_write_on_postgres(postgres_database: str) -> None:
+    _keys_made_before_scopes_keep_read_and_write(postgres_database)
 
 
 @pytest.mark.parametrize("command", [["migrate"], ["migrate", "--downgrade", "base"]])
