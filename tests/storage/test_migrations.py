@@ -16,6 +16,7 @@ from storage.tables import Base
 
 TABLES = {
     "tenants",
+    "tenant_quotas",
     "api_keys",
     "corpora",
     "jobs",
@@ -59,7 +60,7 @@ def _roundtrip(url: str) -> None:
     migrate.upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0009"
     engine.dispose()
 
 
