@@ -9,7 +9,18 @@ from api.deps import api_lifespan
 from api.errors import install_error_handlers
 from api.middleware import RequestIdMiddleware, RequestMetricsMiddleware
 from api.openapi import install_openapi
-from api.routes import checkpoints, corpora, datasets, health, jobs, labelled_sets, metrics, models, webhooks
+from api.routes import (
+    checkpoints,
+    corpora,
+    datasets,
+    health,
+    jobs,
+    labelled_sets,
+    metrics,
+    models,
+    quotas,
+    webhooks,
+)
 from api.routes.dashboard import mount_dashboard
 
 DESCRIPTION = """Self-supervised pretraining as a service: upload unlabeled text, submit a job, follow it,
@@ -33,7 +44,7 @@ def create_app() -> FastAPI:
         swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},  # no online validator badge
     )
     install_error_handlers(app)
-    for module in (health, metrics, corpora, datasets, models, jobs, checkpoints, labelled_sets, webhooks):
+    for module in (health, metrics, corpora, datasets, models, jobs, checkpoints, labelled_sets, webhooks, quotas):
         app.include_router(module.router)
     mount_dashboard(app)
     install_openapi(app)

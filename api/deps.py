@@ -157,6 +157,17 @@ TenantDep = Annotated[Tenant, Depends(current_tenant)]
 UploaderDep = Annotated[Tenant, Depends(uploading_tenant)]
 
 
+# replaced by the keys branch's scope check at merge
+def require_operator(tenant: TenantDep) -> Tenant:
+    """The caller's tenant if it is the operator tenant (`SELFSUP_OPERATOR_TENANT`); 403 otherwise."""
+    if tenant.name != get_settings().operator_tenant:
+        raise ApiError(403, "only an operator key may manage tenants' quotas (SELFSUP_OPERATOR_TENANT)")
+    return tenant
+
+
+OperatorDep = Annotated[Tenant, Depends(require_operator)]
+
+
 def owned_corpus(corpus_id: str, tenant: TenantDep, session: SessionDep) -> Corpus:
     """The caller's corpus, or 404."""
     corpus = crud.get_corpus(session=session, tenant=tenant, corpus_id=corpus_id)
