@@ -321,6 +321,8 @@ def device_seconds_by_tenant(
         )
     )
     for tenant_id, status, started_at, finished_at, updated_at in rows:
+        if started_at is None:  # (filtered out above; for the type checker)
+            continue
         end = now if status == JobStatus.RUNNING else (finished_at or updated_at)
         used[tenant_id] += max(0.0, (end - max(started_at, since)).total_seconds())
     return used

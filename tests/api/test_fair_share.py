@@ -89,7 +89,7 @@ def test_quotas_are_set_and_shown_by_the_cli_and_an_operator_key(embedded_servic
     # `set` keeps what it is not given; `none` puts one back to the service default (unlimited here).
     shown = _quotas(embedded_service, "set", "--tenant", name, "--max-upload-bytes", "none", "--allow-high-priority")
     assert "max_upload_bytes: unlimited (service default), used 0" in shown, shown
-    assert "max_job_tokens: 1000000000, used 0" in _quotas(embedded_service, "show", "--tenant", name)
+    assert "max_job_tokens: 1000000000, used 0" in _quotas(embedded_service, "show", "--tenant", name)  # kept
 
     operator = _operator(embedded_service)
     body = operator.get(f"/v1/tenants/{name}/quotas").json()
@@ -139,10 +139,10 @@ def test_job_quotas_queued_running_tokens_and_priority(embedded_service: Service
         what="a trainer woken for the first job to leave it",
     )
     assert client.get(f"/v1/jobs/{first['id']}").json()["status"] == "queued"
-    # One running slot: the oldest runs (woken again by the reconciler), the other waits its turn.
-    _put_quotas(embedded_service, name, max_running_jobs=1, max_queued_jobs=2, max_job_tokens=tokens)
-    assert wait_for_job(client, first["id"], timeout=180)["status"] == "succeeded"
-    assert client.post(f"/v1/jobs/{second['id']}/cancel").status_code == 202
+    # (That a job at the running quota's limit runs, and the next when a slot frees, tests/storage/test_claim_order.py
+    # shows without training.)
+    for job in (first, second):
+        assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
 
 
 def test_storage_and_upload_quotas(embedded_service: Service) -> None:
@@ -170,14 +170,19 @@ def test_a_free_trainer_takes_priority_then_fair_share_then_age(embedded_service
     _, a = _tenant(service, "share-a")
     _, b = _tenant(service, "share-b")
     c_name, c = _tenant(service, "share-c")
-    _quotas(service, "set", "--tenant", c_name, "--allow-high-priority")
+    _put_quotas(service, c_name, allow_high_priority=True)
     corpora = {client: ready_corpus(client, shakespeare_slice(20_000))["id"] for client in (a, b, c)}
 
     # A's long job holds the one trainer while the queue fills; its seconds count against A's fair share.
-    blocker_spec = small_job_spec(corpora[a], **{**TINY, "training": {"max_steps": 200_000}})
+    blocker_spec = small_job_spec(
+        corpora[a],
+        training={"max_steps": 200_000},
+        evaluation={"every_steps": 100_000},
+        checkpointing={"every_steps": 100_000, "keep_last": 1},
+    )
     blocker = submit_job(a, blocker_spec)
     wait_until(lambda: a.get(f"/v1/jobs/{blocker['id']}").json()["status"] == "running", timeout=120, what="blocker")
-    a_jobs = [submit_job(a, small_job_spec(corpora[a], **TINY, name=f"a{i}")) for i in range(6)]
+    a_jobs = [submit_job(a, small_job_spec(corpora[a], **TINY, name=f"a{i}")) for i in range(4)]
     b_job = submit_job(b, small_job_spec(corpora[b], **TINY, name="b"))
     c_job = submit_job(c, small_job_spec(corpora[c], **TINY, name="c", priority="high"))
     waiting = [*a_jobs, b_job, c_job]
@@ -189,5 +194,5 @@ def test_a_free_trainer_takes_priority_then_fair_share_then_age(embedded_service
     assert all(j["status"] == "succeeded" for j in finished), [(j["name"], j["status"], j["error"]) for j in finished]
     order = [j["name"] for j in sorted(finished, key=lambda j: j["started_at"])]
     # High priority first; then B, who used no device-seconds, before A, who did; A's own in the order it sent them.
-    assert order == ["c", "b", "a0", "a1", "a2", "a3", "a4", "a5"], order
+    assert order == ["c", "b", "a0", "a1", "a2", "a3"], order
     assert _usage(a)["device_seconds"] > _usage(b)["device_seconds"] > 0
