@@ -11,7 +11,19 @@ from api.errors import install_error_handlers
 from api.middleware import JsonBodyMiddleware, RequestIdMiddleware, RequestMetricsMiddleware, SecurityHeadersMiddleware
 from api.openapi import install_openapi
 from api.ratelimit import RateLimitMiddleware
-from api.routes import checkpoints, corpora, datasets, health, jobs, keys, labelled_sets, metrics, models, webhooks
+from api.routes import (
+    checkpoints,
+    corpora,
+    datasets,
+    health,
+    jobs,
+    keys,
+    labelled_sets,
+    metrics,
+    models,
+    quotas,
+    webhooks,
+)
 from api.routes.dashboard import mount_dashboard
 from selfsup.settings import get_settings
 
@@ -54,7 +66,19 @@ def create_app() -> FastAPI:
             redoc_url=None,
         )
     install_error_handlers(app)
-    for module in (health, metrics, corpora, datasets, models, jobs, checkpoints, labelled_sets, webhooks, keys):
+    for module in (
+        health,
+        metrics,
+        corpora,
+        datasets,
+        models,
+        jobs,
+        checkpoints,
+        labelled_sets,
+        webhooks,
+        keys,
+        quotas,
+    ):
         app.include_router(module.router)
     mount_dashboard(app)
     install_openapi(app)

@@ -460,3 +460,51 @@ class ProbeRunPublic(BaseModel):
 
 class ProbeRunsPage(BaseModel):
     data: list[ProbeRunPublic]
+
+
+class TenantQuotas(BaseModel):
+    """A tenant's quotas as an operator sets them (`PUT /v1/tenants/{name}/quotas`, `selfsup quotas set`).
+
+    A limit left out or null falls back to the service-wide default (`SELFSUP_QUOTA_*`); with no default, it is
+    unlimited. A `PUT` replaces all of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_running_jobs: int | None = Field(default=None, ge=0, description="Jobs training at once; more wait queued.")
+    max_queued_jobs: int | None = Field(default=None, ge=0, description="Jobs queued at once; more are refused.")
+    max_storage_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Bytes of corpora, labelled sets, models and checkpoints; an upload past it is refused.",
+    )
+    max_upload_bytes: int | None = Field(default=None, ge=1, description="Bytes in one upload.")
+    max_job_tokens: int | None = Field(default=None, ge=1, description="A job's max_steps × tokens_per_step.")
+    allow_high_priority: bool = Field(default=False, description="Whether jobs may ask for `priority: high`.")
+
+
+class TenantQuotasPublic(TenantQuotas):
+    """A tenant's own quotas (null: the service default applies)."""
+
+    tenant: str
+
+
+class QuotaUse(BaseModel):
+    """One quota: its limit (null: unlimited) and the current use (0 for the per-request ones)."""
+
+    limit: int | None
+    used: int
+
+
+class UsagePublic(BaseModel):
+    """The caller's tenant's quotas and what it uses against each (`GET /v1/usage`)."""
+
+    tenant: str
+    quotas: dict[str, QuotaUse] = Field(
+        description="By quota: max_running_jobs, max_queued_jobs, max_storage_bytes, max_upload_bytes (one upload; "
+        "used is 0), max_job_tokens (one job; used is 0)."
+    )
+    allow_high_priority: bool
+    device_seconds: float = Field(
+        description="Seconds your jobs held a trainer in the fair-share window (SELFSUP_FAIR_SHARE_WINDOW_SECONDS): "
+        "among jobs of one priority, the tenant with the fewest goes first."
+    )

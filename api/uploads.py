@@ -19,6 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from api.errors import ApiError
+from api.quotas import UploadQuota
 from selfsup.spec_types import NAME_MAX_LENGTH, forbidden_name_character
 from storage.blobs import BlobStore
 
@@ -86,12 +87,15 @@ class _Sink:
     out: BinaryIO
     limit: int
     limit_setting: str = "SELFSUP_MAX_UPLOAD_BYTES"
+    quota: UploadQuota | None = None  # the tenant's, where tighter than `limit`: passing it is a 403 naming it
     size: int = 0
     head: bytes = b""
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
+        if self.quota is not None and self.size > self.quota.remaining:
+            raise self.quota.exceeded(self.size)
         if self.size > self.limit:
             raise ApiError(413, f"the upload exceeds the limit of {self.limit:,} bytes ({self.limit_setting})")
         if len(self.head) < _HEAD_BYTES:
@@ -150,15 +154,23 @@ def corpus_format(requested: str | None, content_type: str | None, name: str | N
 
 
 async def receive_upload(
-    request: Request, *, store: BlobStore, key: str, name: str | None, limit: int, fmt: str | None = None
+    request: Request,
+    *,
+    store: BlobStore,
+    key: str,
+    name: str | None,
+    limit: int,
+    fmt: str | None = None,
+    quota: UploadQuota | None = None,
 ) -> ReceivedUpload:
-    """Stream the request body into `key`; raises ApiError (413, 415, 422) without keeping anything.
+    """Stream the request body into `key`; raises ApiError (403 over `quota`, 413, 415, 422) without keeping
+    anything.
 
     `fmt` is the format the client asked for (`?format=`); without it, the bytes, Content-Type and name tell.
     """
-    _refuse_declared_oversize(request, limit)
+    _refuse_declared_oversize(request, limit, quota)
     with store.writer(key) as out:
-        sink = _Sink(out=out, limit=limit)
+        sink = _Sink(out=out, limit=limit, quota=quota)
         filename, part_type = await _stream_into(request, sink, what="the corpus")
         if sink.size == 0:
             raise ApiError(422, "the upload is empty: send the corpus file as the request body")
@@ -202,12 +214,19 @@ def archive_format(head: bytes) -> str | None:
 
 
 async def receive_archive(
-    request: Request, *, store: BlobStore, key: str, limit: int, limit_setting: str
+    request: Request,
+    *,
+    store: BlobStore,
+    key: str,
+    limit: int,
+    limit_setting: str,
+    quota: UploadQuota | None = None,
 ) -> ReceivedArchive:
-    """Stream a tar or zip archive into `key`; raises ApiError (413, 415, 422) without keeping anything."""
-    _refuse_declared_oversize(request, limit)
+    """Stream a tar or zip archive into `key`; raises ApiError (403 over `quota`, 413, 415, 422) without keeping
+    anything."""
+    _refuse_declared_oversize(request, limit, quota)
     with store.writer(key) as out:
-        sink = _Sink(out=out, limit=limit, limit_setting=limit_setting)
+        sink = _Sink(out=out, limit=limit, limit_setting=limit_setting, quota=quota)
         filename, _ = await _stream_into(request, sink, what="the model archive")
         if sink.size == 0:
             raise ApiError(
@@ -237,8 +256,11 @@ def name_of_upload(name: str | None, filename: str | None, default: str) -> str:
     return default
 
 
-def _refuse_declared_oversize(request: Request, limit: int) -> None:
+def _refuse_declared_oversize(request: Request, limit: int, quota: UploadQuota | None = None) -> None:
     declared = request.headers.get("content-length")
+    # A multipart body's framing adds a little to the file's bytes: allow for it (the stream is counted exactly).
+    if quota is not None and declared and declared.isdigit() and int(declared) > quota.remaining + 64 * 1024:
+        raise quota.exceeded(int(declared))
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise ApiError(413, f"the upload ({int(declared):,} bytes) exceeds the limit of {limit:,} bytes")
 

@@ -1,4 +1,4 @@
-"""The `selfsup` command: run the whole service, or one of its processes, and manage keys.
+"""The `selfsup` command: run the whole service, or one of its processes, and manage keys and quotas.
 
 The client verbs (corpora, jobs, checkpoints) belong to the client package (`selfsup_client.cli`), which
 also installs alone; this command hands them over, so one `selfsup` does both.
@@ -131,6 +131,73 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# `--max-storage-bytes 10G`: a plain or scientific number (1e9), or a size pydantic's ByteSize reads
+# (10G = 10^9, 10GiB = 2^30 × 10); `none` puts the quota back to the service default.
+_UNSET = ("none", "default", "unlimited")
+
+
+def _quota_value(text: str) -> int | None:
+    from pydantic import ByteSize, TypeAdapter
+
+    if text.strip().lower() in _UNSET:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        try:
+            return int(TypeAdapter(ByteSize).validate_python(text))
+        except ValidationError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number or a size (e.g. 1000, 1e9, 10G, 512MiB, none)"
+            ) from None
+    if number < 0 or number != int(number):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return int(number)
+
+
+def _quotas_set(args: argparse.Namespace) -> int:
+    from storage import crud, migrate
+    from storage.db import session_scope
+
+    values = {name: getattr(args, name) for name in crud.QUOTA_LIMITS if getattr(args, name) is not _KEEP}
+    if args.allow_high_priority is not None:
+        values["allow_high_priority"] = args.allow_high_priority
+    migrate.upgrade()
+    with session_scope() as session:
+        tenant = crud.get_tenant_by_name(session=session, name=args.tenant)
+        if tenant is None:
+            print(f"no tenant {args.tenant!r} (create it with `selfsup keys create --tenant NAME`)", file=sys.stderr)
+            return 1
+        crud.set_quota(session=session, tenant=tenant, values=values)
+    return _quotas_show(args)
+
+
+def _quotas_show(args: argparse.Namespace) -> int:
+    from storage import crud, migrate
+    from storage.db import session_scope
+
+    migrate.upgrade()
+    with session_scope() as session:
+        tenant = crud.get_tenant_by_name(session=session, name=args.tenant)
+        if tenant is None:
+            print(f"no tenant {args.tenant!r}", file=sys.stderr)
+            return 1
+        own = crud.get_quota(session=session, tenant_id=tenant.id)
+        limits = crud.tenant_limits(session=session, tenant_id=tenant.id, settings=get_settings())
+        used = crud.usage(session=session, tenant_id=tenant.id)
+    print(f"tenant {tenant.name}")
+    for name in crud.QUOTA_LIMITS:
+        limit = getattr(limits, name)
+        source = "" if own is not None and getattr(own, name) is not None else " (service default)"
+        shown = "unlimited" if limit is None else str(limit)
+        print(f"{name}: {shown}{source}, used {used[name]}")
+    print(f"allow_high_priority: {'yes' if limits.allow_high_priority else 'no'}")
+    return 0
+
+
+_KEEP = object()  # a quota option not given: `quotas set` leaves that quota as it is
+
+
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -259,6 +326,31 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id: it gets 401 from its next request on")
     revoke.add_argument("key_id", metavar="KEY_ID")
     revoke.set_defaults(run=_keys_revoke)
+
+    quotas = sub.add_parser("quotas", help="set and show a tenant's quotas")
+    quotas_sub = quotas.add_subparsers(dest="quotas_command", required=True)
+    quotas_set = quotas_sub.add_parser(
+        "set", help="set some of a tenant's quotas (the others are kept; `none` = the service default)"
+    )
+    quotas_set.add_argument("--tenant", required=True)
+    for option, what in (
+        ("--max-running-jobs", "jobs training at once (more wait queued)"),
+        ("--max-queued-jobs", "jobs queued at once (more are refused)"),
+        ("--max-storage-bytes", "bytes of corpora, labelled sets, models and checkpoints (10G, 512MiB)"),
+        ("--max-upload-bytes", "bytes in one upload (1G)"),
+        ("--max-job-tokens", "a job's max_steps × tokens_per_step (1e9)"),
+    ):
+        quotas_set.add_argument(option, type=_quota_value, default=_KEEP, metavar="N", help=what)
+    quotas_set.add_argument(
+        "--allow-high-priority",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="whether the tenant's jobs may ask for priority high",
+    )
+    quotas_set.set_defaults(run=_quotas_set)
+    quotas_show = quotas_sub.add_parser("show", help="a tenant's quotas and what it uses")
+    quotas_show.add_argument("--tenant", required=True)
+    quotas_show.set_defaults(run=_quotas_show)
 
     api = sub.add_parser("api", help="run the HTTP API alone")
     api.add_argument("--host", default=None)

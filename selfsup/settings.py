@@ -180,6 +180,26 @@ class Settings(BaseSettings):
         description="How often the API writes keys' `last_used_at` (one statement for all keys used meanwhile), "
         "instead of a database write per request.",
     )
+    # Quotas (docs: README "Security"): each tenant's own limits are set with `selfsup quotas set` or
+    # `PUT /v1/tenants/{name}/quotas`; these are the defaults for a tenant (or a limit) that has none. None: unlimited.
+    quota_max_running_jobs: int | None = Field(default=None, ge=0, description="Default: a tenant's running jobs.")
+    quota_max_queued_jobs: int | None = Field(default=None, ge=0, description="Default: a tenant's queued jobs.")
+    quota_max_storage_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Default: bytes a tenant's corpora, datasets, checkpoints, models and labelled sets may hold.",
+    )
+    quota_max_upload_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Default: one upload's bytes for a tenant (never above SELFSUP_MAX_UPLOAD_BYTES).",
+    )
+    quota_max_job_tokens: int | None = Field(
+        default=None, ge=1, description="Default: a job's max_steps × tokens_per_step."
+    )
+    fair_share_window_seconds: float = Field(
+        default=86400.0, gt=0, description="How far back a tenant's device-seconds count when picking the next job."
+    )
     fault_injection: str | None = Field(default=None, description="Tests only: see workers/faults.py.")
 
     @model_validator(mode="after")

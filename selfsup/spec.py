@@ -388,6 +388,11 @@ class JobSpec(StrictModel):
         default_factory=list,
         description="Linear probes of every checkpoint (and of the random-init model, at step 0), on the cpu queue.",
     )
+    priority: Literal["low", "normal", "high"] = Field(
+        default="normal",
+        description="When jobs wait for a trainer: high before normal before low (then the tenant using the fewest "
+        "device-seconds lately, then the oldest). `high` needs the tenant's `allow_high_priority` quota.",
+    )
 
     model_config = ConfigDict(
         extra="forbid",

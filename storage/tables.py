@@ -66,6 +66,22 @@ class Tenant(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class TenantQuota(Base):
+    """A tenant's quotas, set by an operator; a null limit falls back to the service-wide default setting
+    (`SELFSUP_QUOTA_*`), and a null default means unlimited. No row: every limit is the default."""
+
+    __tablename__ = "tenant_quotas"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    max_upload_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    max_job_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)  # max_steps × tokens_per_step
+    allow_high_priority: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
@@ -175,6 +191,8 @@ class Job(Base):
     latest_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # low | normal | high: the first key of the order a free trainer picks the next job by (`crud.claim_next_job`).
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Resumes after a crash or a lost worker; past `training.max_restarts` the job fails with `last_error`.
     restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

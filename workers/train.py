@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, assert_never
 
 from safetensors.torch import load_model
+from sqlalchemy.exc import SQLAlchemyError
 
 from models.build import count_parameters
 from selfsup.settings import Settings
@@ -369,10 +370,24 @@ class Lease:
 
 
 def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, should_stop: Callable[[], bool]) -> str:
-    """Claim and train a job to its end (or until `should_stop()`); returns what happened, for the log."""
+    """Claim the best waiting job and train it to its end (or until `should_stop()`); returns what happened.
+
+    `job_id` is the job whose wake-up this is; the broker only wakes trainers: the database decides which job
+    a free one takes (`crud.claim_next_job`: priority, the tenant's fair share, age). The woken job, if not
+    taken now, is still queued and another wake-up (its own, or the one sent when a run ends) takes it.
+    """
+    woken_for = job_id
     with session_scope() as session:
-        if not crud.claim_job(session=session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds):
-            return "not claimed: finished, cancelled, or held by a live lease elsewhere"
+        claimed = crud.claim_next_job(
+            session=session,
+            owner=owner,
+            lease_seconds=settings.lease_seconds,
+            fair_share_window_seconds=settings.fair_share_window_seconds,
+            default_max_running_jobs=settings.quota_max_running_jobs,
+        )
+        if claimed is None:
+            return "not claimed: finished, cancelled, held by a live lease elsewhere, or over its running quota"
+        job_id = claimed
         job = crud.get_job_by_id(session=session, job_id=job_id)
         assert job is not None
         corpora = crud.job_corpora(session=session, job_id=job_id)
@@ -384,6 +399,40 @@ def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, shou
         if curated is not None:  # a job on a curated dataset reads its sources' corpora (those not deleted since)
             by_id = crud.corpora_by_ids(session=session, corpus_ids=[s["corpus_id"] for s in curated.source_corpora])
             corpora = [by_id[s["corpus_id"]] for s in curated.source_corpora if s["corpus_id"] in by_id]
+    if job_id != woken_for:
+        log.info("woken for job %s; claimed job %s, the first in the claim order", woken_for, job_id)
+    try:
+        return _train_claimed(job, corpora, dataset, curated, heldout, owner, settings, store, should_stop)
+    finally:
+        _wake_for_waiting_job()
+
+
+def _wake_for_waiting_job() -> None:
+    """A run ended and this trainer is free: wake one for the jobs still waiting (one whose own wake-up was
+    spent by a trainer that found it over its tenant's running quota would otherwise wait for `reconcile`)."""
+    try:
+        with session_scope() as session:
+            waiting = crud.a_job_waiting_to_train(session=session)
+    except SQLAlchemyError:  # the database is away: `reconcile` re-sends the wake-ups once it is back
+        log.warning("could not look for a job waiting to train", exc_info=True)
+        return
+    if waiting is not None:
+        enqueue(TRAIN_JOB, waiting)
+
+
+def _train_claimed(
+    job: Job,
+    corpora: list[Corpus],
+    dataset: TokenizedDataset | None,
+    curated: Dataset | None,
+    heldout: list[Corpus],
+    owner: str,
+    settings: Settings,
+    store: BlobStore,
+    should_stop: Callable[[], bool],
+) -> str:
+    """Train a job this worker claimed; a crash requeues it (or fails it past `max_restarts`)."""
+    job_id = job.id
     run = JobRun(
         job,
         corpora,

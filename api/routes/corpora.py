@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CursorDep, OwnedCorpus, SessionDep, TenantDep, UploaderDep, run_db, wake_worker
 from api.errors import ApiError
 from api.presenters import corpus_public
+from api.quotas import check_stored_upload, upload_quota
 from api.schemas import CorporaPage, CorpusPublic
 from api.uploads import name_of_upload, receive_upload
 from selfsup.settings import get_settings
@@ -17,7 +19,7 @@ from selfsup.spec_types import Name
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.keys import corpus_prefix, corpus_upload_key
-from storage.tables import new_id
+from storage.tables import Corpus, new_id
 from workers.celery_app import INGEST_CORPUS
 
 router = APIRouter(prefix="/v1/corpora", tags=["corpora"])
@@ -49,6 +51,7 @@ Decompression is counted while it streams: past `SELFSUP_ARCHIVE_MAX_RATIO` time
     summary="Upload a corpus",
     description=_UPLOAD_DOC,
     responses={
+        403: {"description": "Over a storage or upload quota; `details` names it, its limit and the use"},
         413: {"description": "Over the size limit"},
         415: {"description": "Unknown format"},
         422: {"description": "Empty upload"},
@@ -85,18 +88,22 @@ async def upload_corpus(
 ) -> CorpusPublic:
     corpus_id = new_id("cor")
     store = get_blob_store()
+    quota = await run_db(request, lambda session: upload_quota(session, tenant))
     upload = await receive_upload(
         request,
         store=store,
         key=corpus_upload_key(corpus_id),
+        quota=quota,
         name=name,
         limit=get_settings().max_upload_bytes,
         fmt=corpus_format,
     )
+
     # The body streamed without holding a database connection; the row is written in a short transaction.
-    corpus = await run_db(
-        request,
-        lambda session: crud.create_corpus(
+    def record(session: Session) -> Corpus:
+        # Another upload may have finished while this one streamed: the storage quota is checked again here.
+        check_stored_upload(session, tenant, upload.size_bytes)
+        return crud.create_corpus(
             session=session,
             tenant=tenant,
             corpus_id=corpus_id,
@@ -105,8 +112,13 @@ async def upload_corpus(
             compression=upload.compression,
             size_bytes=upload.size_bytes,
             sha256=upload.sha256,
-        ),
-    )
+        )
+
+    try:
+        corpus = await run_db(request, record)
+    except ApiError:
+        store.delete_prefix(corpus_prefix(corpus_id))
+        raise
     await run_in_threadpool(wake_worker, INGEST_CORPUS, corpus.id)
     return corpus_public(corpus)
 

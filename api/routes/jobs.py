@@ -26,6 +26,7 @@ from api.deps import (
 from api.errors import ApiError, validation_details
 from api.estimates import estimate_job
 from api.presenters import checkpoint_public, checkpoints_public, job_public, probe_run_public
+from api.quotas import check_job_quotas, check_resume
 from api.schemas import (
     CheckpointPublic,
     CheckpointsPage,
@@ -58,6 +59,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     response_model=JobPublic,
     summary="Submit a pretraining job",
     responses={
+        403: {"description": "Over a quota; `details` names the quota, its limit and the use"},
         409: {"description": "Idempotency-Key reused with a different body"},
         422: {"description": "Invalid spec; `details` names each bad field"},
     },
@@ -84,6 +86,7 @@ def create_job(
         spec, canonical, base = _resolve_init_from(spec, canonical, tenant=tenant, session=session)
     _check_heldout_corpora(spec, tenant=tenant, session=session)
     check_labelled_sets(session, tenant, spec.probes, field="probes")
+    check_job_quotas(session, tenant, spec)  # takes the tenant's lock: counted and inserted in one transaction
     try:
         job = crud.create_job(
             session=session,
@@ -96,6 +99,7 @@ def create_job(
             max_steps=spec.training.max_steps,
             idempotency_key=idempotency_key,
             request_sha256=fingerprint,
+            priority=spec.priority,
         )
         session.commit()
     except IntegrityError:
@@ -292,11 +296,15 @@ def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     status_code=202,
     response_model=JobPublic,
     summary="Resume a paused job",
-    responses={409: {"description": "The job is not paused"}},
+    responses={
+        403: {"description": "Over the queued-jobs quota"},
+        409: {"description": "The job is not paused"},
+    },
 )
 def resume_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     if job.status != Status.PAUSED:
         raise ApiError(409, f"job {job.id} is {job.status}, not paused; nothing to resume")
+    check_resume(session, job.tenant_id)
     if not crud.resume_paused(session=session, job=job):
         raise ApiError(409, f"job {job.id} is still pausing; try again when its status is paused")
     session.commit()

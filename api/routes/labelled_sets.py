@@ -5,18 +5,21 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CursorDep, OwnedLabelledSet, SessionDep, TenantDep, UploaderDep, run_db
+from api.errors import ApiError
 from api.labelled_sets import read_body, validate_labelled_set
 from api.presenters import labelled_set_public
+from api.quotas import check_stored_upload, upload_quota
 from api.schemas import LabelledSetPublic, LabelledSetsPage
 from selfsup.settings import get_settings
 from selfsup.spec_types import Name
 from storage import crud
 from storage.blobs import BlobStore, get_blob_store
 from storage.keys import labelled_set_key, labelled_set_prefix
-from storage.tables import new_id
+from storage.tables import LabelledSet, new_id
 
 router = APIRouter(prefix="/v1/labelled-sets", tags=["labelled sets"])
 
@@ -44,7 +47,7 @@ def _store(store: BlobStore, key: str, body: bytes) -> None:
     response_model=LabelledSetPublic,
     summary="Upload a labelled set",
     description=_UPLOAD_DOC,
-    responses={413: {"description": "Over the size limit"}},
+    responses={403: {"description": "Over a storage or upload quota"}, 413: {"description": "Over the size limit"}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -60,11 +63,16 @@ async def upload_labelled_set(
     settings = get_settings()
     body = await read_body(request, limit=settings.max_labelled_set_bytes)
     validated = await run_in_threadpool(validate_labelled_set, body, max_examples=settings.max_labelled_set_examples)
+    quota = await run_db(request, lambda session: upload_quota(session, tenant))
+    if quota is not None and len(validated.body) > quota.remaining:
+        raise quota.exceeded(len(validated.body))
     labelled_set_id = new_id("lbl")
-    await run_in_threadpool(_store, get_blob_store(), labelled_set_key(labelled_set_id), validated.body)
-    labelled_set = await run_db(
-        request,
-        lambda session: crud.create_labelled_set(
+    store = get_blob_store()
+    await run_in_threadpool(_store, store, labelled_set_key(labelled_set_id), validated.body)
+
+    def record(session: Session) -> LabelledSet:
+        check_stored_upload(session, tenant, len(validated.body))  # counted and inserted under the tenant's lock
+        return crud.create_labelled_set(
             session=session,
             tenant=tenant,
             labelled_set_id=labelled_set_id,
@@ -73,8 +81,13 @@ async def upload_labelled_set(
             sha256=validated.sha256,
             examples=validated.examples,
             label_counts=validated.label_counts,
-        ),
-    )
+        )
+
+    try:
+        labelled_set = await run_db(request, record)
+    except ApiError:
+        store.delete_prefix(labelled_set_prefix(labelled_set_id))
+        raise
     return labelled_set_public(labelled_set)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CursorDep, OwnedModel, SessionDep, TenantDep, UploaderDep, run_db, wake_worker
 from api.errors import ApiError
 from api.presenters import model_public
+from api.quotas import check_stored_upload, upload_quota
 from api.schemas import ModelPublic, ModelsPage
 from api.uploads import name_of_upload, receive_archive
 from selfsup.settings import get_settings
@@ -17,7 +19,7 @@ from selfsup.spec_types import Name
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.keys import model_files_prefix, model_prefix, model_upload_key
-from storage.tables import new_id
+from storage.tables import Model, new_id
 from workers.celery_app import VALIDATE_MODEL
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -47,6 +49,7 @@ extracted per archive byte. A refused archive leaves nothing stored.
     summary="Upload a base model",
     description=_UPLOAD_DOC,
     responses={
+        403: {"description": "Over a storage or upload quota; `details` names it, its limit and the use"},
         413: {"description": "Over the size limit"},
         415: {"description": "Not a tar or zip archive"},
         422: {"description": "Empty upload"},
@@ -78,17 +81,21 @@ async def upload_model(
 ) -> ModelPublic:
     model_id = new_id("mdl")
     store = get_blob_store()
+    quota = await run_db(request, lambda session: upload_quota(session, tenant))
     archive = await receive_archive(
         request,
         store=store,
         key=model_upload_key(model_id),
+        quota=quota,
         limit=get_settings().model_max_bytes,
         limit_setting="SELFSUP_MODEL_MAX_BYTES",
     )
+
     # The body streamed without holding a database connection; the row is written in a short transaction.
-    model = await run_db(
-        request,
-        lambda session: crud.create_model(
+    def record(session: Session) -> Model:
+        # Another upload may have finished while this one streamed: the storage quota is checked again here.
+        check_stored_upload(session, tenant, archive.size_bytes)
+        return crud.create_model(
             session=session,
             tenant=tenant,
             model_id=model_id,
@@ -97,8 +104,13 @@ async def upload_model(
             archive_bytes=archive.size_bytes,
             archive_sha256=archive.sha256,
             blob_prefix=model_files_prefix(model_id),
-        ),
-    )
+        )
+
+    try:
+        model = await run_db(request, record)
+    except ApiError:
+        store.delete_prefix(model_prefix(model_id))
+        raise
     await run_in_threadpool(wake_worker, VALIDATE_MODEL, model.id)
     return model_public(model)
 

@@ -70,9 +70,13 @@ from storage.crud.events import (
     write_metrics,
 )
 from storage.crud.jobs import (
+    PRIORITY_RANK,
     RequeueOutcome,
+    a_job_waiting_to_train,
     claim_job,
+    claim_next_job,
     create_job,
+    device_seconds_by_tenant,
     expired_leases,
     fail_job,
     find_job_by_idempotency_key,
@@ -132,6 +136,17 @@ from storage.crud.probes import (
     record_probe_accuracy,
     stale_queued_probe_runs,
 )
+from storage.crud.quotas import (
+    QUOTA_LIMITS,
+    TenantLimits,
+    count_jobs,
+    get_quota,
+    lock_tenant,
+    set_quota,
+    storage_bytes,
+    tenant_limits,
+    usage,
+)
 from storage.crud.tenants import (
     api_key_and_tenant,
     api_key_refusal,
@@ -161,6 +176,19 @@ from storage.crud.webhooks import (
 )
 
 __all__ = [
+    "PRIORITY_RANK",
+    "QUOTA_LIMITS",
+    "TenantLimits",
+    "a_job_waiting_to_train",
+    "claim_next_job",
+    "count_jobs",
+    "device_seconds_by_tenant",
+    "get_quota",
+    "lock_tenant",
+    "set_quota",
+    "storage_bytes",
+    "tenant_limits",
+    "usage",
     "PROBE_METRIC_PREFIX",
     "claim_probe_run",
     "create_labelled_set",

@@ -17,6 +17,7 @@ from selfsup.spec import TrainingSpec
 from storage.crud._sql import rowcount
 from storage.crud.events import add_event
 from storage.crud.paging import page
+from storage.crud.quotas import count_jobs, lock_tenant
 from storage.crud.webhooks import record_job_ending
 from storage.status import (
     ACTIVE_JOB_STATUSES,
@@ -30,6 +31,7 @@ from storage.tables import (
     Job,
     JobCorpus,
     Tenant,
+    TenantQuota,
     utcnow,
 )
 
@@ -67,6 +69,7 @@ def create_job(
     request_sha256: str | None,
     dataset_id: str | None = None,
     base: dict[str, Any] | None = None,
+    priority: str = "normal",
 ) -> Job:
     """Record a queued job, the corpora or dataset it reads and the base it starts from (`storage.bases`).
 
@@ -81,6 +84,7 @@ def create_job(
         idempotency_key=idempotency_key,
         request_sha256=request_sha256,
         status=JobStatus.QUEUED,
+        priority=priority,
     )
     session.add(job)
     session.flush()
@@ -281,6 +285,96 @@ def claim_job(*, session: Session, job_id: str, owner: str, lease_seconds: float
             ),
         )
     )
+
+
+# The first key of the claim order: a smaller rank is taken first.
+PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
+
+
+def _waiting_to_train() -> Any:
+    """Queued jobs whose data is prepared and that nobody holds or has cancelled: what a trainer may claim."""
+    return (
+        Job.status == JobStatus.QUEUED,
+        Job.dataset_key.is_not(None),
+        Job.lease_owner.is_(None),
+        Job.cancel_requested.is_(False),
+    )
+
+
+def a_job_waiting_to_train(*, session: Session) -> str | None:
+    """The id of some job a free trainer could claim now, or None (to wake a trainer after a run ends)."""
+    return session.scalar(select(Job.id).where(*_waiting_to_train()).limit(1))
+
+
+def device_seconds_by_tenant(
+    *, session: Session, tenant_ids: set[str], since: datetime, now: datetime
+) -> dict[str, float]:
+    """Seconds each tenant's jobs held a trainer since `since`: from a job's first start to its end (now while it
+    runs; its last change while it waits to resume). A paused or crashed job's gap counts as used: an upper bound,
+    and only for jobs that were started."""
+    used = dict.fromkeys(tenant_ids, 0.0)
+    rows = session.execute(
+        select(Job.tenant_id, Job.status, Job.started_at, Job.finished_at, Job.updated_at).where(
+            Job.tenant_id.in_(tenant_ids),
+            Job.started_at.is_not(None),
+            (Job.finished_at.is_(None)) | (Job.finished_at >= since),
+        )
+    )
+    for tenant_id, status, started_at, finished_at, updated_at in rows:
+        if started_at is None:  # (filtered out above; for the type checker)
+            continue
+        end = now if status == JobStatus.RUNNING else (finished_at or updated_at)
+        used[tenant_id] += max(0.0, (end - max(started_at, since)).total_seconds())
+    return used
+
+
+def claim_next_job(
+    *,
+    session: Session,
+    owner: str,
+    lease_seconds: float,
+    fair_share_window_seconds: float,
+    default_max_running_jobs: int | None,
+) -> str | None:
+    """Claim the job a free trainer should take next, whichever job woke it; its id, or None if none may run.
+
+    The order: priority (high, normal, low), then the tenant's fair share (the fewest device-seconds in the
+    last `fair_share_window_seconds` first), then age. A job whose tenant is at its `max_running_jobs` stays
+    queued. Exactly one caller wins each job (`claim_job`'s conditional UPDATE); one that loses a race tries
+    the next. The running limit is counted again under the tenant's lock (`lock_tenant`), so two trainers
+    cannot both take a tenant's last running slot.
+    """
+    now = utcnow()
+    waiting = session.execute(
+        select(Job.id, Job.tenant_id, Job.priority, Job.created_at, TenantQuota.max_running_jobs)
+        .outerjoin(TenantQuota, TenantQuota.tenant_id == Job.tenant_id)
+        .where(*_waiting_to_train())
+    ).all()
+    if not waiting:
+        return None
+    tenant_ids = {row.tenant_id for row in waiting}
+    since = now - timedelta(seconds=fair_share_window_seconds)
+    used = device_seconds_by_tenant(session=session, tenant_ids=tenant_ids, since=since, now=now)
+    running = dict(
+        session.execute(  # type: ignore[arg-type]
+            select(Job.tenant_id, func.count())
+            .where(Job.tenant_id.in_(tenant_ids), Job.status == JobStatus.RUNNING)
+            .group_by(Job.tenant_id)
+        ).all()
+    )
+    ordered = sorted(waiting, key=lambda r: (PRIORITY_RANK.get(r.priority, 1), used[r.tenant_id], r.created_at, r.id))
+    for row in ordered:
+        limit = row.max_running_jobs if row.max_running_jobs is not None else default_max_running_jobs
+        if limit is not None:
+            if running.get(row.tenant_id, 0) >= limit:
+                continue
+            lock_tenant(session=session, tenant_id=row.tenant_id)
+            running[row.tenant_id] = count_jobs(session=session, tenant_id=row.tenant_id, status=JobStatus.RUNNING)
+            if running[row.tenant_id] >= limit:
+                continue
+        if claim_job(session=session, job_id=row.id, owner=owner, lease_seconds=lease_seconds):
+            return str(row.id)
+    return None
 
 
 def requeue_after_crash(*, session: Session, job: Job, owner: str | None, error: str) -> RequeueOutcome:

@@ -17,6 +17,7 @@ from storage.tables import ApiKey, Base
 
 TABLES = {
     "tenants",
+    "tenant_quotas",
     "api_keys",
     "corpora",
     "jobs",
@@ -60,7 +61,7 @@ def _roundtrip(url: str) -> None:
     migrate.upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0009"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0010"
     engine.dispose()
 
 
