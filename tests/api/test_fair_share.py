@@ -28,9 +28,9 @@ def _tenant(service: Service, prefix: str) -> tuple[str, httpx.Client]:
 
 
 def _operator(service: Service) -> httpx.Client:
-    """A client with a key of the operator tenant (SELFSUP_OPERATOR_TENANT, default `operator`)."""
+    """A client with an admin key of the operator tenant (SELFSUP_OPERATOR_TENANT, default `operator`)."""
     if "operator" not in service.keys:
-        service.create_key("operator")
+        service.keys["operator"] = service.create_key("operator", "--scope", "admin")
     return service.client("operator")
 
 
