@@ -6,9 +6,11 @@ nothing of the errors our dependencies raise. Our API answers every error as `Er
 this pass gives each operation the errors it can really answer, all with that schema:
 
 - 401 and 503 on every operation that needs a key (the key is looked up in the database, which may be busy);
+- 403 on every such operation that changes something (a `read` key only reads; a quota can be used up);
 - 404 on every operation with an `{id}` in its path (another tenant's resource is a 404 too);
 - 422 where a parameter or body can be invalid (not for a plain string id in the path);
-- 400 on uploads that accept `multipart/form-data` (a malformed body, or a client that disconnected);
+- 400 on every operation with a request body (malformed JSON or `multipart/form-data`, a client that
+  disconnected mid-upload), and an upload's bytes are at least one (an empty upload is refused);
 - and whatever a route declares itself (409, 413, 415…), its description kept.
 """
 
@@ -28,8 +30,10 @@ _ERROR_REF = {"$ref": f"#/components/schemas/{ERROR_SCHEMA}"}
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 DEFAULT_DESCRIPTIONS = {
-    "400": "Malformed request: a broken `multipart/form-data` body, or the client disconnected mid-upload",
+    "400": "Malformed request: a body that does not parse (JSON, `multipart/form-data`), or the client "
+    "disconnected mid-upload",
     "401": "No API key, or an unknown one: send `Authorization: Bearer <key>`",
+    "403": "Not allowed with this key: its scope does not cover the operation (a `read` key only reads)",
     "404": "No such resource among the caller's (another tenant's is not found either)",
     "409": "Conflicts with the resource's current state",
     "413": "Over the size limit",
@@ -71,10 +75,11 @@ def document_errors(document: dict[str, Any]) -> dict[str, Any]:
         [(ErrorResponse, "serialization")], ref_template="#/components/schemas/{model}"
     )
     schemas.update(error_schemas["$defs"])
-    for operation in _operations(document):
+    for method, operation in _operations(document):
         responses = operation.setdefault("responses", {})
-        for status in _error_statuses(operation):
+        for status in _error_statuses(method, operation):
             responses.setdefault(status, {})
+        _refuse_empty_uploads(operation)
         if "422" in responses and not _can_be_invalid(operation, responses["422"]):
             del responses["422"]
         for status, response in responses.items():
@@ -84,24 +89,35 @@ def document_errors(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def _operations(document: dict[str, Any]) -> list[dict[str, Any]]:
+def _operations(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     methods = ("get", "put", "post", "delete", "patch", "head", "options")
-    return [op for path in document.get("paths", {}).values() for method, op in path.items() if method in methods]
+    return [(m, op) for path in document.get("paths", {}).values() for m, op in path.items() if m in methods]
 
 
 def _path_parameters(operation: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in operation.get("parameters", []) if p.get("in") == "path"]
 
 
-def _error_statuses(operation: dict[str, Any]) -> list[str]:
+def _error_statuses(method: str, operation: dict[str, Any]) -> list[str]:
     statuses = []
     if operation.get("security"):
         statuses += ["401", "503"]
+        if method not in ("get", "head", "options"):
+            statuses.append("403")
     if _path_parameters(operation):
         statuses.append("404")
-    if "multipart/form-data" in operation.get("requestBody", {}).get("content", {}):
+    if "requestBody" in operation:
         statuses.append("400")
     return statuses
+
+
+def _refuse_empty_uploads(operation: dict[str, Any]) -> None:
+    """A file upload (a binary string, or a multipart form's binary fields) has at least one byte: say so."""
+    for media in operation.get("requestBody", {}).get("content", {}).values():
+        schema = media.get("schema", {})
+        for field in [schema, *schema.get("properties", {}).values()]:
+            if field.get("type") == "string" and field.get("format") == "binary":
+                field.setdefault("minLength", 1)
 
 
 def _can_be_invalid(operation: dict[str, Any], response: dict[str, Any]) -> bool:

@@ -112,6 +112,7 @@ from storage.crud.operations import (
     operations_snapshot,
 )
 from storage.crud.paging import (
+    CURSOR_PATTERN,
     decode_cursor,
     encode_cursor,
 )
@@ -151,6 +152,7 @@ from storage.crud.webhooks import (
 )
 
 __all__ = [
+    "CURSOR_PATTERN",
     "PROBE_METRIC_PREFIX",
     "claim_probe_run",
     "create_labelled_set",

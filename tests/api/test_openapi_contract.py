@@ -56,6 +56,8 @@ def test_every_error_is_documented_with_the_error_shape_the_api_answers(embedded
             authenticated += 1
             assert operation["security"] == [{"apiKey": []}], where
             assert {"401", "503"} <= set(errors), where
+            if method != "GET":
+                assert "403" in errors, where  # a read key's writes
         else:
             assert "security" not in operation, where
         if "{" in path:
