@@ -83,7 +83,7 @@ def validate_labelled_set(body: bytes, *, max_examples: int) -> ValidatedLabelle
             continue
         label, problem = _line_problem(raw)
         if problem is not None:
-            problems.append({"line": number, "message": problem})
+            problems.append({"field": f"line {number}", "line": number, "message": problem})
             if len(problems) >= MAX_REPORTED_PROBLEMS:
                 break
         else:

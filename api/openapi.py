@@ -9,7 +9,8 @@ this pass gives each operation the errors it can really answer, all with that sc
   is looked up in the database, which may be busy);
 - 404 on every operation with an `{id}` in its path (another tenant's resource is a 404 too);
 - 422 where a parameter or body can be invalid (not for a plain string id in the path);
-- 400 on uploads that accept `multipart/form-data` (a malformed body, or a client that disconnected);
+- 400 on every operation with a request body (malformed JSON or `multipart/form-data`, a client that
+  disconnected mid-upload), and an upload's bytes are at least one (an empty upload is refused);
 - 400 (malformed JSON), 413 (over `SELFSUP_MAX_JSON_BYTES`) and 415 (not sent as JSON) where the body is JSON;
 - 429 on every `/v1` operation (the key's rate limit; see `api/ratelimit.py`);
 - and whatever a route declares itself (409, 413, 415…), its description kept.
@@ -31,8 +32,8 @@ _ERROR_REF = {"$ref": f"#/components/schemas/{ERROR_SCHEMA}"}
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 DEFAULT_DESCRIPTIONS = {
-    "400": "Malformed request: JSON that does not parse (the message says where), a broken `multipart/form-data` "
-    "body, or the client disconnected mid-upload",
+    "400": "Malformed request: a body that does not parse (JSON: the message says where; `multipart/form-data`), "
+    "or the client disconnected mid-upload",
     "401": "No API key, or an unknown, revoked or expired one: send `Authorization: Bearer <key>`",
     "403": "The API key lacks the scope this operation needs (`read` for GET, `write` for other methods, `admin` "
     "for `/v1/keys`); the message names it",
@@ -78,10 +79,11 @@ def document_errors(document: dict[str, Any]) -> dict[str, Any]:
         [(ErrorResponse, "serialization")], ref_template="#/components/schemas/{model}"
     )
     schemas.update(error_schemas["$defs"])
-    for operation in _operations(document):
+    for method, operation in _operations(document):
         responses = operation.setdefault("responses", {})
-        for status in _error_statuses(operation):
+        for status in _error_statuses(method, operation):
             responses.setdefault(status, {})
+        _refuse_empty_uploads(operation)
         if "422" in responses and not _can_be_invalid(operation, responses["422"]):
             del responses["422"]
         for status, response in responses.items():
@@ -91,27 +93,36 @@ def document_errors(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def _operations(document: dict[str, Any]) -> list[dict[str, Any]]:
+def _operations(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     methods = ("get", "put", "post", "delete", "patch", "head", "options")
-    return [op for path in document.get("paths", {}).values() for method, op in path.items() if method in methods]
+    return [(m, op) for path in document.get("paths", {}).values() for m, op in path.items() if m in methods]
 
 
 def _path_parameters(operation: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in operation.get("parameters", []) if p.get("in") == "path"]
 
 
-def _error_statuses(operation: dict[str, Any]) -> list[str]:
+def _error_statuses(method: str, operation: dict[str, Any]) -> list[str]:
     statuses = []
     if operation.get("security"):
         statuses += ["401", "403", "429", "503"]
     if _path_parameters(operation):
         statuses.append("404")
     content = operation.get("requestBody", {}).get("content", {})
-    if "multipart/form-data" in content:
+    if "requestBody" in operation:
         statuses.append("400")
     if "application/json" in content:
         statuses += ["400", "413", "415"]
     return statuses
+
+
+def _refuse_empty_uploads(operation: dict[str, Any]) -> None:
+    """A file upload (a binary string, or a multipart form's binary fields) has at least one byte: say so."""
+    for media in operation.get("requestBody", {}).get("content", {}).values():
+        schema = media.get("schema", {})
+        for field in [schema, *schema.get("properties", {}).values()]:
+            if field.get("type") == "string" and field.get("format") == "binary":
+                field.setdefault("minLength", 1)
 
 
 def _can_be_invalid(operation: dict[str, Any], response: dict[str, Any]) -> bool:

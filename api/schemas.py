@@ -392,6 +392,7 @@ class ErrorDetail(BaseModel):
     type: str | None = Field(
         default=None, description="The validation error's kind, when the spec's own checks gave it."
     )
+    line: int | None = Field(default=None, description="For an upload checked line by line, the line (from 1).")
 
 
 class ErrorBody(BaseModel):

@@ -116,6 +116,7 @@ from storage.crud.operations import (
     operations_snapshot,
 )
 from storage.crud.paging import (
+    CURSOR_PATTERN,
     decode_cursor,
     encode_cursor,
 )
@@ -176,6 +177,7 @@ from storage.crud.webhooks import (
 )
 
 __all__ = [
+    "CURSOR_PATTERN",
     "PRIORITY_RANK",
     "QUOTA_LIMITS",
     "TenantLimits",

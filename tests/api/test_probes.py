@@ -70,6 +70,7 @@ def test_bad_labelled_sets_are_refused_with_their_line_numbers(embedded_service:
     ]
     error = api_error(upload_labelled_set(client, "\n".join(lines).encode()), 422)
     assert [d["line"] for d in error["details"]] == [3, 5, 6], error
+    assert [d["field"] for d in error["details"]] == ["line 3", "line 5", "line 6"], error  # ErrorDetail's shape
     assert error["message"].startswith("line 3:") and "label" in error["message"], error
     one_label = labelled_set_jsonl([{"text": f"speech {i}", "label": "a"} for i in range(5)])
     assert "at least 2 labels" in api_error(upload_labelled_set(client, one_label), 422)["message"]
