@@ -40,6 +40,11 @@ class AuthenticationError(APIError):
     """401: no API key, or one the server does not know (set SELFSUP_API_KEY)."""
 
 
+class PermissionDenied(APIError):
+    """403: the key lacks the scope the request needs, or a quota of the tenant would be exceeded (`code`
+    `forbidden` or `quota_exceeded`; `details` name the scope, or the quota, its limit and the use)."""
+
+
 class NotFound(APIError):
     """404: no such resource, or it belongs to another tenant."""
 
@@ -87,6 +92,7 @@ class DownloadError(SelfsupError):
 _BY_STATUS: dict[int, type[APIError]] = {
     400: BadRequest,
     401: AuthenticationError,
+    403: PermissionDenied,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,

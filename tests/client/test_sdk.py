@@ -18,6 +18,7 @@ from selfsup_client import (
     InvalidRequest,
     Job,
     NotFound,
+    PermissionDenied,
     ServiceUnavailable,
 )
 from tests.client.conftest import Trained, Wiretap
@@ -101,6 +102,12 @@ def test_api_errors_carry_code_message_and_details(embedded_service: Service, sd
     # Another tenant's job does not exist for this one.
     with Client(embedded_service.base_url, embedded_service.keys["bob"]) as bob, pytest.raises(NotFound):
         bob.jobs.get(trained.job.id)
+
+    # A read-only key may look but not act: 403 names the scope it lacks.
+    read_key = embedded_service.create_key("sdk-reader", "--scopes", "read")
+    with Client(embedded_service.base_url, read_key) as reader, pytest.raises(PermissionDenied) as denied:
+        reader.jobs.cancel("job_doesnotexist")
+    assert denied.value.code == "forbidden" and denied.value.details["required_scope"] == "write"
 
 
 def test_transient_failures_are_retried_and_a_lost_create_answer_makes_one_job(
