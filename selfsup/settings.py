@@ -22,6 +22,16 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home.")
     redis_url: str | None = Field(default=None, description="Broker URL; default an embedded Valkey server.")
     blob_dir: Path | None = Field(default=None, description="Blob store folder; default home/blobs.")
+    cache_dir: Path | None = Field(
+        default=None,
+        description="A worker's local copies of blobs from an object store (token arrays, checkpoints); "
+        "default home/cache.",
+    )
+    cache_max_bytes: int = Field(
+        default=50 * 1024**3,
+        gt=0,
+        description="The most bytes the local cache holds; least recently used copies not in use are evicted.",
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -245,6 +255,11 @@ class Settings(BaseSettings):
     def resolved_curation_processes(self) -> int:
         """How many processes curation uses: the setting, else every core of the machine."""
         return self.curation_processes or os.cpu_count() or 1
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        """The local cache folder of blobs from an object store."""
+        return (self.cache_dir or self.resolved_home / "cache").expanduser().resolve()
 
     @property
     def resolved_blob_dir(self) -> Path:
