@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from selfsup.settings import get_settings
+from storage.cache import CorruptBlobError
 from storage.keys import join_key
 
 CHUNK_SIZE = 1024 * 1024
+
+# Checks a local copy of a blob: None if it is good, else what is wrong.
+Verify = Callable[[Path], str | None]
 
 
 class BlobStore(Protocol):
@@ -52,8 +56,11 @@ class BlobStore(Protocol):
     def list_children(self, prefix: str) -> list[str]:
         """The keys one level below `prefix` (files and sub-prefixes alike); empty if there are none."""
 
-    def local_copy(self, prefix: str) -> Path:
-        """A local, read-only file or folder holding what is stored under `prefix`, which never changes once written."""
+    def local_copy(self, prefix: str, *, verify: Verify | None = None) -> Path:
+        """A local, read-only file or folder holding what is stored under `prefix`, which never changes once written.
+
+        `verify(path)` (None: fine, else what is wrong) checks it against the sha256s recorded when it was
+        written; a copy that fails is fetched again, and `CorruptBlobError` says the store itself is bad."""
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every blob under `prefix`."""
@@ -117,9 +124,13 @@ class LocalBlobStore:
             return []
         return sorted(join_key(prefix, child.name) for child in folder.iterdir())
 
-    def local_copy(self, prefix: str) -> Path:
-        """The stored file or folder itself: blobs are local already, so nothing is copied."""
-        return self.path(prefix.rstrip("/"))
+    def local_copy(self, prefix: str, *, verify: Verify | None = None) -> Path:
+        """The stored file or folder itself: blobs are local already, so nothing is copied (only verified)."""
+        path = self.path(prefix.rstrip("/"))
+        problem = verify(path) if verify is not None else None
+        if problem is not None:
+            raise CorruptBlobError(prefix, problem)
+        return path
 
     def exists(self, key: str) -> bool:
         """Whether `key` is stored."""

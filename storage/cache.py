@@ -53,6 +53,14 @@ class CacheError(RuntimeError):
     """A blob cannot be cached: larger than the whole cache, or still corrupt after a fresh download."""
 
 
+class CorruptBlobError(CacheError):
+    """What the blob store itself holds under a prefix fails its check (a fresh copy is no better)."""
+
+    def __init__(self, prefix: str, problem: str) -> None:
+        super().__init__(f"{prefix} is corrupt in the blob store: {problem}")
+        self.problem = problem
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """One cached prefix, as eviction sees it."""
@@ -133,7 +141,7 @@ class BlobCache:
             logger.warning("cached copy of %s is corrupt (%s); downloading it again", prefix, problem)
             self.discard(prefix)
             if attempt == 2:
-                raise CacheError(f"{prefix} is corrupt in the blob store itself: {problem}")
+                raise CorruptBlobError(prefix, problem)
         raise AssertionError("unreachable")
 
     def _get_once(self, name: str, prefix: str, download: Callable[[Path], None], expected: int | None) -> Path:
@@ -238,3 +246,13 @@ class BlobCache:
         """Remove what a process killed mid-download or mid-eviction left (lock held: none is in progress)."""
         for tmp in self.root.glob(".tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def release_all() -> None:
+    """Drop every pin this process holds, in every cache (a training task calls it when its job is done)."""
+    for pins in _PINS.values():
+        for fh in pins.values():
+            fh.close()
+        pins.clear()
+    for verified in _VERIFIED.values():
+        verified.clear()
