@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from selfsup.settings import get_settings
+
 logger = logging.getLogger(__name__)
 
 DATA = "data"
@@ -85,9 +87,9 @@ def tree_size(path: Path) -> int:
 class BlobCache:
     """Local copies of immutable blobs under `root`, at most `max_bytes` of them (see the module docstring)."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root
-        self.max_bytes = max_bytes
+        self.max_bytes = get_settings().cache_max_bytes if max_bytes is None else max_bytes
         self.entries = root / "entries"
         self.entries.mkdir(parents=True, exist_ok=True)
         # Entries this process uses (the open pin files holding their shared locks) and those it verified: kept
@@ -173,6 +175,14 @@ class BlobCache:
             self._pin(name)
             self._verified.discard(name)
             return entry / DATA
+
+    def entry_path(self, prefix: str) -> Path:
+        """Where `prefix`'s copy lives (whether or not it is there yet)."""
+        return self.entries / entry_name(prefix) / DATA
+
+    def evict(self, prefix: str) -> None:
+        """Forget `prefix`'s copy (its blobs were deleted, or it was found corrupt), pinned by this process or not."""
+        self.discard(prefix)
 
     def discard(self, prefix: str) -> None:
         """Remove `prefix`'s copy (found corrupt by its user), even though this process has it pinned."""
