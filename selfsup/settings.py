@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         description="How often the API reads a streamed job's new events, metrics and status (once per job, "
         "however many clients stream it).",
     )
+    download_url_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=7 * 86400,
+        description="How long the presigned URL of a `?redirect=true` checkpoint download stays valid (object store).",
+    )
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
     max_labelled_set_bytes: int = Field(

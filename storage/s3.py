@@ -27,6 +27,7 @@ which boto3 reads itself. What each operation means here:
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -113,6 +114,57 @@ class _MultipartWriter:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
 
 
+class _ObjectReader(io.RawIOBase):
+    """One object as a seekable raw stream: reads continue the current GET; a seek drops it, and the next read
+    sends a GET with `Range: bytes=<position>-`."""
+
+    def __init__(self, client: Any, bucket: str, object_key: str, body: Any, size: int) -> None:
+        super().__init__()
+        self.client, self.bucket, self.object_key = client, bucket, object_key
+        self.body: Any = body
+        self.size = size
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        if base + offset != self.position:
+            self._drop()
+            self.position = base + offset
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        if self.position >= self.size:
+            return 0
+        if self.body is None:
+            self.body = self.client.get_object(
+                Bucket=self.bucket, Key=self.object_key, Range=f"bytes={self.position}-"
+            )["Body"]
+        data = self.body.read(len(buffer))
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def _drop(self) -> None:
+        if self.body is not None:
+            self.body.close()
+            self.body = None
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
 def _upload_order(folder: Path) -> tuple[list[Path], list[Path]]:
     """The staged files to upload in any order (subfolders', then top-level ones), and the markers to upload last."""
     files = [p for p in folder.rglob("*") if p.is_file()]
@@ -173,14 +225,16 @@ class S3BlobStore:
             raise
 
     def open(self, key: str) -> BinaryIO:
-        """Read `key` from its start, streamed from a GET; FileNotFoundError if it is not stored."""
+        """Read `key` from its start, streamed from a GET, and seekable (a seek starts a ranged GET there: readers
+        peek at magic bytes and rewind); FileNotFoundError if it is not stored."""
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
         except ClientError as exc:
             if _is_missing(exc):
                 raise FileNotFoundError(key) from exc
             raise
-        return cast(BinaryIO, answer["Body"])
+        raw = _ObjectReader(self.client, self.bucket, self.object_key(key), answer["Body"], answer["ContentLength"])
+        return cast(BinaryIO, io.BufferedReader(raw, buffer_size=CHUNK_SIZE))
 
     def open_range(
         self, key: str, start: int = 0, end: int | None = None, *, chunk_size: int = CHUNK_SIZE

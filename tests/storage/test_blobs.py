@@ -67,8 +67,13 @@ def test_ranges_children_and_local_copies(store: BlobStore) -> None:
         store.open_range("a/b/missing.bin")
     with pytest.raises(FileNotFoundError):
         store.open("a/b/missing.bin")
-    with store.open("a/b/file.bin") as fh:
+    with store.open("a/b/file.bin") as fh:  # seekable: readers peek at magic bytes and rewind
+        assert fh.read(2) == b"01"
+        fh.seek(0)
         assert fh.read() == b"0123456789"
+        assert fh.seek(0, os.SEEK_END) == 10
+        fh.seek(7)
+        assert fh.read(2) == b"78"
     with store.staging_dir("a/c") as staging:
         (staging / "x.txt").write_text("x")
         (staging / "sub").mkdir()
