@@ -14,15 +14,16 @@ Layout of `SELFSUP_CACHE_DIR`:
 Several processes on one machine share the cache safely:
 - A download lands in a temporary folder and is renamed into place, so nobody sees half a copy; the `.lock` makes
   two processes that want the same entry download it once.
-- A process that gets an entry holds a shared `flock` on its `.pin` file until it calls `release()` (the training
-  task does when a job ends) or exits (the kernel drops the lock even on SIGKILL). Eviction takes the pin
-  exclusively without waiting, so an entry in use (memory-mapped, being loaded) is never removed.
+- A process that gets an entry holds a shared `flock` on its `.pin` file until `release_all()` (every Celery
+  task calls it when it ends: `workers/tasks.py`) or until it exits (the kernel drops the lock even on SIGKILL).
+  Eviction takes the pin exclusively without waiting, so an entry in use (memory-mapped, being loaded) is
+  never removed.
 - The least recently used unpinned entries are evicted until the new entry fits under `SELFSUP_CACHE_MAX_BYTES`.
   If pinned entries alone leave no room, the new entry is kept anyway (a job must run) and a warning logged; an
   entry larger than the whole bound is refused, naming the setting to raise.
 
 Verification: `get(..., verify=...)` runs the caller's check (sha256s recorded when the blob was written) on a
-fresh download and on the first use of an entry by each process; a copy that fails it is removed and downloaded
+fresh download and on the first use of an entry by each task; a copy that fails it is removed and downloaded
 again once, and a second failure is an error (the store itself holds bad bytes).
 """
 

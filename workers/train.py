@@ -28,7 +28,7 @@ from selfsup.settings import Settings
 from selfsup.spec import JobSpec, heldout_metric_names
 from storage import crud
 from storage.blobs import BlobStore
-from storage.cache import CacheError, CorruptBlobError, release_all
+from storage.cache import CacheError, CorruptBlobError
 from storage.checkpoints import WrittenCheckpoint, load_resume_state, verify_files
 from storage.db import session_scope
 from storage.keys import job_checkpoints_prefix
@@ -414,7 +414,6 @@ def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, shou
     try:
         return _train_claimed(job, corpora, dataset, curated, heldout, owner, settings, store, should_stop)
     finally:
-        release_all()  # the job's cached copies may be evicted again (this process no longer maps them)
         _wake_for_waiting_job()
 
 
