@@ -34,7 +34,7 @@ def blob_download(
     etag = f'"{sha256}"'
     headers = {
         "accept-ranges": "bytes",
-        "content-disposition": _content_disposition(filename),
+        "content-disposition": content_disposition(filename),
         "etag": etag,
         "last-modified": format_datetime(last_modified, usegmt=True),
         "x-checksum-sha256": sha256,
@@ -77,7 +77,8 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     return start, end
 
 
-def _content_disposition(filename: str) -> str:
+def content_disposition(filename: str) -> str:
+    """`attachment` with the file's name, RFC 6266 style for names that are not plain ASCII."""
     quoted = quote(filename)
     if quoted != filename:
         return f"attachment; filename*=utf-8''{quoted}"

@@ -22,6 +22,22 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home.")
     redis_url: str | None = Field(default=None, description="Broker URL; default an embedded Valkey server.")
     blob_dir: Path | None = Field(default=None, description="Blob store folder; default home/blobs.")
+    blob_url: str | None = Field(
+        default=None,
+        pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file://.+)$",
+        description="Where blobs live: `s3://bucket/prefix` (an S3-compatible object store, reached with the "
+        "standard AWS_* variables) or `file:///path` (a folder); unset: SELFSUP_BLOB_DIR, else home/blobs.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Where a process keeps local copies of object-store blobs it must read as files (token arrays, "
+        "checkpoints to resume); default home/cache.",
+    )
+    cache_max_bytes: int = Field(
+        default=50 * 1024**3,
+        gt=0,
+        description="The most bytes the local cache holds; least recently used copies not in use are evicted.",
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -50,6 +66,12 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the API reads a streamed job's new events, metrics and status (once per job, "
         "however many clients stream it).",
+    )
+    download_url_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=7 * 86400,
+        description="How long the presigned URL of a `?redirect=true` checkpoint download stays valid (object store).",
     )
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
@@ -249,7 +271,22 @@ class Settings(BaseSettings):
     @property
     def resolved_blob_dir(self) -> Path:
         """The blob store folder."""
+        if self.blob_url is not None and self.blob_url.startswith("file://"):
+            return Path(self.blob_url.removeprefix("file://")).expanduser().resolve()
         return (self.blob_dir or self.resolved_home / "blobs").expanduser().resolve()
+
+    @property
+    def s3_location(self) -> tuple[str, str] | None:
+        """(bucket, key prefix) when blobs live in an object store (`SELFSUP_BLOB_URL=s3://…`), else None."""
+        if self.blob_url is None or not self.blob_url.startswith("s3://"):
+            return None
+        bucket, _, prefix = self.blob_url.removeprefix("s3://").partition("/")
+        return bucket, prefix.strip("/")
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        """The folder of local copies of object-store blobs."""
+        return (self.cache_dir or self.resolved_home / "cache").expanduser().resolve()
 
 
 @lru_cache

@@ -1,8 +1,9 @@
 """The blob store: corpora, tokenized arrays and checkpoints, addressed by `/`-separated keys.
 
-`BlobStore` is the small interface an object store can implement later; `LocalBlobStore` keeps blobs
-in a folder. Every write lands under a temporary name, is fsynced, then renamed into place, so a
-reader never sees a half-written blob.
+`BlobStore` is the small interface both stores implement: `LocalBlobStore` keeps blobs in a folder,
+`storage.s3.S3BlobStore` in an S3-compatible bucket; `SELFSUP_BLOB_URL` picks one. In the folder, every
+write lands under a temporary name, is fsynced, then renamed into place, so a reader never sees a
+half-written blob, and a refused write leaves no file and no folder behind.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from selfsup.settings import get_settings
+from storage.cache import BlobCache, CorruptBlobError
 from storage.keys import join_key
 
 CHUNK_SIZE = 1024 * 1024
+
+# Checks a local copy of a blob: None if it is good, else what is wrong.
+Verify = Callable[[Path], str | None]
 
 
 class BlobStore(Protocol):
@@ -52,14 +58,21 @@ class BlobStore(Protocol):
     def list_children(self, prefix: str) -> list[str]:
         """The keys one level below `prefix` (files and sub-prefixes alike); empty if there are none."""
 
-    def local_copy(self, prefix: str) -> Path:
-        """A local, read-only file or folder holding what is stored under `prefix`, which never changes once written."""
+    def local_copy(self, prefix: str, *, verify: Verify | None = None) -> Path:
+        """A local, read-only file or folder holding what is stored under `prefix`, which never changes once written;
+        FileNotFoundError if nothing is.
+
+        `verify(path)` (None: fine, else what is wrong) checks it against the sha256s recorded when it was
+        written; a copy that fails is fetched again, and `CorruptBlobError` says the store itself is bad."""
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every blob under `prefix`."""
 
     def sweep_orphans(self, prefix: str, *, older_than: float) -> list[str]:
         """Remove what interrupted writers left under `prefix`."""
+
+    def presigned_url(self, key: str, *, expires: int, content_disposition: str | None = None) -> str | None:
+        """A short-lived URL a client can GET `key` from directly, or None where the store has none (a folder)."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -83,17 +96,27 @@ class LocalBlobStore:
             raise ValueError(f"invalid blob key: {key!r}")
         return self.root / key
 
+    def _scratch(self, key: str) -> Path:
+        """Where a write of `key` is staged: in the deepest of its folders that exists already (at least its
+        top-level one, `corpora/`), so a refused write creates no folder, and the sweeper of that one finds it."""
+        final = self.path(key)
+        folder = final.parent
+        while folder != self.root and not folder.is_dir() and folder.parent != self.root:
+            folder = folder.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f".tmp-{uuid.uuid4().hex}-{final.name}"
+
     @contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
-        """Write `key` atomically: temporary file, fsync, rename, fsync the folder."""
+        """Write `key` atomically: temporary file, fsync, then (only now) its folder, rename, fsync the folder."""
         final = self.path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".tmp-{uuid.uuid4().hex}-{final.name}")
+        tmp = self._scratch(key)
         try:
             with open(tmp, "wb") as fh:
                 yield fh
                 fh.flush()
                 os.fsync(fh.fileno())
+            final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         finally:
@@ -117,9 +140,15 @@ class LocalBlobStore:
             return []
         return sorted(join_key(prefix, child.name) for child in folder.iterdir())
 
-    def local_copy(self, prefix: str) -> Path:
-        """The stored file or folder itself: blobs are local already, so nothing is copied."""
-        return self.path(prefix.rstrip("/"))
+    def local_copy(self, prefix: str, *, verify: Verify | None = None) -> Path:
+        """The stored file or folder itself: blobs are local already, so nothing is copied (only verified)."""
+        path = self.path(prefix.rstrip("/"))
+        if not path.exists():
+            raise FileNotFoundError(prefix)
+        problem = verify(path) if verify is not None else None
+        if problem is not None:
+            raise CorruptBlobError(prefix, problem)
+        return path
 
     def exists(self, key: str) -> bool:
         """Whether `key` is stored."""
@@ -163,10 +192,12 @@ class LocalBlobStore:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def sweep_orphans(self, prefix: str, *, older_than: float) -> list[str]:
-        """Remove temporary files and folders under `prefix` untouched for `older_than` seconds.
+        """Remove temporary files and folders, and empty folders, under `prefix` untouched for `older_than` seconds.
 
         They are what a writer killed mid-write (an API process during an upload, a trainer during a
-        checkpoint) leaves behind; a live writer keeps touching its file, so it is never swept.
+        checkpoint) leaves behind; a live writer keeps touching its file, so it is never swept. Empty
+        folders are what older versions left for every refused upload (a folder made before the bytes were
+        accepted); a folder is only made now right before a file is renamed into it.
         """
         root = self.path(prefix.rstrip("/"))
         if not root.exists():
@@ -184,7 +215,20 @@ class LocalBlobStore:
                 removed.append(str(path.relative_to(self.root)))
             except FileNotFoundError:
                 continue
+        # Deepest first, so a folder that only held empty folders goes too; never `root` itself.
+        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                if folder.stat().st_mtime > cutoff or any(folder.iterdir()):
+                    continue
+                folder.rmdir()
+                removed.append(str(folder.relative_to(self.root)))
+            except (FileNotFoundError, OSError):
+                continue  # gone already, or a writer just renamed a file into it
         return removed
+
+    def presigned_url(self, key: str, *, expires: int, content_disposition: str | None = None) -> str | None:
+        """None: a folder has no URL of its own, so the API streams the file itself."""
+        return None
 
 
 def _read_range(fh: BinaryIO, start: int, end: int | None, chunk_size: int) -> Iterator[bytes]:
@@ -201,5 +245,17 @@ def _read_range(fh: BinaryIO, start: int, end: int | None, chunk_size: int) -> I
 
 
 def get_blob_store() -> BlobStore:
-    """The configured blob store."""
-    return LocalBlobStore(get_settings().resolved_blob_dir)
+    """The configured blob store: a bucket for `SELFSUP_BLOB_URL=s3://…`, else the local folder."""
+    settings = get_settings()
+    location = settings.s3_location
+    if location is None:
+        return LocalBlobStore(settings.resolved_blob_dir)
+    return _s3_store(*location, settings.resolved_cache_dir, os.getpid())
+
+
+@lru_cache(maxsize=4)
+def _s3_store(bucket: str, prefix: str, cache_dir: Path, pid: int) -> BlobStore:
+    """One client per process (keyed by pid: a forked worker must not share its parent's connections)."""
+    from storage.s3 import S3BlobStore  # boto3 is imported only where an object store is configured
+
+    return S3BlobStore(bucket, prefix, cache=BlobCache(cache_dir))

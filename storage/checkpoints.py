@@ -41,7 +41,8 @@ class WrittenCheckpoint:
     resume_files: list[dict[str, Any]]
 
 
-def _manifest(folder: Path, root: Path, *, exclude: str | None = None) -> list[dict[str, Any]]:
+def file_manifest(folder: Path, root: Path, *, exclude: str | None = None) -> list[dict[str, Any]]:
+    """Each file under `folder` (but not under `root/exclude`): its name relative to `root`, size and sha256."""
     return [
         {"name": p.relative_to(root).as_posix(), "size_bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(folder.rglob("*"))
@@ -83,8 +84,8 @@ def write_checkpoint(
         resume = staging / RESUME_DIR
         resume.mkdir()
         torch.save(resume_state, resume / RESUME_STATE_FILE)
-        files = _manifest(staging, staging, exclude=RESUME_DIR)
-        resume_files = _manifest(resume, staging)
+        files = file_manifest(staging, staging, exclude=RESUME_DIR)
+        resume_files = file_manifest(resume, staging)
     return WrittenCheckpoint(prefix=prefix, files=files, resume_files=resume_files)
 
 

@@ -1,22 +1,28 @@
-"""Fixtures: the real service on the embedded default, and on this machine's PostgreSQL and Redis.
+"""Fixtures: the real service on the embedded default (SQLite, embedded broker, a local blob folder), and the
+production-like one on this machine's PostgreSQL and Redis with its blobs in S3 (moto's S3 server, started here on
+the loopback).
 
-Where PostgreSQL or Redis is missing the PostgreSQL-backed tests skip, except in CI (`CI=true`),
-where they fail: a green CI run must have exercised both backends.
+Where PostgreSQL, Redis or moto is missing the tests that need them skip, except in CI (`CI=true`), where they
+fail: a green CI run must have exercised every backend.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.service import Service, start_service
+from tests.service import Service, free_port, start_service, wait_until
 
 POSTGRES_URL = os.environ.get("SELFSUP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SELFSUP_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -75,6 +81,87 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of an S3 server (moto's, in its own process on the loopback) for this test session."""
+    try:
+        import boto3  # noqa: F401 - the client the store uses
+        import moto.server  # noqa: F401 - `python -m moto.server` below
+    except ImportError as exc:
+        _require("moto's S3 server (pip install 'moto[server]')", exc)
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto's server exited: {log.read_text()}")
+        try:
+            return httpx.get(endpoint, timeout=2).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, timeout=60, what="moto's S3 server")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+# moto accepts any credentials; these are what every test client and service is given.
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3_endpoint: str) -> Any:
+    """A boto3 S3 client of the test S3 server (for the tests' own look at buckets)."""
+    return s3_client_for(s3_endpoint)
+
+
+def s3_client_for(endpoint: str) -> Any:
+    """A boto3 S3 client of `endpoint` with the test credentials."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=S3_ENV["AWS_REGION"],
+        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+@pytest.fixture(scope="session")
+def make_s3_bucket(s3_client: Any) -> Callable[[], str]:
+    """Creates a new, empty bucket on demand (a process reaches it with the `s3_env` variables)."""
+
+    def create() -> str:
+        name = f"selfsup-test-{secrets.token_hex(4)}"
+        s3_client.create_bucket(Bucket=name)
+        return name
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def s3_env(s3_endpoint: str) -> dict[str, str]:
+    """The standard AWS variables that point a process (a service, a test's own client) at the test S3 server."""
+    return {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}
+
+
+@pytest.fixture
+def s3_blob_url(make_s3_bucket: Callable[[], str]) -> str:
+    """`SELFSUP_BLOB_URL` of a fresh bucket, under a prefix (as deployments share buckets)."""
+    return f"s3://{make_s3_bucket()}/selfsup"
+
+
+@pytest.fixture(scope="session")
 def embedded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """selfsup up with nothing configured: embedded Valkey, SQLite, a local folder."""
     service = start_service(tmp_path_factory.mktemp("embedded") / "home")
@@ -86,9 +173,13 @@ def embedded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servi
 
 @pytest.fixture(scope="session")
 def postgres_service(
-    tmp_path_factory: pytest.TempPathFactory, make_postgres_database: Callable[[], str], redis_url: str
+    tmp_path_factory: pytest.TempPathFactory,
+    make_postgres_database: Callable[[], str],
+    redis_url: str,
+    make_s3_bucket: Callable[[], str],
+    s3_env: dict[str, str],
 ) -> Iterator[Service]:
-    """selfsup up against this machine's PostgreSQL and Redis."""
+    """selfsup up as in production: this machine's PostgreSQL and Redis, blobs in an S3 bucket."""
     service = start_service(
         tmp_path_factory.mktemp("postgres") / "home",
         # Readable text logs here (JSON elsewhere): tests/api/test_operations.py checks `selfsup up`'s start-up.
@@ -96,6 +187,8 @@ def postgres_service(
             "SELFSUP_DATABASE_URL": make_postgres_database(),
             "SELFSUP_REDIS_URL": redis_url,
             "SELFSUP_LOG_FORMAT": "text",
+            "SELFSUP_BLOB_URL": f"s3://{make_s3_bucket()}/selfsup",
+            **s3_env,
         },
     )
     try:

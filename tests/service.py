@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 
 from selfsup.supervisor import UP_MESSAGE
+from storage.blobs import BlobStore, LocalBlobStore
+from storage.cache import BlobCache
 
 REPO = Path(__file__).resolve().parent.parent
 SELFSUP = [sys.executable, "-m", "selfsup.cli"]
@@ -95,6 +97,29 @@ class Service:
         """Run `selfsup ARGS` against this service's database, as an operator does (not checked: see returncode)."""
         return subprocess.run([*SELFSUP, *args], env=self.env, cwd=REPO, capture_output=True, text=True)
 
+    def blobs(self) -> BlobStore:
+        """The service's blob store, as the service configured it (its folder, or its bucket), for tests to look in."""
+        url = self.env.get("SELFSUP_BLOB_URL", "")
+        if not url.startswith("s3://"):
+            return LocalBlobStore(self.home / "blobs")
+        import boto3
+
+        from storage.s3 import S3BlobStore
+
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.env["AWS_ENDPOINT_URL"],
+            region_name=self.env["AWS_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+        return S3BlobStore(bucket, prefix, cache=BlobCache(self.home / "test-cache"), client=client)
+
+    def blob_keys(self, prefix: str) -> list[str]:
+        """Every key stored under `prefix`, relative to it, sorted (a local store's temporary files included)."""
+        return list_keys(self.blobs(), prefix)
+
     def log(self) -> str:
         """What the service printed so far (for failure messages)."""
         return self.log_path.read_text(errors="replace")[-20_000:]
@@ -108,6 +133,20 @@ class Service:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+def list_keys(store: BlobStore, prefix: str) -> list[str]:
+    """Every key under `prefix` (files, not folders), relative to it, sorted."""
+    found: list[str] = []
+    pending = [prefix.rstrip("/")]
+    while pending:
+        children = store.list_children(pending.pop())
+        for child in children:
+            if store.exists(child):
+                found.append(child[len(prefix.rstrip("/")) + 1 :])
+            else:
+                pending.append(child)
+    return sorted(found)
 
 
 def start_service(home: Path, extra_env: dict[str, str] | None = None) -> Service:

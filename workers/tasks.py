@@ -17,6 +17,7 @@ from selfsup.logs import enter_log_context, exit_log_context
 from selfsup.settings import get_settings
 from storage import crud
 from storage.blobs import get_blob_store
+from storage.cache import release_all
 from storage.db import session_scope
 from storage.keys import CORPORA, CURATED, DATASETS, MODELS
 from storage.tables import utcnow
@@ -82,6 +83,12 @@ def _exit_task_log_context(task_id: str | None = None, **_: Any) -> None:
     token = _task_log_contexts.pop(task_id or "", None)
     if token is not None:
         exit_log_context(token)
+
+
+@task_postrun.connect
+def _release_cached_copies(**_: Any) -> None:
+    # The task is done with the blob copies it used (memory maps, loaded checkpoints): the cache may evict them.
+    release_all()
 
 
 # Set when the worker begins a warm shutdown (SIGTERM): the trainer stops at its next step boundary.

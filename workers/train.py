@@ -10,6 +10,7 @@ under the lease is this module's.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import time
@@ -27,14 +28,16 @@ from selfsup.settings import Settings
 from selfsup.spec import JobSpec, heldout_metric_names
 from storage import crud
 from storage.blobs import BlobStore
+from storage.cache import CacheError, CorruptBlobError
 from storage.checkpoints import WrittenCheckpoint, load_resume_state, verify_files
 from storage.db import session_scope
-from storage.keys import job_checkpoints_prefix, join_key
+from storage.keys import job_checkpoints_prefix
 from storage.status import JobStatus
 from storage.tables import Checkpoint, Corpus, Dataset, Job, TokenizedDataset, utcnow
 from workers.celery_app import PROBE_CHECKPOINT, TRAIN_JOB, enqueue
 from workers.data.datasets import TOKENIZER_DIR, dataset_meta, open_token_arrays
 from workers.data.heldout import heldout_key, open_heldout, tokenizer_sha256
+from workers.data.token_arrays import verify_token_folder
 from workers.faults import Faults
 from workers.training.checkpointing import (
     LINEAGE_FILE,
@@ -170,8 +173,13 @@ def _resume_from_checkpoint(trainer: Trainer, store: BlobStore, job: Job) -> Che
         checkpoints = crud.list_checkpoints(session=session, job_id=job.id)
     _remove_unrecorded_checkpoints(store, job.id, {c.blob_prefix for c in checkpoints})
     for checkpoint in reversed(checkpoints):
-        folder = store.local_copy(checkpoint.blob_prefix)
-        problem = verify_files(folder, checkpoint.files + checkpoint.resume_files)
+        manifest = checkpoint.files + checkpoint.resume_files
+        try:
+            # From an object store: downloaded into this machine's cache (again, if the cached copy is bad).
+            folder = store.local_copy(checkpoint.blob_prefix, verify=functools.partial(verify_files, manifest=manifest))
+            problem = None
+        except CorruptBlobError as exc:
+            problem = exc.problem
         if problem:
             with session_scope() as session:
                 crud.delete_checkpoint(session=session, checkpoint_id=checkpoint.id)
@@ -197,14 +205,16 @@ def _open_trainer(
     the dataset's meta; `CannotTrain` if they do not fit the spec."""
     try:
         meta = dataset_meta(store, dataset)
-        data = open_token_arrays(store.local_copy(dataset.blob_prefix), meta)
+        # Verified against the sha256s recorded when it was tokenized (an object store's copy is downloaded).
+        folder = store.local_copy(dataset.blob_prefix, verify=verify_token_folder)
+        data = open_token_arrays(folder, meta)
         heldout_data = {}
         if heldout:
-            digest = tokenizer_sha256(store.local_copy(join_key(dataset.blob_prefix, TOKENIZER_DIR)))
+            digest = tokenizer_sha256(folder / TOKENIZER_DIR)
             names = heldout_metric_names([(c.id, c.name) for c in heldout])
             heldout_data = {names[c.id]: open_heldout(store, heldout_key(c.sha256, digest), like=data) for c in heldout}
         return Trainer(spec, data, device=pick_device(), heldout=heldout_data), meta
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, CacheError) as exc:
         raise CannotTrain(f"cannot start training: {exc}") from exc
 
 
@@ -519,7 +529,7 @@ class JobRun:
             raise CannotTrain("cannot start training: a corpus of evaluation.corpus_ids was deleted")
         self.trainer, meta = _open_trainer(self.spec, self.store, dataset, self.heldout)
         self.init_from: dict[str, Any] | None = None
-        self.tokenizer_dir = self.store.local_copy(join_key(dataset.blob_prefix, TOKENIZER_DIR))
+        self.tokenizer_dir = self.store.local_copy(dataset.blob_prefix) / TOKENIZER_DIR
         start = self._start_from_base if self.job.base is not None else None
         resumed = _resume_or_start(self.trainer, self.store, self.job, owner=self.owner, start=start)
         if resumed is not None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
 
 from api.deps import OwnedCheckpoint, SessionDep, TenantDep, check_labelled_sets, wake_worker
-from api.downloads import blob_download
+from api.downloads import blob_download, content_disposition
 from api.errors import ApiError
 from api.presenters import checkpoint_public, probe_run_public
 from api.schemas import CheckpointPublic, ProbeRunsPage, ProbesRequest
+from selfsup.settings import get_settings
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.checkpoints import iter_tar, tar_size
@@ -47,10 +50,17 @@ def download_archive(checkpoint: OwnedCheckpoint) -> StreamingResponse:
     "/{checkpoint_id}/files/{name:path}",
     summary="Download one file of a checkpoint",
     description="Honours `Range`. The response carries the file's recorded sha256 in `X-Checksum-Sha256`. "
-    "A name may have folders (`1_Pooling/config.json`), as in the checkpoint's `files`.",
+    "A name may have folders (`1_Pooling/config.json`), as in the checkpoint's `files`. With `?redirect=true` "
+    "and blobs in an object store, the answer is a 307 to a short-lived presigned URL of the file (the bytes do "
+    "not pass through the API; the 307 carries `X-Checksum-Sha256` too); with blobs in a local folder, the file "
+    "is streamed as without it.",
     response_class=StreamingResponse,
     responses={
         206: {"description": "The requested range"},
+        307: {
+            "description": "`?redirect=true` with an object store: `Location` is a presigned URL of the file, "
+            "valid for SELFSUP_DOWNLOAD_URL_SECONDS"
+        },
         404: {"description": "No such checkpoint, or no such file in it"},
         416: {
             "description": "The range is outside the file (`Content-Range: bytes */<size>`)",
@@ -58,15 +68,32 @@ def download_archive(checkpoint: OwnedCheckpoint) -> StreamingResponse:
         },
     },
 )
-def download_file(checkpoint: OwnedCheckpoint, name: str, request: Request) -> Response:
+def download_file(
+    checkpoint: OwnedCheckpoint,
+    name: str,
+    request: Request,
+    redirect: Annotated[
+        bool, Query(description="Answer 307 to a presigned URL where blobs are in an object store.")
+    ] = False,
+) -> Response:
     entry = next((f for f in checkpoint.files if f["name"] == name), None)
     if entry is None:
         names = ", ".join(f["name"] for f in checkpoint.files)
         raise ApiError(404, f"checkpoint {checkpoint.id} has no file {name!r}; it has: {names}")
+    store = get_blob_store()
+    key = join_key(checkpoint.blob_prefix, entry["name"])
+    if redirect:
+        url = store.presigned_url(
+            key,
+            expires=get_settings().download_url_seconds,
+            content_disposition=content_disposition(entry["name"]),
+        )
+        if url is not None:  # None: a local folder has no URL of its own, so the file is streamed below
+            return RedirectResponse(url, status_code=307, headers={"x-checksum-sha256": entry["sha256"]})
     return blob_download(
         request,
-        store=get_blob_store(),
-        key=join_key(checkpoint.blob_prefix, entry["name"]),
+        store=store,
+        key=key,
         filename=entry["name"],
         size=entry["size_bytes"],
         sha256=entry["sha256"],

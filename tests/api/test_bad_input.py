@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 
+from storage.blobs import LocalBlobStore
 from tests.factories import (
     api_error,
     ready_corpus,
@@ -25,8 +26,13 @@ pytestmark = pytest.mark.integration
 
 
 def _uploads(service: Service) -> list[str]:
-    folder = service.home / "blobs" / "corpora"
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    """Everything stored under corpora/: keys, and on a local folder its folders and temporary files too (a refused
+    upload used to leave an empty `corpora/cor_*` folder behind for good)."""
+    store = service.blobs()
+    if isinstance(store, LocalBlobStore):
+        folder = store.root / "corpora"
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+    return service.blob_keys("corpora")
 
 
 def test_requests_without_a_valid_key_get_401(embedded_service: Service) -> None:
@@ -70,18 +76,18 @@ def test_unknown_corpus_id_is_refused(embedded_service: Service) -> None:
     assert body["details"] == [{"field": "corpus_ids[0]", "message": "no corpus cor_does_not_exist"}]
 
 
-def test_empty_upload_is_refused_and_nothing_kept(embedded_service: Service) -> None:
-    client = embedded_service.client()
-    before = _uploads(embedded_service)
+def test_empty_upload_is_refused_and_nothing_kept(service: Service) -> None:
+    client = service.client()
+    before = _uploads(service)
     body = api_error(client.post("/v1/corpora", params={"name": "e.txt"}, content=b""), 422)
     assert "empty" in body["message"]
-    assert _uploads(embedded_service) == before
+    assert _uploads(service) == before
     assert all(c["name"] != "e.txt" for c in client.get("/v1/corpora").json()["data"])
 
 
-def test_upload_over_the_limit_gets_413_and_nothing_kept(embedded_service: Service) -> None:
-    client = embedded_service.client()
-    before = _uploads(embedded_service)
+def test_upload_over_the_limit_gets_413_and_nothing_kept(service: Service) -> None:
+    client = service.client()
+    before = _uploads(service)
     too_big = b"a" * 3_100_000
 
     def stream():  # no Content-Length: the limit must hold while streaming
@@ -91,7 +97,7 @@ def test_upload_over_the_limit_gets_413_and_nothing_kept(embedded_service: Servi
     body = api_error(client.post("/v1/corpora", params={"name": "big.txt"}, content=stream()), 413)
     assert "3,000,000" in body["message"]
     api_error(client.post("/v1/corpora", params={"name": "big.txt"}, content=too_big), 413)  # with Content-Length
-    assert _uploads(embedded_service) == before
+    assert _uploads(service) == before
     assert all(c["name"] != "big.txt" for c in client.get("/v1/corpora").json()["data"])
 
 
@@ -108,14 +114,16 @@ def test_binary_and_undecodable_uploads_fail_with_a_reason(embedded_service: Ser
         assert corpus["status"] == "failed" and reason in corpus["error"], corpus
 
 
-def test_unknown_format_gets_415(embedded_service: Service) -> None:
+def test_unknown_format_gets_415_and_nothing_kept(service: Service) -> None:
+    before = _uploads(service)
     body = api_error(
-        embedded_service.client().post(
+        service.client().post(
             "/v1/corpora", params={"name": "data.csv"}, content=b"a,b\n", headers={"Content-Type": "text/csv"}
         ),
         415,
     )
     assert ".txt" in body["message"] and ".jsonl" in body["message"]
+    assert _uploads(service) == before
 
 
 def test_gzipped_jsonl_and_multipart_uploads_ingest(embedded_service: Service) -> None:

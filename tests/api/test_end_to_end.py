@@ -7,6 +7,7 @@ import io
 import tarfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.factories import ready_corpus, small_job_spec, submit_job, wait_for_job
@@ -84,3 +85,18 @@ def test_pretrain_poll_download_and_generate(service: Service, tmp_path: Path) -
     ranged = client.get(f"/v1/checkpoints/{final['id']}/files/config.json", headers={"Range": "bytes=0-9"})
     assert ranged.status_code == 206 and ranged.content == (folder / "config.json").read_bytes()[:10]
     assert client.get(f"/v1/checkpoints/{final['id']}/files/resume").status_code == 404
+
+    # `?redirect=true`: with blobs in S3 (the postgres flavour), a 307 to a presigned URL that serves the same
+    # bytes without the API key; with a local folder, the file itself.
+    weights = next(f for f in final["files"] if f["name"] == "model.safetensors")
+    url = f"/v1/checkpoints/{final['id']}/files/model.safetensors"
+    answer = client.get(url, params={"redirect": "true"})
+    assert answer.headers["x-checksum-sha256"] == weights["sha256"]
+    if service.env.get("SELFSUP_BLOB_URL", "").startswith("s3://"):
+        assert answer.status_code == 307, answer.text
+        location = answer.headers["location"]
+        assert "X-Amz-Signature=" in location and not location.startswith(service.base_url)
+        answer = httpx.get(location)  # no Authorization header: the signature is the permission
+    assert answer.status_code == 200
+    assert hashlib.sha256(answer.content).hexdigest() == weights["sha256"]
+    assert answer.content == (folder / "model.safetensors").read_bytes()

@@ -83,7 +83,7 @@ def next_redis_database(base_url: str) -> str:
 def make_fault_service(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Service]]:
-    """Start services (embedded or PostgreSQL + Redis) with extra settings; all stop at module end."""
+    """Start services (embedded, or PostgreSQL + Redis + blobs in S3) with extra settings; all stop at module end."""
     started: list[Service] = []
 
     def make(backend: str, **env: str) -> Service:
@@ -92,6 +92,9 @@ def make_fault_service(
             settings["SELFSUP_DATABASE_URL"] = request.getfixturevalue("make_postgres_database")()
             # Each service gets its own Redis database: services sharing queues would take each other's tasks.
             settings.setdefault("SELFSUP_REDIS_URL", next_redis_database(request.getfixturevalue("redis_url")))
+            # The production-like backend keeps its blobs in an object store: the faults hold there too.
+            settings.setdefault("SELFSUP_BLOB_URL", f"s3://{request.getfixturevalue('make_s3_bucket')()}/selfsup")
+            settings.update(request.getfixturevalue("s3_env"))
         service = start_service(tmp_path_factory.mktemp(f"faults-{backend}") / "home", settings)
         started.append(service)
         return service

@@ -107,15 +107,19 @@ def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_used(
     latest, previous = checkpoints[-1], checkpoints[-2]
     assert latest["step"] == paused["step"]
 
-    # Flip one byte of the newest weights and truncate the one before it: both must be refused.
-    folders = {p.name: p for p in (fault_service.home / "blobs" / "checkpoints" / job["id"]).iterdir()}
-    newest = folders[f"v{latest['version']:06d}-" + _suffix(folders, latest["version"])] / "model.safetensors"
-    data = bytearray(newest.read_bytes())
+    # Flip one byte of the newest weights and truncate the one before it, in whichever store the service uses
+    # (a folder, or S3 objects overwritten): both must be refused.
+    store = fault_service.blobs()
+    folders = {key.rsplit("/", 1)[-1]: key for key in store.list_children(f"checkpoints/{job['id']}")}
+    newest = f"{folders[_folder_of(folders, latest['version'])]}/model.safetensors"
+    data = bytearray(b"".join(store.open_range(newest)))
     data[len(data) // 2] ^= 0xFF
-    newest.write_bytes(bytes(data))
+    with store.writer(newest) as out:
+        out.write(bytes(data))
     corrupt_sha = hashlib.sha256(data).hexdigest()
-    older = folders[f"v{previous['version']:06d}-" + _suffix(folders, previous["version"])] / "model.safetensors"
-    older.write_bytes(older.read_bytes()[:100])
+    older = f"{folders[_folder_of(folders, previous['version'])]}/model.safetensors"
+    with store.writer(older) as out:
+        out.write(b"".join(store.open_range(older, 0, 100)))
 
     client.post(f"/v1/jobs/{job['id']}/resume")
     done = wait_for_job(client, job["id"], timeout=240)
@@ -131,10 +135,10 @@ def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_used(
     assert final_weights_sha(client, job["id"]) == reference["weights"]
 
 
-def _suffix(folders: dict[str, Any], version: int) -> str:
+def _folder_of(folders: dict[str, Any], version: int) -> str:
     names = [n for n in folders if n.startswith(f"v{version:06d}-")]
     assert len(names) == 1, folders
-    return names[0].split("-", 1)[1]
+    return names[0]
 
 
 def test_cancel_stops_a_running_job_and_never_ends_succeeded(fault_service: Service, reference: dict[str, Any]) -> None:

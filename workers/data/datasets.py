@@ -3,7 +3,8 @@
 A dataset folder holds `tokenizer/` (the saved tokenizer), `train.bin` and `validation.bin` (flat
 token arrays, documents joined by the end-of-text token), `train.sentences.npy` and
 `validation.sentences.npy` (token offsets of each sentence, for contrastive training),
-`word_boundaries.npy` (which tokens begin and end words, for whole-word masking) and `meta.json`.
+`word_boundaries.npy` (which tokens begin and end words, for whole-word masking) and `meta.json` (which
+records, under `files`, the size and sha256 of each of the others).
 
 The sources are written one after the other, so each is a contiguous segment of both arrays. A dataset
 written with mixture weights records, under `sources` in its meta, each source's normalised weight and
@@ -35,7 +36,7 @@ from storage.blobs import BlobStore
 from storage.keys import corpus_split_key, dataset_prefix, join_key
 from storage.tables import Corpus, TokenizedDataset
 from workers.data.documents import read_jsonl_texts
-from workers.data.token_arrays import TokenArrays
+from workers.data.token_arrays import TokenArrays, recorded_files
 from workers.data.tokenization import (
     AnyTokenizerSpec,
     TokenArrayWriter,
@@ -139,6 +140,8 @@ def write_dataset(
     }
     if shares is not None:
         meta["sources"] = _source_segments(corpus_tokens, shares)
+    # The sha256 of every file, recorded as it is written: a worker checks its downloaded copy against them.
+    meta["files"] = recorded_files(folder)
     (folder / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
 

@@ -20,7 +20,7 @@ from storage.blobs import BlobStore
 from storage.keys import corpus_split_key, heldout_prefix, join_key
 from storage.tables import Corpus
 from workers.data.documents import read_jsonl_texts
-from workers.data.token_arrays import TokenArrays
+from workers.data.token_arrays import TokenArrays, recorded_files, verify_token_folder
 from workers.data.tokenization import TokenArrayWriter
 
 TOKENS_FILE = "tokens.bin"
@@ -61,7 +61,12 @@ def ensure_heldout(*, store: BlobStore, corpus: Corpus, tokenizer_dir: Path, key
                     writer.add(_documents(store, corpus, split))
             finally:
                 writer.close()
-            meta = {"corpus_sha256": corpus.sha256, "tokens": writer.total, "dtype": writer.dtype.name}
+            meta = {
+                "corpus_sha256": corpus.sha256,
+                "tokens": writer.total,
+                "dtype": writer.dtype.name,
+                "files": recorded_files(staging),
+            }
             (staging / META_FILE).write_text(json.dumps(meta, indent=2))
     with store.open(join_key(prefix, META_FILE)) as fh:
         return int(json.load(fh)["tokens"])
@@ -69,7 +74,7 @@ def ensure_heldout(*, store: BlobStore, corpus: Corpus, tokenizer_dir: Path, key
 
 def open_heldout(store: BlobStore, key: str, like: TokenArrays) -> TokenArrays:
     """A held-out corpus's tokens as the validation (and train) split of arrays `like` the job's own."""
-    folder = store.local_copy(heldout_prefix(key))
+    folder = store.local_copy(heldout_prefix(key), verify=verify_token_folder)
     meta = json.loads((folder / META_FILE).read_text())
     tokens = np.memmap(folder / TOKENS_FILE, dtype=meta["dtype"], mode="r")
     sentences = np.load(folder / SENTENCES_FILE, mmap_mode="r")

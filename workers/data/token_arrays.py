@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from models.build import SpecialTokenIds
 from models.windows import MixtureSource
+from storage.checkpoints import file_manifest, verify_files
 
 
 @dataclass(frozen=True)
@@ -53,3 +56,21 @@ class TokenArrays:
             word_boundaries=optional("word_boundaries.npy"),
             sources=sources,
         )
+
+
+META_FILE = "meta.json"
+
+
+def recorded_files(folder: Path) -> list[dict[str, Any]]:
+    """The name, size and sha256 of every file of a token-array folder but its meta (which records them)."""
+    return [entry for entry in file_manifest(folder, folder) if entry["name"] != META_FILE]
+
+
+def verify_token_folder(folder: Path) -> str | None:
+    """None if every file that the folder's `meta.json` lists (under `files`) has its recorded size and sha256,
+    else what is wrong. A folder written before the sha256s were recorded has nothing to check."""
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        return f"{META_FILE} is unreadable ({exc})"
+    return verify_files(folder, meta.get("files", []))

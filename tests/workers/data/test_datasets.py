@@ -12,6 +12,7 @@ import pytest
 from models.windows import MixtureSource
 from selfsup.spec import CharTokenizerSpec
 from workers.data.datasets import DocumentSources, open_dataset, write_dataset
+from workers.data.token_arrays import verify_token_folder
 
 DOCUMENTS = {
     "cor_a": {
@@ -34,6 +35,7 @@ def _write(folder: Path, weights: dict[str, float] | None = None) -> dict[str, A
 
 def test_a_dataset_without_weights_is_written_as_before_mixtures(tmp_path: Path) -> None:
     meta = _write(tmp_path / "plain")
+    files = meta.pop("files")  # the sha256s of the files (issue 9), checked below
     # The meta of this dataset as written before mixtures existed (commit cd6a85f), field for field.
     assert meta == {
         "vocab_size": 29,
@@ -52,8 +54,24 @@ def test_a_dataset_without_weights_is_written_as_before_mixtures(tmp_path: Path)
         "validation_tokens": 61,
         "corpus_tokens": {"cor_a": {"train": 76, "validation": 26}, "cor_b": {"train": 49, "validation": 35}},
     }
-    assert json.loads((tmp_path / "plain" / "meta.json").read_text()) == meta
+    assert json.loads((tmp_path / "plain" / "meta.json").read_text()) == {**meta, "files": files}
     assert open_dataset(tmp_path / "plain").sources == ()
+
+
+def test_the_meta_records_every_files_sha256_and_a_changed_byte_is_found(tmp_path: Path) -> None:
+    folder = tmp_path / "plain"
+    meta = _write(folder)
+    names = {f["name"] for f in meta["files"]}
+    assert {"train.bin", "validation.bin", "word_boundaries.npy", "tokenizer/tokenizer.json"} <= names
+    assert "meta.json" not in names
+    assert verify_token_folder(folder) is None
+    data = bytearray((folder / "train.bin").read_bytes())
+    data[3] ^= 0x01
+    (folder / "train.bin").write_bytes(bytes(data))
+    assert verify_token_folder(folder) == "train.bin does not match its recorded sha256"
+    (folder / "validation.bin").write_bytes(b"")
+    (folder / "train.bin").unlink()
+    assert verify_token_folder(folder) == "train.bin is missing"
 
 
 def test_weights_record_each_sources_segment_and_share(tmp_path: Path) -> None:
