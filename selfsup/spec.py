@@ -356,6 +356,15 @@ UNION_TAGS: dict[str, set[str]] = {
 }
 
 
+def _one_machine(nodes: int) -> int:
+    if nodes > 1:
+        raise ValueError(
+            f"multi-node jobs are not supported yet (resources.nodes is {nodes}): a job trains on the devices of "
+            "one machine; ask for up to that many resources.devices and leave nodes at 1"
+        )
+    return nodes
+
+
 class ResourcesSpec(StrictModel):
     """What one run of the job occupies: the devices of one machine it trains on together."""
 
@@ -367,17 +376,9 @@ class ResourcesSpec(StrictModel):
         "global batch is split between them, so the count changes the speed, not the loss curve. Only a worker "
         "with at least this many devices (SELFSUP_WORKER_DEVICES) takes the job.",
     )
-    nodes: int = Field(default=1, ge=1, le=64, description="Machines per run; only 1 is supported yet.")
-
-    @model_validator(mode="after")
-    def _one_machine(self) -> ResourcesSpec:
-        if self.nodes > 1:
-            raise invalid_combination(
-                "resources.nodes",
-                f"multi-node jobs are not supported yet (resources.nodes is {self.nodes}): a job trains on the "
-                "devices of one machine; ask for up to that many resources.devices and leave nodes at 1",
-            )
-        return self
+    nodes: Annotated[int, AfterValidator(_one_machine)] = Field(
+        default=1, ge=1, le=64, description="Machines per run; only 1 is supported yet (docs/deploy.md)."
+    )
 
 
 class JobSpec(StrictModel):

@@ -238,6 +238,8 @@ def _resume_or_start(
 
     Without one, `start` (if given) loads the weights the job starts from and says from what."""
     resumed = _resume_from_checkpoint(trainer, store, job)
+    world = trainer.ranks.world
+    devices = f"{world} × {trainer.device.type}" if world > 1 else trainer.device.type
     origin = start() if resumed is None and start is not None else ""
     with session_scope() as session:
         if resumed is None:
@@ -245,7 +247,7 @@ def _resume_or_start(
                 session=session,
                 job_id=job.id,
                 type="started",
-                message=f"training started on {owner} ({trainer.device.type}, "
+                message=f"training started on {owner} ({devices}, "
                 f"{'bf16' if trainer.bf16 else 'fp32'}, {count_parameters(trainer.model):,} parameters){origin}",
             )
             return None
@@ -255,7 +257,7 @@ def _resume_or_start(
             session=session,
             job_id=job.id,
             type="resumed",
-            message=f"resumed from checkpoint v{resumed.version} at step {trainer.step} on {owner}",
+            message=f"resumed from checkpoint v{resumed.version} at step {trainer.step} on {owner} ({devices})",
         )
     return resumed
 
