@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
 
     torch_threads: int | None = Field(default=None, ge=1, description="torch threads in a training worker.")
+    worker_devices: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Devices a gpu worker trains on; it claims only jobs with that many resources.devices or fewer. "
+        "Default: the CUDA devices it sees, or 1 on the CPU.",
+    )
     trainer_keep_freed_memory: bool = Field(
         default=True, description="A training worker's malloc keeps freed memory (fewer page faults per step)."
     )
@@ -267,6 +274,15 @@ class Settings(BaseSettings):
     def resolved_curation_processes(self) -> int:
         """How many processes curation uses: the setting, else every core of the machine."""
         return self.curation_processes or os.cpu_count() or 1
+
+    @property
+    def resolved_worker_devices(self) -> int:
+        """How many devices this worker trains on: the setting, else the CUDA devices it sees, else 1 (the CPU)."""
+        if self.worker_devices is not None:
+            return self.worker_devices
+        import torch  # only a training worker asks; the API never pays for torch
+
+        return max(1, torch.cuda.device_count())
 
     @property
     def resolved_blob_dir(self) -> Path:

@@ -356,6 +356,31 @@ UNION_TAGS: dict[str, set[str]] = {
 }
 
 
+def _one_machine(nodes: int) -> int:
+    if nodes > 1:
+        raise ValueError(
+            f"multi-node jobs are not supported yet (resources.nodes is {nodes}): a job trains on the devices of "
+            "one machine; ask for up to that many resources.devices and leave nodes at 1"
+        )
+    return nodes
+
+
+class ResourcesSpec(StrictModel):
+    """What one run of the job occupies: the devices of one machine it trains on together."""
+
+    devices: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Devices (GPUs) trained on together, one process each (DistributedDataParallel); the "
+        "global batch is split between them, so the count changes the speed, not the loss curve. Only a worker "
+        "with at least this many devices (SELFSUP_WORKER_DEVICES) takes the job.",
+    )
+    nodes: Annotated[int, AfterValidator(_one_machine)] = Field(
+        default=1, ge=1, le=64, description="Machines per run; only 1 is supported yet (docs/deploy.md)."
+    )
+
+
 class JobSpec(StrictModel):
     """A pretraining job: which corpora (or curated dataset), which exercise, which model, and how long."""
 
@@ -387,6 +412,9 @@ class JobSpec(StrictModel):
     probes: ProbeList = Field(
         default_factory=list,
         description="Linear probes of every checkpoint (and of the random-init model, at step 0), on the cpu queue.",
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="The devices the job trains on together (default: one)."
     )
     priority: Literal["low", "normal", "high"] = Field(
         default="normal",
@@ -423,6 +451,8 @@ class JobSpec(StrictModel):
             dumped["init_from"] = {k: v for k, v in dumped["init_from"].items() if v is not None}
         if not dumped.get("probes", True):
             del dumped["probes"]  # a job without probes keeps the spec (and fingerprint) it had before probes
+        if dumped.get("resources") == ResourcesSpec().model_dump():
+            del dumped["resources"]  # likewise a one-device job, the spec it had before `resources`
         return dumped
 
     @model_validator(mode="after")
@@ -450,6 +480,13 @@ class JobSpec(StrictModel):
             self.tokenizer.special_tokens = wanted
         self._check_combination(wanted)
         self._check_evaluation_metrics()
+        devices = self.resources.devices
+        if self.training.batch_size % devices:
+            raise invalid_combination(
+                "training.batch_size",
+                f"training.batch_size ({self.training.batch_size}) must be a multiple of resources.devices "
+                f"({devices}): each device takes an equal share of the batch",
+            )
         return self
 
     def _check_evaluation_metrics(self) -> None:

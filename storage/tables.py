@@ -193,6 +193,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # low | normal | high: the first key of the order a free trainer picks the next job by (`crud.claim_next_job`).
     priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
+    # The job's `resources.devices`: a trainer claims it only with at least that many (`crud.claim_next_job`).
+    devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Resumes after a crash or a lost worker; past `training.max_restarts` the job fails with `last_error`.
     restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

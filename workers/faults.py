@@ -4,7 +4,9 @@ Set `SELFSUP_FAULT_INJECTION` (refused in production) to one of:
 - `raise_at_step:N`: raise after step N, every run (a job that always crashes);
 - `exit_at_step:N`: kill the worker process after step N, once per job;
 - `exit_before_checkpoint_rename:V`: kill the worker after checkpoint version V is written but before it
-  is renamed into place, once per job.
+  is renamed into place, once per job;
+- `kill_rank_at_step:N`: SIGKILL rank 1 of a job on several devices after step N, once per job (the
+  others see a dead peer, as when a GPU process crashes).
 "Once" is remembered by a marker file in the data directory, so the resumed run goes through.
 A suffix `@NAME` limits the fault to jobs called NAME, so a clean reference job can run beside it.
 """
@@ -12,6 +14,7 @@ A suffix `@NAME` limits the fault to jobs called NAME, so a clean reference job 
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,17 +31,19 @@ class Faults:
     value: int
     job_id: str
     marker_dir: Path
+    # Which of the job's processes this is (0 on one device).
+    rank: int = 0
 
     @classmethod
-    def parse(cls, spec: str | None, *, job_id: str, job_name: str, marker_dir: Path) -> Faults:
-        """Read `SELFSUP_FAULT_INJECTION` for one job."""
+    def parse(cls, spec: str | None, *, job_id: str, job_name: str, marker_dir: Path, rank: int = 0) -> Faults:
+        """Read `SELFSUP_FAULT_INJECTION` for one job (in its process of rank `rank`)."""
         spec, _, only = (spec or "").partition("@")
         if not spec or (only and only != job_name):
-            return cls(None, 0, job_id, marker_dir)
+            return cls(None, 0, job_id, marker_dir, rank)
         kind, _, value = spec.partition(":")
-        if kind not in ("raise_at_step", "exit_at_step", "exit_before_checkpoint_rename"):
+        if kind not in ("raise_at_step", "exit_at_step", "exit_before_checkpoint_rename", "kill_rank_at_step"):
             raise ValueError(f"unknown fault {spec!r}")
-        return cls(kind, int(value or 0), job_id, marker_dir)
+        return cls(kind, int(value or 0), job_id, marker_dir, rank)
 
     def _first_time(self) -> bool:
         marker = self.marker_dir / f"{self.job_id}-{self.kind}-{self.value}"
@@ -54,8 +59,10 @@ class Faults:
             return
         if self.kind == "raise_at_step":
             raise InjectedFault(f"injected fault at step {step}")
-        if self.kind == "exit_at_step" and self._first_time():
+        if self.kind == "exit_at_step" and self.rank == 0 and self._first_time():
             os._exit(137)
+        if self.kind == "kill_rank_at_step" and self.rank == 1 and self._first_time():
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def before_checkpoint_rename(self, version: int) -> None:
         """Called when a checkpoint's files are written and fsynced, before the rename."""

@@ -47,6 +47,7 @@ from workers.training.checkpointing import (
     write_checkpoint_folder,
 )
 from workers.training.early_stopping import EarlyStopping
+from workers.training.ranks import ONE_PROCESS, Ranks
 from workers.training.trainer import StepResult, Trainer, TrainingDiverged, pick_device
 
 log = logging.getLogger(__name__)
@@ -198,8 +199,8 @@ def _resume_from_checkpoint(trainer: Trainer, store: BlobStore, job: Job) -> Che
     return None
 
 
-def _open_trainer(
-    spec: JobSpec, store: BlobStore, dataset: TokenizedDataset, heldout: list[Corpus]
+def open_trainer(
+    spec: JobSpec, store: BlobStore, dataset: TokenizedDataset, heldout: list[Corpus], ranks: Ranks = ONE_PROCESS
 ) -> tuple[Trainer, dict[str, Any]]:
     """A trainer on the dataset's token arrays (and its held-out corpora's, prepared with its tokenizer), and
     the dataset's meta; `CannotTrain` if they do not fit the spec."""
@@ -213,7 +214,8 @@ def _open_trainer(
             digest = tokenizer_sha256(folder / TOKENIZER_DIR)
             names = heldout_metric_names([(c.id, c.name) for c in heldout])
             heldout_data = {names[c.id]: open_heldout(store, heldout_key(c.sha256, digest), like=data) for c in heldout}
-        return Trainer(spec, data, device=pick_device(), heldout=heldout_data), meta
+        device = ranks.device if ranks.world > 1 else pick_device()
+        return Trainer(spec, data, device=device, heldout=heldout_data, ranks=ranks), meta
     except (ValueError, FileNotFoundError, CacheError) as exc:
         raise CannotTrain(f"cannot start training: {exc}") from exc
 
@@ -246,6 +248,8 @@ def _resume_or_start(
 
     Without one, `start` (if given) loads the weights the job starts from and says from what."""
     resumed = _resume_from_checkpoint(trainer, store, job)
+    world = trainer.ranks.world
+    devices = f"{world} × {trainer.device.type}" if world > 1 else trainer.device.type
     origin = start() if resumed is None and start is not None else ""
     with session_scope() as session:
         if resumed is None:
@@ -253,7 +257,7 @@ def _resume_or_start(
                 session=session,
                 job_id=job.id,
                 type="started",
-                message=f"training started on {owner} ({trainer.device.type}, "
+                message=f"training started on {owner} ({devices}, "
                 f"{'bf16' if trainer.bf16 else 'fp32'}, {count_parameters(trainer.model):,} parameters){origin}",
             )
             return None
@@ -263,7 +267,7 @@ def _resume_or_start(
             session=session,
             job_id=job.id,
             type="resumed",
-            message=f"resumed from checkpoint v{resumed.version} at step {trainer.step} on {owner}",
+            message=f"resumed from checkpoint v{resumed.version} at step {trainer.step} on {owner} ({devices})",
         )
     return resumed
 
@@ -379,12 +383,43 @@ class Lease:
             enqueue(PROBE_CHECKPOINT, run_id)
 
 
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A claimed job's rows: what training it reads."""
+
+    job: Job
+    corpora: list[Corpus]
+    dataset: TokenizedDataset | None
+    curated: Dataset | None
+    heldout: list[Corpus]
+
+
+def load_claimed(job_id: str) -> ClaimedJob:
+    """The rows a claimed job trains from: the job, its corpora (a curated dataset's sources that were not deleted
+    since), its tokenized data and held-out corpora."""
+    with session_scope() as session:
+        job = crud.get_job_by_id(session=session, job_id=job_id)
+        assert job is not None
+        corpora = crud.job_corpora(session=session, job_id=job_id)
+        heldout_ids = (job.spec.get("evaluation") or {}).get("corpus_ids", [])
+        heldout_by_id = crud.corpora_by_ids(session=session, corpus_ids=heldout_ids)
+        heldout = [heldout_by_id[corpus_id] for corpus_id in heldout_ids if corpus_id in heldout_by_id]
+        dataset = crud.get_dataset(session=session, key=job.dataset_key or "")
+        curated = crud.get_curated_dataset_by_id(session=session, dataset_id=job.dataset_id) if job.dataset_id else None
+        if curated is not None:
+            by_id = crud.corpora_by_ids(session=session, corpus_ids=[s["corpus_id"] for s in curated.source_corpora])
+            corpora = [by_id[s["corpus_id"]] for s in curated.source_corpora if s["corpus_id"] in by_id]
+    return ClaimedJob(job, corpora, dataset, curated, heldout)
+
+
 def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, should_stop: Callable[[], bool]) -> str:
-    """Claim the best waiting job and train it to its end (or until `should_stop()`); returns what happened.
+    """Claim the best waiting job that fits this worker's devices and train it to its end (or until
+    `should_stop()`); returns what happened.
 
     `job_id` is the job whose wake-up this is; the broker only wakes trainers: the database decides which job
     a free one takes (`crud.claim_next_job`: priority, the tenant's fair share, age). The woken job, if not
     taken now, is still queued and another wake-up (its own, or the one sent when a run ends) takes it.
+    A job on one device trains in this process; one on several, in `torchrun` processes (`workers/distributed.py`).
     """
     woken_for = job_id
     with session_scope() as session:
@@ -394,25 +429,23 @@ def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, shou
             lease_seconds=settings.lease_seconds,
             fair_share_window_seconds=settings.fair_share_window_seconds,
             default_max_running_jobs=settings.quota_max_running_jobs,
+            devices=settings.resolved_worker_devices,
         )
-        if claimed is None:
-            return "not claimed: finished, cancelled, held by a live lease elsewhere, or over its running quota"
-        job_id = claimed
-        job = crud.get_job_by_id(session=session, job_id=job_id)
-        assert job is not None
-        corpora = crud.job_corpora(session=session, job_id=job_id)
-        heldout_ids = (job.spec.get("evaluation") or {}).get("corpus_ids", [])
-        heldout_by_id = crud.corpora_by_ids(session=session, corpus_ids=heldout_ids)
-        heldout = [heldout_by_id[corpus_id] for corpus_id in heldout_ids if corpus_id in heldout_by_id]
-        dataset = crud.get_dataset(session=session, key=job.dataset_key or "")
-        curated = crud.get_curated_dataset_by_id(session=session, dataset_id=job.dataset_id) if job.dataset_id else None
-        if curated is not None:  # a job on a curated dataset reads its sources' corpora (those not deleted since)
-            by_id = crud.corpora_by_ids(session=session, corpus_ids=[s["corpus_id"] for s in curated.source_corpora])
-            corpora = [by_id[s["corpus_id"]] for s in curated.source_corpora if s["corpus_id"] in by_id]
+    if claimed is None:
+        return (
+            "not claimed: finished, cancelled, held by a live lease elsewhere, over its running quota, or needing "
+            "more devices than this worker has"
+        )
+    job_id = claimed
+    rows = load_claimed(job_id)
     if job_id != woken_for:
         log.info("woken for job %s; claimed job %s, the first in the claim order", woken_for, job_id)
     try:
-        return _train_claimed(job, corpora, dataset, curated, heldout, owner, settings, store, should_stop)
+        if rows.job.devices > 1:
+            from workers.distributed import train_on_devices
+
+            return train_on_devices(rows.job, owner=owner, settings=settings, should_stop=should_stop)
+        return _train_claimed(rows, owner, settings, store, should_stop)
     finally:
         _wake_for_waiting_job()
 
@@ -431,50 +464,42 @@ def _wake_for_waiting_job() -> None:
 
 
 def _train_claimed(
-    job: Job,
-    corpora: list[Corpus],
-    dataset: TokenizedDataset | None,
-    curated: Dataset | None,
-    heldout: list[Corpus],
-    owner: str,
-    settings: Settings,
-    store: BlobStore,
-    should_stop: Callable[[], bool],
+    rows: ClaimedJob, owner: str, settings: Settings, store: BlobStore, should_stop: Callable[[], bool]
 ) -> str:
     """Train a job this worker claimed; a crash requeues it (or fails it past `max_restarts`)."""
-    job_id = job.id
-    run = JobRun(
-        job,
-        corpora,
-        dataset,
-        curated=curated,
-        heldout=heldout,
-        owner=owner,
-        settings=settings,
-        store=store,
-        should_stop=should_stop,
-    )
+    run = JobRun(rows, owner=owner, settings=settings, store=store, should_stop=should_stop)
+    try:
+        return run_to_its_end(run)
+    except Exception as exc:  # possibly transient (disk, database, device): resume, up to max_restarts
+        log.exception("job %s crashed", rows.job.id)
+        return requeue_crashed(rows.job.id, owner, f"{type(exc).__name__}: {exc}")
+
+
+def run_to_its_end(run: JobRun) -> str:
+    """Run a job to an ending; the endings known to be final (a lost lease, a divergence, data that cannot be
+    trained) are handled here, any other exception is a crash for the caller to requeue."""
     try:
         return run.run()
     except LeaseLost:
-        log.warning("job %s: lease lost to another worker; stopping without writing", job_id)
+        log.warning("job %s: lease lost to another worker; stopping without writing", run.job.id)
         return "lease lost"
     except (TrainingDiverged, CannotTrain) as exc:  # deterministic: running it again would fail again
         run.lease.fail(str(exc))
         return "diverged"
-    except Exception as exc:  # possibly transient (disk, database, device): resume, up to max_restarts
-        log.exception("job %s crashed", job_id)
-        error = f"{type(exc).__name__}: {exc}"
-        with session_scope() as session:
-            job_row = crud.get_job_by_id(session=session, job_id=job_id)
-            outcome = (
-                crud.requeue_after_crash(session=session, job=job_row, owner=owner, error=error)
-                if job_row
-                else crud.RequeueOutcome.SKIPPED
-            )
-        if outcome == crud.RequeueOutcome.REQUEUED:
-            enqueue(TRAIN_JOB, job_id)
-        return f"crashed ({error}): {outcome}"
+
+
+def requeue_crashed(job_id: str, owner: str, error: str) -> str:
+    """Queue a crashed job to resume (and wake a trainer), or fail it past `max_restarts`; says what happened."""
+    with session_scope() as session:
+        job_row = crud.get_job_by_id(session=session, job_id=job_id)
+        outcome = (
+            crud.requeue_after_crash(session=session, job=job_row, owner=owner, error=error)
+            if job_row
+            else crud.RequeueOutcome.SKIPPED
+        )
+    if outcome == crud.RequeueOutcome.REQUEUED:
+        enqueue(TRAIN_JOB, job_id)
+    return f"crashed ({error}): {outcome}"
 
 
 class JobRun:
@@ -482,30 +507,34 @@ class JobRun:
 
     def __init__(
         self,
-        job: Job,
-        corpora: list[Corpus],
-        dataset: TokenizedDataset | None,
+        rows: ClaimedJob,
         *,
-        curated: Dataset | None = None,
-        heldout: list[Corpus] | None = None,
         owner: str,
         settings: Settings,
         store: BlobStore,
         should_stop: Callable[[], bool],
+        ranks: Ranks = ONE_PROCESS,
     ) -> None:
+        job = rows.job
         self.job = job
         self.spec = JobSpec.model_validate(job.spec)
-        self.corpora = corpora
-        self.dataset = dataset
-        self.curated = curated
-        self.heldout = heldout or []
+        self.corpora = rows.corpora
+        self.dataset = rows.dataset
+        self.curated = rows.curated
+        self.heldout = rows.heldout
+        # Rank 0 of a job on several devices runs this, the other ranks follow it (`workers/distributed.py`).
+        self.ranks = ranks
         self.owner = owner
         self.store = store
         self.should_stop = should_stop
         self.lease = Lease(job.id, owner)
         self.control = JobControl(job_id=job.id, owner=owner, settings=settings)
         self.faults = Faults.parse(
-            settings.fault_injection, job_id=job.id, job_name=job.name, marker_dir=settings.resolved_home / "faults"
+            settings.fault_injection,
+            job_id=job.id,
+            job_name=job.name,
+            marker_dir=settings.resolved_home / "faults",
+            rank=ranks.rank,
         )
         self.started = time.monotonic()
         self.last_checkpoint_step: int | None = None
@@ -514,9 +543,19 @@ class JobRun:
         self.window = ThroughputWindow()
 
     def run(self) -> str:
-        """Train from the newest good checkpoint (or from scratch) to `max_steps`, then end the job."""
-        self._set_up()
-        return self._end(self._step_loop())
+        """Train from the newest good checkpoint (or from scratch) to `max_steps`, then end the job.
+
+        On several devices the other ranks follow: they start from this rank's state once it is set up, take
+        each step this rank orders, and stop when it stops, whatever ended the loop (an ending, a lost lease, a
+        crash)."""
+        try:
+            self._set_up()
+            self.ranks.order(True)
+            self.trainer.join_ranks()
+            ending = self._step_loop()
+        finally:
+            self.ranks.stop()
+        return self._end(ending)
 
     # Set-up
 
@@ -527,7 +566,7 @@ class JobRun:
             raise RuntimeError("the job was started before its tokenized data existed")
         if len(self.heldout) < len(self.spec.evaluation.corpus_ids):
             raise CannotTrain("cannot start training: a corpus of evaluation.corpus_ids was deleted")
-        self.trainer, meta = _open_trainer(self.spec, self.store, dataset, self.heldout)
+        self.trainer, meta = open_trainer(self.spec, self.store, dataset, self.heldout, self.ranks)
         self.init_from: dict[str, Any] | None = None
         self.tokenizer_dir = self.store.local_copy(dataset.blob_prefix) / TOKENIZER_DIR
         start = self._start_from_base if self.job.base is not None else None
@@ -568,6 +607,7 @@ class JobRun:
     def _step_loop(self) -> Ending:
         """Step to `max_steps`; every way the loop can end is decided here."""
         while self.trainer.step < self.spec.training.max_steps:
+            self.ranks.order(True)
             result = self.trainer.train_step()
             self.faults.after_step(self.trainer.step)
             directive = self._after_step(result)

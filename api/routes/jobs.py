@@ -100,6 +100,7 @@ def create_job(
             idempotency_key=idempotency_key,
             request_sha256=fingerprint,
             priority=spec.priority,
+            devices=spec.resources.devices,
         )
         session.commit()
     except IntegrityError:

@@ -182,6 +182,12 @@ class ObjectiveTraining:
     def save_extras(self, folder: Path) -> None:
         """Files a checkpoint needs beyond the model and tokenizer (none by default)."""
 
+    def loss_terms(self, labels: torch.Tensor) -> int:
+        """How many terms `loss` averages over for these labels: the scored tokens (those not IGNORE_INDEX).
+
+        A job split across devices weighs each device's mean loss by it (`workers/training/ranks.py`)."""
+        return int((labels != IGNORE_INDEX).sum())
+
 
 def percent(fraction: float) -> str:
     """A share as the model card writes it: 0.15 → `15%`."""

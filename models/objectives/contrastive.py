@@ -69,6 +69,12 @@ class ContrastiveObjective(ObjectiveSpec):
                 f"contrastive needs a batch_size of at least 2 for in-batch negatives, not "
                 f"{job.training.batch_size}; SimCSE uses 64",
             )
+        if job.resources.devices > 1:
+            raise invalid_combination(
+                "resources.devices",
+                "contrastive trains on one device: its in-batch negatives are the whole batch, which a split "
+                "across devices would change; leave resources.devices at 1",
+            )
         if job.model.dropout <= 0:
             raise invalid_combination(
                 "model.dropout",

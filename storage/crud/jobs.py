@@ -70,6 +70,7 @@ def create_job(
     dataset_id: str | None = None,
     base: dict[str, Any] | None = None,
     priority: str = "normal",
+    devices: int = 1,
 ) -> Job:
     """Record a queued job, the corpora or dataset it reads and the base it starts from (`storage.bases`).
 
@@ -85,6 +86,7 @@ def create_job(
         request_sha256=request_sha256,
         status=JobStatus.QUEUED,
         priority=priority,
+        devices=devices,
     )
     session.add(job)
     session.flush()
@@ -309,22 +311,22 @@ def a_job_waiting_to_train(*, session: Session) -> str | None:
 def device_seconds_by_tenant(
     *, session: Session, tenant_ids: set[str], since: datetime, now: datetime
 ) -> dict[str, float]:
-    """Seconds each tenant's jobs held a trainer since `since`: from a job's first start to its end (now while it
-    runs; its last change while it waits to resume). A paused or crashed job's gap counts as used: an upper bound,
-    and only for jobs that were started."""
+    """Seconds each tenant's jobs held a trainer's devices since `since`, times the devices each held: from a job's
+    first start to its end (now while it runs; its last change while it waits to resume). A paused or crashed job's
+    gap counts as used: an upper bound, and only for jobs that were started."""
     used = dict.fromkeys(tenant_ids, 0.0)
     rows = session.execute(
-        select(Job.tenant_id, Job.status, Job.started_at, Job.finished_at, Job.updated_at).where(
+        select(Job.tenant_id, Job.status, Job.started_at, Job.finished_at, Job.updated_at, Job.devices).where(
             Job.tenant_id.in_(tenant_ids),
             Job.started_at.is_not(None),
             (Job.finished_at.is_(None)) | (Job.finished_at >= since),
         )
     )
-    for tenant_id, status, started_at, finished_at, updated_at in rows:
+    for tenant_id, status, started_at, finished_at, updated_at, devices in rows:
         if started_at is None:  # (filtered out above; for the type checker)
             continue
         end = now if status == JobStatus.RUNNING else (finished_at or updated_at)
-        used[tenant_id] += max(0.0, (end - max(started_at, since)).total_seconds())
+        used[tenant_id] += max(0.0, (end - max(started_at, since)).total_seconds()) * devices
     return used
 
 
@@ -335,8 +337,11 @@ def claim_next_job(
     lease_seconds: float,
     fair_share_window_seconds: float,
     default_max_running_jobs: int | None,
+    devices: int = 1,
 ) -> str | None:
     """Claim the job a free trainer should take next, whichever job woke it; its id, or None if none may run.
+
+    Only jobs that fit the trainer's `devices` (`resources.devices`, the `devices` column) are candidates.
 
     The order: priority (high, normal, low), then the tenant's fair share (the fewest device-seconds in the
     last `fair_share_window_seconds` first), then age. A job whose tenant is at its `max_running_jobs` stays
@@ -348,7 +353,7 @@ def claim_next_job(
     waiting = session.execute(
         select(Job.id, Job.tenant_id, Job.priority, Job.created_at, TenantQuota.max_running_jobs)
         .outerjoin(TenantQuota, TenantQuota.tenant_id == Job.tenant_id)
-        .where(*_waiting_to_train())
+        .where(*_waiting_to_train(), Job.devices <= devices)
     ).all()
     if not waiting:
         return None
@@ -454,6 +459,16 @@ def renew_lease(
     if result.rowcount != 1:
         return None
     return session.get(Job, job_id, populate_existing=True)
+
+
+def extend_lease(*, session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+    """Extend the lease and nothing else (a worker whose training processes are starting); False if it was lost."""
+    extend = (
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    return rowcount(session, extend) == 1
 
 
 def requeue_job(*, session: Session, job_id: str, owner: str, message: str) -> bool:

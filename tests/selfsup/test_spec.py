@@ -99,6 +99,15 @@ def test_family_and_tokenizer_follow_the_client_where_given() -> None:
             "100 sentinels",
         ),
         ({"type": "causal_lm"}, {"model": {"family": "llama", "heads": 4, "width": 132}}, "model", "even head width"),
+        ({"type": "causal_lm"}, {"resources": {"nodes": 2}}, "resources.nodes", "multi-node jobs are not supported"),
+        ({"type": "causal_lm"}, {"resources": {"devices": 0}}, "resources.devices", "greater than or equal to 1"),
+        (
+            {"type": "causal_lm"},
+            {"resources": {"devices": 3}, "training": {"batch_size": 8}},
+            "training.batch_size",
+            "must be a multiple of resources.devices (3)",
+        ),
+        ({"type": "contrastive"}, {"resources": {"devices": 2}}, "resources.devices", "in-batch negatives"),
     ],
 )
 def test_invalid_combinations_name_the_field_and_what_is_valid(
@@ -153,3 +162,10 @@ def test_probes_need_distinct_metric_names() -> None:
         with pytest.raises(ValidationError) as error:
             JobSpec.model_validate({**base, "probes": bad})
         assert any(d["field"].startswith("probes") for d in validation_details(error.value.errors())), bad
+
+
+def test_a_one_device_job_keeps_the_spec_it_had_before_resources() -> None:
+    one = _spec({"type": "causal_lm"}, resources={"devices": 1})
+    assert "resources" not in one.model_dump() and one.resources.devices == 1
+    two = _spec({"type": "causal_lm"}, resources={"devices": 2}, training={"batch_size": 8})
+    assert two.model_dump()["resources"] == {"devices": 2, "nodes": 1}

@@ -31,7 +31,9 @@ def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]
     engine.dispose()
 
 
-def _job(session: Session, tenant: str, name: str, *, priority: str = "normal", prepared: bool = True) -> Job:
+def _job(
+    session: Session, tenant: str, name: str, *, priority: str = "normal", prepared: bool = True, devices: int = 1
+) -> Job:
     job = crud.create_job(
         session=session,
         tenant=crud.get_or_create_tenant(session=session, name=tenant),
@@ -42,6 +44,7 @@ def _job(session: Session, tenant: str, name: str, *, priority: str = "normal", 
         idempotency_key=None,
         request_sha256=None,
         priority=priority,
+        devices=devices,
     )
     if prepared:
         crud.record_job_dataset(session=session, job_id=job.id, dataset_key="k")
@@ -49,9 +52,14 @@ def _job(session: Session, tenant: str, name: str, *, priority: str = "normal", 
     return job
 
 
-def _claim(session: Session) -> str | None:
+def _claim(session: Session, devices: int = 1) -> str | None:
     claimed = crud.claim_next_job(
-        session=session, owner="w:1", lease_seconds=60, fair_share_window_seconds=3600, default_max_running_jobs=None
+        session=session,
+        owner="w:1",
+        lease_seconds=60,
+        fair_share_window_seconds=3600,
+        default_max_running_jobs=None,
+        devices=devices,
     )
     session.commit()
     return claimed
@@ -97,3 +105,13 @@ def test_priority_then_fair_share_then_age_and_the_running_quota(session: Sessio
     session.commit()
     assert _claim(session) == e2.id
     assert _claim(session) is None
+
+
+def test_a_trainer_claims_only_jobs_that_fit_its_devices(session: Session) -> None:
+    wide = _job(session, "alice", "two-devices", priority="high", devices=2)
+    narrow = _job(session, "alice", "one-device", priority="low")
+    assert _claim(session, devices=1) == narrow.id  # the first in the order needs two devices: passed over
+    assert _claim(session, devices=1) is None  # and it stays queued for a worker with two
+    session.refresh(wide)
+    assert wide.status == JobStatus.QUEUED and wide.lease_owner is None
+    assert _claim(session, devices=4) == wide.id

@@ -23,6 +23,7 @@ from models.objectives.base import ObjectiveTraining
 from selfsup.spec import JobSpec
 from workers.data.token_arrays import TokenArrays
 from workers.training.optim import configure_optimizer, learning_rate_at
+from workers.training.ranks import ONE_PROCESS, Ranks
 
 # A stream of the batch RNG reserved for the fixed validation windows, apart from every training step.
 _VALIDATION_STREAM = 2**62
@@ -68,8 +69,10 @@ class Trainer:
         device: torch.device,
         compile: bool = False,
         heldout: Mapping[str, TokenArrays] | None = None,
+        ranks: Ranks = ONE_PROCESS,
     ) -> None:
         self.spec = spec
+        self.ranks = ranks
         self.data = data
         self.device = device
         training = spec.training
@@ -84,6 +87,9 @@ class Trainer:
         self.bf16 = use_bf16(training.precision, device)
         # Forward through the compiled module, save the plain one (no `_orig_mod.` prefixes).
         self.forward = torch.compile(self.model) if compile else self.model
+        # What the train step runs through: DDP's wrapper once `join_ranks` made one (evaluation and
+        # checkpoints use the plain model: rank 0 alone evaluates, and a checkpoint never names the wrapper).
+        self.train_forward: torch.nn.Module | Any = self.forward
         self.step = 0
         self.tokens_seen = 0
         # Training tokens drawn from each source of a weighted mixture so far (empty without one).
@@ -117,7 +123,18 @@ class Trainer:
     def loss_and_metrics(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss, and the objective's metrics on the same prediction."""
         with self.autocast():
-            return self.objective.loss(self.forward, inputs, labels)
+            return self.objective.loss(self.train_forward, inputs, labels)
+
+    def join_ranks(self) -> None:
+        """Start every rank from rank 0's state (a fresh start, a resume or a base's weights: its step, optimizer
+        and RNG; DDP copies its weights) and train through DistributedDataParallel; nothing with one process."""
+        if self.ranks.world == 1:
+            return
+        state = self.ranks.from_first(self.state_dict() if self.ranks.first else {})
+        if not self.ranks.first:
+            self.load_state_dict(state)
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        self.train_forward = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
     def train_step(self) -> StepResult:
         """Forward, loss, backward, clip, check, update: one optimizer step."""
@@ -128,9 +145,15 @@ class Trainer:
         loss_sum = 0.0
         metric_sums: dict[str, float] = {}
         for micro_step in range(training.grad_accum_steps):
-            loss, metrics = self.loss_and_metrics(*self.batch(self.step, micro_step))
-            (loss / training.grad_accum_steps).backward()
-            loss_sum += loss.item()
+            # Each rank takes its rows of the same global batch (one process: all of them), and weighs its loss
+            # so that DDP's average of the gradients is the whole batch's (ranks.py).
+            inputs, labels = self.ranks.my_rows(self.batch(self.step, micro_step))
+            loss, metrics = self.loss_and_metrics(inputs, labels)
+            weight, batch_loss, metrics = self.ranks.weigh(loss, metrics, self.objective.loss_terms(labels))
+            if weight == 0.0:  # nothing to score in these rows: a zero that still reaches every weight, as DDP needs
+                loss = sum((p.sum() for p in self.model.parameters()), torch.zeros((), device=self.device)) * 0.0
+            (loss * weight / training.grad_accum_steps).backward()
+            loss_sum += batch_loss
             for name, value in metrics.items():
                 metric_sums[name] = metric_sums.get(name, 0.0) + value
         loss_value = loss_sum / training.grad_accum_steps

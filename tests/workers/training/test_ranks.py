@@ -1,0 +1,85 @@
+"""A job split across processes (2 gloo ranks on the CPU) takes the steps one process takes, and its checkpoint
+resumes on one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_model
+
+from models.build import SpecialTokenIds
+from selfsup.spec import JobSpec
+from workers.data.token_arrays import TokenArrays
+from workers.training.ranks import Ranks
+from workers.training.trainer import Trainer
+
+STEPS, SPLIT_AT = 12, 6
+
+
+def _spec() -> JobSpec:
+    # masked_lm: how many tokens each rank's rows mask differs, so an unweighted average of the ranks' losses
+    # would not be the batch's loss; dropout off, so the ranks' different dropout draws cannot matter.
+    return JobSpec.model_validate(
+        {
+            "corpus_ids": ["cor_x"],
+            "objective": {"type": "masked_lm"},
+            "tokenizer": {"type": "char"},
+            "model": {"layers": 1, "heads": 2, "width": 32, "context_length": 16, "dropout": 0.0},
+            "training": {"max_steps": STEPS, "batch_size": 4, "learning_rate": 3e-3, "seed": 3},
+            "resources": {"devices": 2},
+        }
+    )
+
+
+def _data() -> TokenArrays:
+    tokens = (np.arange(5_000) % 40 + 5).astype(np.uint16)
+    special = SpecialTokenIds(eos=3, pad=0, unk=1, cls=2, sep=3, mask=4, all=(0, 1, 2, 3, 4))
+    return TokenArrays(train=tokens, validation=tokens[:1000], vocab_size=50, special=special)
+
+
+def _train_two_ranks(rank: int, rendezvous: str, folder: str) -> None:
+    """One of two ranks: train to SPLIT_AT, then rank 0 saves the unwrapped model, the resume state and its losses."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
+    try:
+        trainer = Trainer(_spec(), _data(), device=torch.device("cpu"), ranks=Ranks(rank=rank, world=2))
+        trainer.join_ranks()
+        losses = [trainer.train_step().loss for _ in range(SPLIT_AT)]
+        if rank == 0:
+            trainer.save_pretrained(Path(folder))  # as a checkpoint does: the plain module, never the DDP wrapper
+            torch.save({"state": trainer.state_dict(), "losses": losses}, Path(folder) / "resume.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_take_one_process_steps_and_their_checkpoint_resumes_on_one(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    # Forked, not spawned: a spawned child would import torch and transformers again (seconds, on a busy CPU).
+    rendezvous = f"file://{tmp_path / 'rendezvous'}"
+    mp.start_processes(_train_two_ranks, args=(rendezvous, str(tmp_path)), nprocs=2, start_method="fork")
+    saved = torch.load(tmp_path / "resume.pt", weights_only=True)
+
+    one = Trainer(_spec(), _data(), device=torch.device("cpu"))
+    uninterrupted = [one.train_step().loss for _ in range(STEPS)]
+
+    resumed = Trainer(_spec(), _data(), device=torch.device("cpu"))
+    load_model(resumed.model, str(tmp_path / "model.safetensors"), strict=False)
+    resumed.load_state_dict(saved["state"])
+    assert resumed.step == SPLIT_AT
+    finished = [resumed.train_step().loss for _ in range(STEPS - SPLIT_AT)]
+
+    assert saved["losses"] + finished == pytest.approx(uninterrupted, rel=1e-4, abs=1e-5)
+    assert uninterrupted[-1] < uninterrupted[0]  # it learned something, so equal curves say something
+
+
+def test_rows_are_split_evenly_and_one_process_keeps_them_all() -> None:
+    batch = (torch.arange(8).reshape(4, 2), torch.arange(8).reshape(4, 2) + 100)
+    first, second = Ranks(rank=0, world=2).my_rows(batch), Ranks(rank=1, world=2).my_rows(batch)
+    assert torch.equal(torch.cat([first[0], second[0]]), batch[0])
+    assert torch.equal(torch.cat([first[1], second[1]]), batch[1])
+    assert Ranks().my_rows(batch) is batch

@@ -1,0 +1,100 @@
+"""The processes that train one job together (torch.distributed): which rows each takes, and rank 0's say.
+
+A job with `resources.devices` N > 1 is trained by N processes, one per device, launched by `torchrun`
+(`workers/distributed.py`). Each draws the same global batch (a pure function of the seed and the step),
+takes its own equal slice of the rows, and weighs its loss by its share of the batch's loss terms, so
+DistributedDataParallel's average of the gradients is the whole batch's: the same update as one process.
+Rank 0 decides, before every step, whether all ranks take it (`order`), so every rank stops together.
+With one process (`ONE_PROCESS`) every method is the identity and nothing is communicated.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among those training one job."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def first(self) -> bool:
+        """Whether this is rank 0: the one that holds the lease and writes metrics, events and checkpoints."""
+        return self.rank == 0
+
+    def my_rows(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's equal slice of the rows of the global batch (the spec makes batch_size divide evenly)."""
+        if self.world == 1:
+            return batch
+        inputs, labels = batch
+        rows = inputs.shape[0] // self.world
+        mine = slice(self.rank * rows, (self.rank + 1) * rows)
+        return inputs[mine], labels[mine]
+
+    def weigh(self, loss: torch.Tensor, metrics: dict[str, float], terms: int) -> tuple[float, float, dict[str, float]]:
+        """This rank's weight for its loss, and the whole batch's loss and metrics.
+
+        `loss` and `metrics` are means over this rank's `terms` loss terms (tokens, or masked tokens). DDP
+        averages gradients over the ranks, so a weight of `world * terms / all terms` makes the average the
+        gradient of the mean over the whole batch; the batch's loss and metrics are the same weighted mean.
+        """
+        if self.world == 1:
+            return 1.0, loss.item(), metrics
+        names = sorted(metrics)
+        values = [loss.item(), *(metrics[name] for name in names)] if terms else [0.0] * (len(names) + 1)
+        sums = torch.tensor([float(terms), *(terms * v for v in values)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(sums)
+        total, *weighted = sums.tolist()
+        if total == 0:  # no loss terms anywhere in the batch (never with a sane spec): nothing to learn from
+            return 0.0, float("nan"), dict.fromkeys(names, float("nan"))
+        means = [value / total for value in weighted]
+        return self.world * terms / total, means[0], dict(zip(names, means[1:], strict=True))
+
+    def order(self, go: bool) -> bool:
+        """Rank 0's `go` (another step, or stop), the same on every rank; the others' `go` is ignored."""
+        if self.world == 1:
+            return go
+        flag = torch.tensor([int(go)], dtype=torch.int32, device=self.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
+
+    def stop(self) -> None:
+        """Rank 0 tells the others to stop; a rank already gone (the reason to stop, maybe) is no error here."""
+        try:
+            self.order(False)
+        except (RuntimeError, dist.DistError):  # a rank died: torchrun ends the others
+            pass
+
+    def from_first(self, value: T) -> T:
+        """Rank 0's `value`, on every rank (any picklable value: a trainer's state)."""
+        if self.world == 1:
+            return value
+        box: list[Any] = [value if self.first else None]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]  # type: ignore[no-any-return]
+
+
+ONE_PROCESS = Ranks()
+
+
+def join_process_group() -> Ranks:
+    """Join the job's process group (torchrun's environment names it): NCCL on CUDA, gloo on the CPU."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
+    return Ranks(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
