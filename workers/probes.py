@@ -87,14 +87,20 @@ def run_probe(run_id: str, *, store: BlobStore, heartbeat_seconds: float = 10.0)
             return f"failed: {problem}"
         assert isinstance(checkpoint, Checkpoint)
         prefix, random_init, name, step = checkpoint.blob_prefix, run.random_init, run.name, run.step
-        labelled_set_id = run.labelled_set_id
+        labelled_set_id, pooling, layer = run.labelled_set_id, run.pooling, run.layer
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with heartbeat(run_id, heartbeat_seconds):
             examples = read_labelled_set(store, labelled_set_id)
             seed_if_random = seed if random_init else None
-            result = probe_accuracy(store.local_copy(prefix), examples, random_init_seed=seed_if_random)
+            result = probe_accuracy(
+                store.local_copy(prefix),
+                examples,
+                random_init_seed=seed_if_random,
+                pooling="cls" if pooling == "cls" else "mean",
+                layer=layer,
+            )
     except Exception as exc:
         # A checkpoint removed while it was read, one the Auto classes cannot load, a labelled set the classifier
         # refuses: the run fails and says why (logged with its traceback), rather than staying `running` forever.

@@ -167,6 +167,8 @@ class ProbeRun(Resource):
     name: str
     metric: str
     labelled_set_id: str
+    pooling: str = "mean"
+    layer: int = -1
     status: ProbeRunStatus
     accuracy: float | None = None
     error: str | None = None

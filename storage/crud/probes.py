@@ -84,6 +84,8 @@ def queue_probe_runs(
     )
     for probe in probes:
         name, labelled_set_id = str(probe["name"]), str(probe["labelled_set_id"])
+        # Specs stored before probes had these options read the last layer's mean.
+        reads = {"pooling": str(probe.get("pooling", "mean")), "layer": int(probe.get("layer", -1))}
         if name not in baselines:
             baselines.add(name)
             runs.append(
@@ -94,6 +96,7 @@ def queue_probe_runs(
                     step=0,
                     name=name,
                     labelled_set_id=labelled_set_id,
+                    **reads,
                 )
             )
         runs.append(
@@ -104,6 +107,7 @@ def queue_probe_runs(
                 step=checkpoint.step,
                 name=name,
                 labelled_set_id=labelled_set_id,
+                **reads,
             )
         )
     session.add_all(runs)
