@@ -420,12 +420,23 @@ def readable_corpora(session: Session, tenant: Tenant, named: list[tuple[str, st
     return found
 
 
-def check_labelled_sets(session: Session, tenant: Tenant, probes: list[ProbeSpec], *, field: str) -> None:
-    """422 unless every probe names one of the caller's labelled sets; `field` prefixes the paths (`probes`)."""
+def check_labelled_sets(
+    session: Session, tenant: Tenant, probes: list[ProbeSpec], *, field: str, model_layers: int
+) -> None:
+    """422 unless every probe names one of the caller's labelled sets and a layer the model has (`model_layers`
+    deep); `field` prefixes the paths (`probes`)."""
     problems = [
         {"field": f"{field}[{i}].labelled_set_id", "message": f"no labelled set {probe.labelled_set_id}"}
         for i, probe in enumerate(probes)
         if crud.get_labelled_set(session=session, tenant=tenant, labelled_set_id=probe.labelled_set_id) is None
+    ]
+    problems += [
+        {
+            "field": f"{field}[{i}].layer",
+            "message": f"the model has layers 0 (embeddings) to {model_layers}; -1 is the last",
+        }
+        for i, probe in enumerate(probes)
+        if probe.layer > model_layers
     ]
     if problems:
         raise ApiError(422, "; ".join(f"{p['field']}: {p['message']}" for p in problems), details=problems)

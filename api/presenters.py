@@ -172,6 +172,8 @@ def probe_run_public(run: ProbeRun) -> ProbeRunPublic:
         name=run.name,
         metric=crud.probe_metric_name(run.name),
         labelled_set_id=run.labelled_set_id,
+        pooling=run.pooling,  # type: ignore[arg-type]
+        layer=run.layer,
         status=run.status,  # type: ignore[arg-type]
         accuracy=run.accuracy,
         error=run.error,

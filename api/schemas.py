@@ -453,6 +453,8 @@ class ProbeRunPublic(BaseModel):
     name: str
     metric: str = Field(examples=["probe_accuracy/source"])
     labelled_set_id: str
+    pooling: Literal["mean", "cls"] = Field(default="mean", description="Mean of the tokens' states, or the first's.")
+    layer: int = Field(default=-1, description="The layer read: -1 the last, k block k, 0 the embeddings.")
     status: ProbeRunStatus
     accuracy: float | None = Field(default=None, description="Held-out accuracy, once succeeded.")
     error: str | None = None

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import transformers
 from transformers import (
+    CONFIG_MAPPING,
     BertConfig,
     BertForMaskedLM,
     BertModel,
@@ -18,6 +20,7 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedModel,
     RobertaConfig,
     RobertaForMaskedLM,
@@ -156,6 +159,23 @@ def build_seq2seq(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenIds)
             )
         ),
     )
+
+
+def build_from_config(config: dict[str, Any], *, auto_class: str, spec: ModelSpec, vocab_size: int) -> PreTrainedModel:
+    """A model with random weights exactly as a base's `config.json` describes it (`init_from.model_id`), as the
+    stock `auto_class` (`AutoModelForMaskedLM`, …) builds it; its weights are loaded next.
+
+    Kept whole rather than rebuilt from the job's shape: released models often pad their vocabulary past the
+    tokenizer's length (to a multiple of 64 or 128), and may choose a feed-forward width or an epsilon that
+    `build_*` would not; the weights fit only the config they were saved with. `ValueError` if the config has
+    fewer embedding rows than the tokenizer has tokens."""
+    settings = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "architectures")}
+    hf_config: PretrainedConfig = CONFIG_MAPPING[config["model_type"]](**settings)
+    rows = int(getattr(hf_config, "vocab_size", 0))
+    if rows < vocab_size:
+        raise ValueError(f"config.json has vocab_size {rows}, fewer rows than the tokenizer's {vocab_size} tokens")
+    model: PreTrainedModel = getattr(transformers, auto_class).from_config(hf_config)
+    return generating_within_context(spec, model) if model.can_generate() else model
 
 
 def generating_within_context(spec: ModelSpec, model: PreTrainedModel) -> PreTrainedModel:

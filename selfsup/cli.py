@@ -1,6 +1,6 @@
 """The `selfsup` command: run the whole service, or one of its processes, and manage keys and quotas.
 
-The client verbs (corpora, jobs, checkpoints) belong to the client package (`selfsup_client.cli`), which
+The client verbs (corpora, jobs, checkpoints, labelled-sets) belong to the client package (`selfsup_client.cli`), which
 also installs alone; this command hands them over, so one `selfsup` does both.
 """
 
@@ -277,7 +277,7 @@ def _up(args: argparse.Namespace) -> int:
     return Supervisor(settings, host=args.host or settings.api_host, port=args.port or settings.api_port).run()
 
 
-CLIENT_VERBS = ("corpora", "jobs", "checkpoints")
+CLIENT_VERBS = ("corpora", "jobs", "checkpoints", "labelled-sets")
 _CLIENT_OPTIONS = ("--url", "--api-key")
 
 
@@ -368,7 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help only: main() hands these verbs to the client's command line before parsing.
     for verb, what in zip(
         CLIENT_VERBS,
-        ("upload, list, show corpora", "submit, list, watch, control jobs", "download checkpoints"),
+        (
+            "upload, list, show corpora",
+            "submit, list, watch, control jobs, read their probes",
+            "download and probe checkpoints",
+            "upload, list, show labelled sets for probes",
+        ),
         strict=True,
     ):
         sub.add_parser(verb, help=f"client: {what} (selfsup {verb} --help)")

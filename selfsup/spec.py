@@ -322,7 +322,7 @@ PROBE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class ProbeSpec(StrictModel):
-    """A linear probe: logistic regression on a checkpoint's frozen, mean-pooled features of a labelled set.
+    """A linear probe: logistic regression on a checkpoint's frozen, pooled features of a labelled set.
 
     Its held-out accuracy is the job's metric `probe_accuracy/<name>` at each checkpoint's step, and at step 0
     for the same probe of the random-init model of the job's shape and seed (the baseline to beat)."""
@@ -333,6 +333,18 @@ class ProbeSpec(StrictModel):
         max_length=40,
         pattern=PROBE_NAME_PATTERN,
         description="Names the metric: `probe_accuracy/<name>`. Letters, digits, `_`, `.` and `-`.",
+    )
+    pooling: Literal["mean", "cls"] = Field(
+        default="mean",
+        description="Features per text: `mean` of the hidden states over its tokens, or `cls`, the first token's "
+        "(BERT's [CLS]; for encoders: a causal model's first token sees nothing else).",
+    )
+    layer: int = Field(
+        default=-1,
+        ge=-1,
+        le=256,
+        description="Whose hidden states: -1 the last layer, k the output of block k (1 to model.layers), 0 the "
+        "embeddings.",
     )
 
 

@@ -6,6 +6,8 @@ A base is a plain dict (the `jobs.base` column) so prepare and train never need 
      "files": [{"name", "size_bytes", "sha256"}, …],   # every file of the folder, verified before use
      "tokenizer_sha256": "…",                           # `tokenizer_sha256(files)`: the tokenization cache key
      "model": {family, layers, heads, width, context_length, …}, "tokenizer": {type, …, special_tokens},
+     # an uploaded model also keeps its `config.json`, which the trainer builds the model from:
+     "config": {…},
      # a checkpoint also names where it came from:
      "job_id": "job_…", "job_name": "…", "version": 3, "step": 80}
 
@@ -116,9 +118,10 @@ def _shape(family: str, layers: int, heads: int, width: int, context_length: int
 
 
 def model_base(model: ModelRow, *, config: dict[str, Any]) -> dict[str, Any]:
-    """The base a job starting from an uploaded model starts from (`config`: its `config.json`, whose `vocab_size`
-    the job's model gets: the trainer builds it with the tokenizer's length, so the two must agree). The tokenizer
-    section says what kind of tokenizer the family's is, with its specials."""
+    """The base a job starting from an uploaded model starts from (`config`: its `config.json`). The config is kept
+    whole: the trainer builds the job's model from it, so what our builder would choose differently (a vocabulary
+    padded past the tokenizer's length, as released models often have; a feed-forward width, an epsilon) stays
+    the uploaded model's. The tokenizer section says what kind of tokenizer the family's is, with its specials."""
     family = model.family
     if family is None:
         raise ValueError("it has not been validated (no family yet)")
@@ -136,6 +139,7 @@ def model_base(model: ModelRow, *, config: dict[str, Any]) -> dict[str, Any]:
         ],
         "tokenizer_sha256": tokenizer_sha256(model.files),
         "model": shape_from_hf_config(family, config),
+        "config": config,
         "tokenizer": {
             "type": _TOKENIZER_TYPE_BY_FAMILY[family],
             "vocab_size": config["vocab_size"],

@@ -369,6 +369,9 @@ class ProbeRun(Base):
     step: Mapped[int] = mapped_column(BigInteger)
     name: Mapped[str] = mapped_column(String(64))
     labelled_set_id: Mapped[str] = mapped_column(String(40))
+    # Which hidden states the probe reads: `mean` over the tokens or the first (`cls`), of `layer` (-1: the last).
+    pooling: Mapped[str] = mapped_column(String(8), default="mean", server_default="mean")
+    layer: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
     status: Mapped[str] = mapped_column(String(16), default=ProbeStatus.QUEUED)  # a ProbeStatus
     accuracy: Mapped[float | None] = mapped_column(Float, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)

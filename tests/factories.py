@@ -224,9 +224,12 @@ def _tokenizer_lines() -> list[str]:
     return [line for line in shakespeare_slice(20_000).decode("utf-8").splitlines() if line.strip()]
 
 
-def save_tiny_hf_model(folder: Path, family: str, *, width: int = 32, safetensors: bool = True) -> Path:
+def save_tiny_hf_model(
+    folder: Path, family: str, *, width: int = 32, safetensors: bool = True, vocab_padding: int = 0
+) -> Path:
     """Save a tiny, randomly initialised GPT-2 (`gpt2`) or BERT (`bert`) and a tokenizer trained here into `folder`,
-    as `save_pretrained` writes them (what a user archives and uploads to `POST /v1/models`)."""
+    as `save_pretrained` writes them (what a user archives and uploads to `POST /v1/models`). `vocab_padding`
+    embedding rows past the tokenizer's length, as released models pad their vocabulary."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -245,7 +248,7 @@ def save_tiny_hf_model(folder: Path, family: str, *, width: int = 32, safetensor
         raw.train_from_iterator(_tokenizer_lines(), trainer)
         eos = "<|endoftext|>"
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=eos, eos_token=eos, unk_token=eos)
-        vocab = len(tokenizer)
+        vocab = len(tokenizer) + vocab_padding
         model: Any = GPT2LMHeadModel(
             GPT2Config(
                 vocab_size=vocab,
@@ -271,7 +274,7 @@ def save_tiny_hf_model(folder: Path, family: str, *, width: int = 32, safetensor
             sep_token="[SEP]",
             mask_token="[MASK]",
         )
-        vocab = len(tokenizer)
+        vocab = len(tokenizer) + vocab_padding
         model = BertForMaskedLM(
             BertConfig(
                 vocab_size=vocab,

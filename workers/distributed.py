@@ -133,7 +133,8 @@ def _follow(ranks: Ranks, job_id: str) -> None:
     rows = load_claimed(job_id)
     assert rows.dataset is not None
     spec = JobSpec.model_validate(rows.job.spec)
-    trainer, _ = open_trainer(spec, get_blob_store(), rows.dataset, rows.heldout, ranks)
+    base_config = rows.job.base.get("config") if rows.job.base is not None else None
+    trainer, _ = open_trainer(spec, get_blob_store(), rows.dataset, rows.heldout, ranks, base_config)
     faults = Faults.parse(
         settings.fault_injection,
         job_id=job_id,

@@ -3,13 +3,17 @@
 On the `cpu` queue with torch limited to one thread while it runs, so a probe never competes with training
 for cores. A checkpoint pruned (`checkpointing.keep_last`) before its probe ran fails the run with that
 reason; the random-init baseline only borrows a checkpoint's config and tokenizer, so it falls back to any
-checkpoint the job still has.
+checkpoint the job still has. A heartbeat touches the run while it works; a run whose worker died (no heartbeat
+for a lease) is failed by the reconciler (`workers/tasks.py: reconcile`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -35,8 +39,31 @@ def read_labelled_set(store: BlobStore, labelled_set_id: str) -> list[LabelledEx
     return examples
 
 
-def run_probe(run_id: str, *, store: BlobStore) -> str:
-    """Do one queued probe run; returns what happened, for the log."""
+@contextmanager
+def heartbeat(run_id: str, every_seconds: float) -> Iterator[None]:
+    """Touch the running run every `every_seconds` while the block runs: the reconciler fails a run whose
+    heartbeat stopped for a lease (`SELFSUP_LEASE_SECONDS`), as its worker died."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_seconds):
+            try:
+                with session_scope() as session:
+                    crud.touch_probe_run(session=session, run_id=run_id)
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
+                log.warning("probe %s: heartbeat failed", run_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"probe-heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_probe(run_id: str, *, store: BlobStore, heartbeat_seconds: float = 10.0) -> str:
+    """Do one queued probe run, its heartbeat going while it works; returns what happened, for the log."""
     with session_scope() as session:
         if not crud.claim_probe_run(session=session, run_id=run_id):
             return "not claimed: done already, or running elsewhere"
@@ -60,12 +87,20 @@ def run_probe(run_id: str, *, store: BlobStore) -> str:
             return f"failed: {problem}"
         assert isinstance(checkpoint, Checkpoint)
         prefix, random_init, name, step = checkpoint.blob_prefix, run.random_init, run.name, run.step
-        labelled_set_id = run.labelled_set_id
+        labelled_set_id, pooling, layer = run.labelled_set_id, run.pooling, run.layer
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        examples = read_labelled_set(store, labelled_set_id)
-        result = probe_accuracy(store.local_copy(prefix), examples, random_init_seed=seed if random_init else None)
+        with heartbeat(run_id, heartbeat_seconds):
+            examples = read_labelled_set(store, labelled_set_id)
+            seed_if_random = seed if random_init else None
+            result = probe_accuracy(
+                store.local_copy(prefix),
+                examples,
+                random_init_seed=seed_if_random,
+                pooling="cls" if pooling == "cls" else "mean",
+                layer=layer,
+            )
     except Exception as exc:
         # A checkpoint removed while it was read, one the Auto classes cannot load, a labelled set the classifier
         # refuses: the run fails and says why (logged with its traceback), rather than staying `running` forever.

@@ -180,7 +180,7 @@ def probe_checkpoint(probe_run_id: str) -> str:
     """Fit a linear probe on a checkpoint's frozen features (or the random-init baseline's); record its accuracy."""
     from workers.probes import run_probe
 
-    return run_probe(probe_run_id, store=get_blob_store())
+    return run_probe(probe_run_id, store=get_blob_store(), heartbeat_seconds=get_settings().lease_seconds / 3)
 
 
 @selfsup_task(DELIVER_WEBHOOK)
@@ -202,7 +202,7 @@ def sweep_webhooks() -> str:
 @selfsup_task(RECONCILE)
 def reconcile() -> str:
     """Re-enqueue what the broker may have lost (jobs, ingests, curations, probes, model validations), resume jobs
-    whose trainer died, sweep broken uploads."""
+    whose trainer died, fail probes whose worker died, sweep broken uploads."""
     settings = get_settings()
     stale = utcnow() - timedelta(seconds=settings.lease_seconds)
     to_prepare: list[str] = []
@@ -215,6 +215,8 @@ def reconcile() -> str:
         # A curation touches its dataset as it goes, so only a lost wake-up or a dead worker looks stale.
         to_curate = crud.stale_processing_curated_datasets(session=session, untouched_since=stale)
         to_probe = crud.stale_queued_probe_runs(session=session, untouched_since=stale)
+        # Running with no heartbeat for a lease: the worker died mid-probe.
+        dead_probes = crud.fail_stale_running_probe_runs(session=session, untouched_since=stale)
         to_validate = crud.stale_processing_models(session=session, untouched_since=stale)
     to_train += _requeue_expired_leases()
     sent = 0
@@ -239,7 +241,8 @@ def reconcile() -> str:
         *store.sweep_orphans(CURATED, older_than=settings.orphan_seconds),
         *store.sweep_orphans(MODELS, older_than=settings.orphan_seconds),
     ]
-    return f"re-sent {sent} wake-ups; swept {len(swept)} orphaned temporary files"
+    died = f"failed {len(dead_probes)} probes whose worker died"
+    return f"re-sent {sent} wake-ups; {died}; swept {len(swept)} orphaned temporary files"
 
 
 def _requeue_expired_leases() -> list[str]:

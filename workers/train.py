@@ -200,10 +200,16 @@ def _resume_from_checkpoint(trainer: Trainer, store: BlobStore, job: Job) -> Che
 
 
 def open_trainer(
-    spec: JobSpec, store: BlobStore, dataset: TokenizedDataset, heldout: list[Corpus], ranks: Ranks = ONE_PROCESS
+    spec: JobSpec,
+    store: BlobStore,
+    dataset: TokenizedDataset,
+    heldout: list[Corpus],
+    ranks: Ranks = ONE_PROCESS,
+    base_config: dict[str, Any] | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
-    """A trainer on the dataset's token arrays (and its held-out corpora's, prepared with its tokenizer), and
-    the dataset's meta; `CannotTrain` if they do not fit the spec."""
+    """A trainer on the dataset's token arrays (and its held-out corpora's, prepared with its tokenizer), its
+    model built from `base_config` when the job starts from an uploaded model, and the dataset's meta;
+    `CannotTrain` if they do not fit the spec."""
     try:
         meta = dataset_meta(store, dataset)
         # Verified against the sha256s recorded when it was tokenized (an object store's copy is downloaded).
@@ -215,7 +221,8 @@ def open_trainer(
             names = heldout_metric_names([(c.id, c.name) for c in heldout])
             heldout_data = {names[c.id]: open_heldout(store, heldout_key(c.sha256, digest), like=data) for c in heldout}
         device = ranks.device if ranks.world > 1 else pick_device()
-        return Trainer(spec, data, device=device, heldout=heldout_data, ranks=ranks), meta
+        trainer = Trainer(spec, data, device=device, heldout=heldout_data, ranks=ranks, base_config=base_config)
+        return trainer, meta
     except (ValueError, FileNotFoundError, CacheError) as exc:
         raise CannotTrain(f"cannot start training: {exc}") from exc
 
@@ -566,7 +573,9 @@ class JobRun:
             raise RuntimeError("the job was started before its tokenized data existed")
         if len(self.heldout) < len(self.spec.evaluation.corpus_ids):
             raise CannotTrain("cannot start training: a corpus of evaluation.corpus_ids was deleted")
-        self.trainer, meta = open_trainer(self.spec, self.store, dataset, self.heldout, self.ranks)
+        # An uploaded base's config.json (kept on the job at creation); a checkpoint's base is our own build.
+        base_config = self.job.base.get("config") if self.job.base is not None else None
+        self.trainer, meta = open_trainer(self.spec, self.store, dataset, self.heldout, self.ranks, base_config)
         self.init_from: dict[str, Any] | None = None
         self.tokenizer_dir = self.store.local_copy(dataset.blob_prefix) / TOKENIZER_DIR
         start = self._start_from_base if self.job.base is not None else None

@@ -114,7 +114,9 @@ def download_file(
 def probe_checkpoint(
     checkpoint: OwnedCheckpoint, body: ProbesRequest, tenant: TenantDep, session: SessionDep
 ) -> ProbeRunsPage:
-    check_labelled_sets(session, tenant, body.probes, field="probes")
+    job = crud.get_job_by_id(session=session, job_id=checkpoint.job_id)
+    layers = int(job.spec["model"]["layers"]) if job is not None else 0
+    check_labelled_sets(session, tenant, body.probes, field="probes", model_layers=layers)
     runs = crud.queue_probe_runs(
         session=session,
         job_id=checkpoint.job_id,

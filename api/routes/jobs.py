@@ -85,7 +85,7 @@ def create_job(
     if spec.init_from is not None:
         spec, canonical, base = _resolve_init_from(spec, canonical, tenant=tenant, session=session)
     _check_heldout_corpora(spec, tenant=tenant, session=session)
-    check_labelled_sets(session, tenant, spec.probes, field="probes")
+    check_labelled_sets(session, tenant, spec.probes, field="probes", model_layers=spec.model.layers)
     check_job_quotas(session, tenant, spec)  # takes the tenant's lock: counted and inserted in one transaction
     try:
         job = crud.create_job(

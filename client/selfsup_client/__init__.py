@@ -6,11 +6,15 @@ with Client() as client:  # SELFSUP_URL and SELFSUP_API_KEY, or Client(url, api_
     corpus = client.corpora.upload("tinyshakespeare.txt", wait=True)
     job = client.jobs.create({"corpus_ids": [corpus.id], "objective": {"type": "causal_lm"}})
     job = client.jobs.wait(job.id, progress=True)
+
+Probes (a linear classifier on a checkpoint's frozen features): `client.labelled_sets.upload("plays.jsonl")`,
+`probes` in the job spec or `client.checkpoints.probe(checkpoint_id, labelled_set_id, name=...)`, then
+`client.jobs.probes(job_id)`.
 """
 
-from selfsup_client._async import AsyncCheckpoints, AsyncClient, AsyncCorpora, AsyncJobs
+from selfsup_client._async import AsyncCheckpoints, AsyncClient, AsyncCorpora, AsyncJobs, AsyncLabelledSets
 from selfsup_client._base import __version__
-from selfsup_client._sync import Checkpoints, Client, Corpora, Jobs
+from selfsup_client._sync import Checkpoints, Client, Corpora, Jobs, LabelledSets
 from selfsup_client.errors import (
     APIError,
     AuthenticationError,
@@ -37,7 +41,9 @@ from selfsup_client.models import (
     Event,
     Job,
     JobEstimate,
+    LabelledSet,
     MetricPoint,
+    ProbeRun,
     StreamMessage,
 )
 
@@ -47,6 +53,7 @@ __all__ = [
     "AsyncClient",
     "AsyncCorpora",
     "AsyncJobs",
+    "AsyncLabelledSets",
     "AuthenticationError",
     "BadRequest",
     "Checkpoint",
@@ -65,10 +72,13 @@ __all__ = [
     "Job",
     "JobEstimate",
     "Jobs",
+    "LabelledSet",
+    "LabelledSets",
     "MetricPoint",
     "NotFound",
     "PermissionDenied",
     "PayloadTooLarge",
+    "ProbeRun",
     "RateLimited",
     "SelfsupError",
     "ServerError",

@@ -6,7 +6,7 @@ import asyncio
 import builtins
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +47,9 @@ from selfsup_client.models import (
     Event,
     Job,
     JobEstimate,
+    LabelledSet,
     MetricPoint,
+    ProbeRun,
     StreamMessage,
 )
 
@@ -74,6 +76,7 @@ class AsyncClient:
         self.corpora = AsyncCorpora(self)
         self.jobs = AsyncJobs(self)
         self.checkpoints = AsyncCheckpoints(self)
+        self.labelled_sets = AsyncLabelledSets(self)
 
     async def request(
         self,
@@ -289,6 +292,11 @@ class AsyncJobs:
         response = await self._client.request("GET", self._path(job_id, "metrics"), params=params)
         return [MetricPoint.model_validate(m) for m in response.json()["data"]]
 
+    async def probes(self, job_id: str) -> builtins.list[ProbeRun]:
+        """The job's probe runs: each checkpoint's, and the random-init baseline's at step 0."""
+        response = await self._client.request("GET", self._path(job_id, "probes"))
+        return [ProbeRun.model_validate(r) for r in response.json()["data"]]
+
     async def checkpoints(self, job_id: str) -> builtins.list[Checkpoint]:
         """The job's checkpoints, oldest first."""
         response = await self._client.request("GET", self._path(job_id, "checkpoints"))
@@ -349,6 +357,27 @@ class AsyncCheckpoints:
         """One checkpoint: its step, version, aliases, metrics and files with their sha256."""
         response = await self._client.request("GET", f"/v1/checkpoints/{path_segment(checkpoint_id)}")
         return Checkpoint.model_validate(response.json())
+
+    async def probe(
+        self,
+        checkpoint_id: str,
+        labelled_set_id: str | None = None,
+        *,
+        name: str | None = None,
+        probes: Sequence[Mapping[str, Any]] | None = None,
+    ) -> builtins.list[ProbeRun]:
+        """Queue a linear probe of this checkpoint on a labelled set (its metric `probe_accuracy/<name>`), or
+        several as the job spec's `probes` list; returns the queued runs (with the random-init baseline's at
+        step 0 if the job has none of that name yet). Follow them with `jobs.probes(job_id)`."""
+        if probes is None:
+            if labelled_set_id is None or name is None:
+                raise ValueError("give labelled_set_id and name, or probes")
+            probes = [{"labelled_set_id": labelled_set_id, "name": name}]
+        path = f"/v1/checkpoints/{path_segment(checkpoint_id)}/probes"
+        response = await self._client.request(
+            "POST", path, json={"probes": [dict(p) for p in probes]}, idempotent=False
+        )
+        return [ProbeRun.model_validate(r) for r in response.json()["data"]]
 
     async def download(
         self, checkpoint_id: str, *, to: str | os.PathLike[str] | None = None, progress: bool = False
@@ -413,3 +442,47 @@ class AsyncCheckpoints:
                     raise connection_failed(self._client.url, exc) from exc
                 await asyncio.sleep(policy.delay(failures))
                 failures += 1
+
+
+class AsyncLabelledSets:
+    """`/v1/labelled-sets`: upload, list, read and delete the labelled sets probes are fitted on."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def upload(self, file: str | os.PathLike[str] | BinaryIO, *, name: str | None = None) -> LabelledSet:
+        """Upload a JSONL file of `{"text", "label"}` lines; see `LabelledSets.upload`."""
+        source = UploadSource.of(file)
+        headers = {"Content-Type": "application/jsonl"}
+        if source.size is not None:
+            headers["Content-Length"] = str(source.size)
+        response = await self._client.request(
+            "POST",
+            "/v1/labelled-sets",
+            params={"name": name or source.name},
+            content=lambda: _aiter_chunks(source, lambda _: None),
+            headers=headers,
+            idempotent=False,
+            retry=source.rewindable,
+        )
+        return LabelledSet.model_validate(response.json())
+
+    async def list(self, *, limit: int = 50) -> AsyncIterator[LabelledSet]:
+        """Every labelled set, newest first, fetched `limit` per page as the iteration goes."""
+        cursor: str | None = None
+        while True:
+            page = await self._client.request("GET", "/v1/labelled-sets", params={"limit": limit, "cursor": cursor})
+            items, cursor = parse_page(page, LabelledSet)
+            for item in items:
+                yield item
+            if not cursor:
+                return
+
+    async def get(self, labelled_set_id: str) -> LabelledSet:
+        """One labelled set: its examples and how many of each label."""
+        response = await self._client.request("GET", f"/v1/labelled-sets/{path_segment(labelled_set_id)}")
+        return LabelledSet.model_validate(response.json())
+
+    async def delete(self, labelled_set_id: str) -> None:
+        """Delete a labelled set."""
+        await self._client.request("DELETE", f"/v1/labelled-sets/{path_segment(labelled_set_id)}")

@@ -1,11 +1,11 @@
-"""The synchronous client: `Client`, with `corpora`, `jobs` and `checkpoints`."""
+"""The synchronous client: `Client`, with `corpora`, `jobs`, `checkpoints` and `labelled_sets`."""
 
 from __future__ import annotations
 
 import builtins
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -46,7 +46,9 @@ from selfsup_client.models import (
     Event,
     Job,
     JobEstimate,
+    LabelledSet,
     MetricPoint,
+    ProbeRun,
     StreamMessage,
 )
 
@@ -78,6 +80,7 @@ class Client:
         self.corpora = Corpora(self)
         self.jobs = Jobs(self)
         self.checkpoints = Checkpoints(self)
+        self.labelled_sets = LabelledSets(self)
 
     def request(
         self,
@@ -290,6 +293,11 @@ class Jobs:
         response = self._client.request("GET", self._path(job_id, "metrics"), params=params)
         return [MetricPoint.model_validate(m) for m in response.json()["data"]]
 
+    def probes(self, job_id: str) -> builtins.list[ProbeRun]:
+        """The job's probe runs: each checkpoint's, and the random-init baseline's at step 0."""
+        response = self._client.request("GET", self._path(job_id, "probes"))
+        return [ProbeRun.model_validate(r) for r in response.json()["data"]]
+
     def checkpoints(self, job_id: str) -> builtins.list[Checkpoint]:
         """The job's checkpoints, oldest first."""
         response = self._client.request("GET", self._path(job_id, "checkpoints"))
@@ -358,6 +366,25 @@ class Checkpoints:
         response = self._client.request("GET", f"/v1/checkpoints/{path_segment(checkpoint_id)}")
         return Checkpoint.model_validate(response.json())
 
+    def probe(
+        self,
+        checkpoint_id: str,
+        labelled_set_id: str | None = None,
+        *,
+        name: str | None = None,
+        probes: Sequence[Mapping[str, Any]] | None = None,
+    ) -> builtins.list[ProbeRun]:
+        """Queue a linear probe of this checkpoint on a labelled set (its metric `probe_accuracy/<name>`), or
+        several as the job spec's `probes` list; returns the queued runs (with the random-init baseline's at
+        step 0 if the job has none of that name yet). Follow them with `jobs.probes(job_id)`."""
+        if probes is None:
+            if labelled_set_id is None or name is None:
+                raise ValueError("give labelled_set_id and name, or probes")
+            probes = [{"labelled_set_id": labelled_set_id, "name": name}]
+        path = f"/v1/checkpoints/{path_segment(checkpoint_id)}/probes"
+        response = self._client.request("POST", path, json={"probes": [dict(p) for p in probes]}, idempotent=False)
+        return [ProbeRun.model_validate(r) for r in response.json()["data"]]
+
     def download(self, checkpoint_id: str, *, to: str | os.PathLike[str] | None = None, progress: bool = False) -> Path:
         """Download the checkpoint's Hugging Face folder to `to` (default `<job id>-v<version>`) and return it.
 
@@ -425,3 +452,47 @@ class Checkpoints:
                     raise connection_failed(self._client.url, exc) from exc
                 time.sleep(policy.delay(failures))
                 failures += 1
+
+
+class LabelledSets:
+    """`/v1/labelled-sets`: upload, list, read and delete the labelled sets probes are fitted on."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def upload(self, file: str | os.PathLike[str] | BinaryIO, *, name: str | None = None) -> LabelledSet:
+        """Upload a JSONL file of `{"text", "label"}` lines, from a path or an open binary file; it is validated
+        at once (a bad line is a 422 that names it). Only a try that never reached the server is repeated."""
+        source = UploadSource.of(file)
+        headers = {"Content-Type": "application/jsonl"}
+        if source.size is not None:
+            headers["Content-Length"] = str(source.size)
+        response = self._client.request(
+            "POST",
+            "/v1/labelled-sets",
+            params={"name": name or source.name},
+            content=lambda: source.chunks(lambda _: None),
+            headers=headers,
+            idempotent=False,
+            retry=source.rewindable,
+        )
+        return LabelledSet.model_validate(response.json())
+
+    def list(self, *, limit: int = 50) -> Iterator[LabelledSet]:
+        """Every labelled set, newest first, fetched `limit` per page as the iteration goes."""
+        cursor: str | None = None
+        while True:
+            page = self._client.request("GET", "/v1/labelled-sets", params={"limit": limit, "cursor": cursor})
+            items, cursor = parse_page(page, LabelledSet)
+            yield from items
+            if not cursor:
+                return
+
+    def get(self, labelled_set_id: str) -> LabelledSet:
+        """One labelled set: its examples and how many of each label."""
+        response = self._client.request("GET", f"/v1/labelled-sets/{path_segment(labelled_set_id)}")
+        return LabelledSet.model_validate(response.json())
+
+    def delete(self, labelled_set_id: str) -> None:
+        """Delete a labelled set."""
+        self._client.request("DELETE", f"/v1/labelled-sets/{path_segment(labelled_set_id)}")

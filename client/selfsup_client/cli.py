@@ -1,4 +1,4 @@
-"""The `selfsup` command's client verbs: corpora, jobs and checkpoints, over the SDK.
+"""The `selfsup` command's client verbs: corpora, jobs, checkpoints and labelled sets, over the SDK.
 
 Installed alone (`pip install ./client`) this is the `selfsup` command; with the server installed, the
 server's `selfsup` hands these verbs here. `--json` on every verb prints the raw resource for scripts.
@@ -20,7 +20,7 @@ from rich.table import Table
 from selfsup_client._progress import JobProgress
 from selfsup_client._sync import Client
 from selfsup_client.errors import APIError, SelfsupError
-from selfsup_client.models import Checkpoint, Corpus, Job
+from selfsup_client.models import Checkpoint, Corpus, Job, LabelledSet, ProbeRun
 
 app = typer.Typer(
     name="selfsup",
@@ -31,10 +31,12 @@ app = typer.Typer(
 )
 corpora_app = typer.Typer(help="Upload, list, show and delete corpora.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Submit, list, show, watch and control jobs.", no_args_is_help=True)
-checkpoints_app = typer.Typer(help="Show and download checkpoints.", no_args_is_help=True)
+checkpoints_app = typer.Typer(help="Show, download and probe checkpoints.", no_args_is_help=True)
 app.add_typer(corpora_app, name="corpora")
 app.add_typer(jobs_app, name="jobs")
+labelled_sets_app = typer.Typer(help="Upload, list, show and delete labelled sets (for probes).", no_args_is_help=True)
 app.add_typer(checkpoints_app, name="checkpoints")
+app.add_typer(labelled_sets_app, name="labelled-sets")
 
 # Piped output is not cut to 80 columns, so an id in a table stays on one line.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -329,6 +331,32 @@ def jobs_checkpoints(ctx: typer.Context, job_id: str, as_json: JsonFlag = False)
         _checkpoint_table(checkpoints)
 
 
+@jobs_app.command("probes")
+def jobs_probes(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
+    """A job's probe runs: held-out accuracy per checkpoint, and of the random-init model at step 0."""
+    with _client(ctx) as client:
+        runs = client.jobs.probes(job_id)
+    if as_json:
+        _print_json(list[BaseModel](runs))
+    else:
+        _probe_table(runs)
+
+
+def _probe_table(runs: list[ProbeRun]) -> None:
+    table = _table("id", "name", "step", "model", "status", "accuracy", "labelled set")
+    for r in sorted(runs, key=lambda r: (r.name, r.step)):
+        table.add_row(
+            r.id,
+            r.name,
+            str(r.step),
+            "random init" if r.random_init else (r.checkpoint_id or ""),
+            r.status + (f": {r.error}" if r.error else ""),
+            "" if r.accuracy is None else f"{r.accuracy:.3f}",
+            r.labelled_set_id,
+        )
+    out.print(table)
+
+
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -379,6 +407,83 @@ def checkpoints_download(
         out.print_json(json.dumps({**checkpoint.model_dump(mode="json"), "path": str(folder)}))
     else:
         out.print(f"{checkpoint.id} (step {checkpoint.step}) verified in {folder}", highlight=False)
+
+
+@checkpoints_app.command("probe")
+def checkpoints_probe(
+    ctx: typer.Context,
+    checkpoint_id: str,
+    labelled_set: Annotated[str, typer.Option("--set", help="The labelled set (lbl_…) to fit the probe on.")],
+    name: Annotated[
+        str | None, typer.Option(help="Names the metric probe_accuracy/<name> (default: the labelled set's name).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Queue a linear probe of a checkpoint; follow it with `selfsup jobs probes JOB`."""
+    with _client(ctx) as client:
+        runs = client.checkpoints.probe(
+            checkpoint_id, labelled_set, name=name or client.labelled_sets.get(labelled_set).name
+        )
+    if as_json:
+        _print_json(list[BaseModel](runs))
+    else:
+        _probe_table(runs)
+
+
+# ---------------------------------------------------------------- labelled sets
+
+
+@labelled_sets_app.command("upload")
+def labelled_sets_upload(
+    ctx: typer.Context,
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help='JSONL of {"text", "label"}')
+    ],
+    name: Annotated[str | None, typer.Option(help="Defaults to the file's name.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Upload a labelled set (validated at once)."""
+    with _client(ctx) as client:
+        labelled_set = client.labelled_sets.upload(file, name=name)
+    _print_json(labelled_set) if as_json else _print_fields(labelled_set)
+
+
+@labelled_sets_app.command("list")
+def labelled_sets_list(ctx: typer.Context, limit: Limit = 50, as_json: JsonFlag = False) -> None:
+    """List labelled sets, newest first."""
+    with _client(ctx) as client:
+        sets: list[LabelledSet] = []
+        for labelled_set in client.labelled_sets.list(limit=min(limit, 200)):
+            sets.append(labelled_set)
+            if len(sets) >= limit:
+                break
+    if as_json:
+        _print_json(list[BaseModel](sets))
+        return
+    table = _table("id", "name", "examples", "labels", "size", "created")
+    for s in sets:
+        labels = ", ".join(f"{label} {count}" for label, count in s.label_counts.items())
+        table.add_row(s.id, s.name, str(s.examples), labels, f"{s.size_bytes:,}", f"{s.created_at:%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+@labelled_sets_app.command("show")
+def labelled_sets_show(ctx: typer.Context, labelled_set_id: str, as_json: JsonFlag = False) -> None:
+    """Show one labelled set."""
+    with _client(ctx) as client:
+        labelled_set = client.labelled_sets.get(labelled_set_id)
+    _print_json(labelled_set) if as_json else _print_fields(labelled_set)
+
+
+@labelled_sets_app.command("delete")
+def labelled_sets_delete(ctx: typer.Context, labelled_set_id: str, as_json: JsonFlag = False) -> None:
+    """Delete a labelled set."""
+    with _client(ctx) as client:
+        client.labelled_sets.delete(labelled_set_id)
+    if as_json:
+        out.print_json(json.dumps({"id": labelled_set_id, "deleted": True}))
+    else:
+        out.print(f"deleted {labelled_set_id}")
 
 
 # ---------------------------------------------------------------- entry point

@@ -139,6 +139,47 @@ class Checkpoint(Resource):
     created_at: datetime
 
 
+class LabelledSet(Resource):
+    """A labelled set for probes (JSONL `{"text", "label"}`), validated when uploaded."""
+
+    id: str
+    name: str
+    size_bytes: int
+    sha256: str
+    examples: int
+    label_counts: dict[str, int]
+    created_at: datetime
+
+
+ProbeRunStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class ProbeRun(Resource):
+    """One linear probe of one checkpoint, or of the random-init model of the job's shape (`random_init`, step 0).
+
+    Its held-out `accuracy` is also the job's metric `metric` (`probe_accuracy/<name>`) at `step`."""
+
+    id: str
+    job_id: str
+    checkpoint_id: str | None = None
+    random_init: bool
+    step: int
+    name: str
+    metric: str
+    labelled_set_id: str
+    pooling: str = "mean"
+    layer: int = -1
+    status: ProbeRunStatus
+    accuracy: float | None = None
+    error: str | None = None
+    created_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded or failed: nothing more will happen to it."""
+        return self.status in ("succeeded", "failed")
+
+
 class StreamMessage(BaseModel):
     """One message of a job's live stream: `status` and `end` carry the job, `event` an event, `metric` a point."""
 

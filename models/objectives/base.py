@@ -150,6 +150,18 @@ class ObjectiveTraining:
         """A randomly initialised model of the job's family and shape."""
         raise NotImplementedError
 
+    def build_model_from(self, config: dict[str, Any]) -> PreTrainedModel:
+        """A randomly initialised model as an uploaded base's `config.json` describes it (its weights load next),
+        of the class this objective's checkpoints load with."""
+        from models.build import build_from_config
+
+        return build_from_config(
+            config,
+            auto_class=type(self.job.objective).checkpoint_class,
+            spec=self.job.model,
+            vocab_size=self.data.vocab_size,
+        )
+
     def sample(self, split: Split, rng: np.random.Generator, count: int) -> Batch:
         """`count` examples drawn from a split, as (inputs, labels) on the CPU."""
         raise NotImplementedError

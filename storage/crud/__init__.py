@@ -127,6 +127,7 @@ from storage.crud.probes import (
     create_labelled_set,
     delete_labelled_set,
     fail_probe_run,
+    fail_stale_running_probe_runs,
     get_labelled_set,
     get_labelled_set_by_id,
     get_probe_run,
@@ -137,6 +138,7 @@ from storage.crud.probes import (
     queue_probe_runs,
     record_probe_accuracy,
     stale_queued_probe_runs,
+    touch_probe_run,
 )
 from storage.crud.quotas import (
     QUOTA_LIMITS,
@@ -197,6 +199,7 @@ __all__ = [
     "create_labelled_set",
     "delete_labelled_set",
     "fail_probe_run",
+    "fail_stale_running_probe_runs",
     "get_labelled_set",
     "get_labelled_set_by_id",
     "get_probe_run",
@@ -207,6 +210,7 @@ __all__ = [
     "queue_probe_runs",
     "record_probe_accuracy",
     "stale_queued_probe_runs",
+    "touch_probe_run",
     "create_model",
     "delete_model",
     "fail_model",

@@ -84,6 +84,8 @@ def queue_probe_runs(
     )
     for probe in probes:
         name, labelled_set_id = str(probe["name"]), str(probe["labelled_set_id"])
+        # Specs stored before probes had these options read the last layer's mean.
+        reads = {"pooling": str(probe.get("pooling", "mean")), "layer": int(probe.get("layer", -1))}
         if name not in baselines:
             baselines.add(name)
             runs.append(
@@ -94,6 +96,7 @@ def queue_probe_runs(
                     step=0,
                     name=name,
                     labelled_set_id=labelled_set_id,
+                    **reads,
                 )
             )
         runs.append(
@@ -104,6 +107,7 @@ def queue_probe_runs(
                 step=checkpoint.step,
                 name=name,
                 labelled_set_id=labelled_set_id,
+                **reads,
             )
         )
     session.add_all(runs)
@@ -168,4 +172,33 @@ def stale_queued_probe_runs(*, session: Session, untouched_since: datetime) -> l
     )
     for run in runs:
         run.updated_at = utcnow()
+    return [run.id for run in runs]
+
+
+def touch_probe_run(*, session: Session, run_id: str) -> None:
+    """A running run's sign of life (its worker's heartbeat), so the reconciler does not take it for dead."""
+    session.execute(
+        update(ProbeRun)
+        .where(ProbeRun.id == run_id, ProbeRun.status == ProbeStatus.RUNNING)
+        .values(updated_at=utcnow())
+    )
+
+
+def fail_stale_running_probe_runs(*, session: Session, untouched_since: datetime) -> list[str]:
+    """Fail the runs `running` with no heartbeat since `untouched_since`: their worker died (killed, out of memory,
+    cut off). Failed rather than run again, so a probe that kills its worker cannot loop; the error says how to
+    retry. Returns their ids."""
+    runs = list(
+        session.scalars(
+            select(ProbeRun).where(ProbeRun.status == ProbeStatus.RUNNING, ProbeRun.updated_at < untouched_since)
+        )
+    )
+    for run in runs:
+        target = "a checkpoint of the job" if run.random_init else f"checkpoint {run.checkpoint_id}"
+        fail_probe_run(
+            session=session,
+            run=run,
+            error="the worker running this probe stopped (killed, crashed or cut off) before it finished; "
+            f"probe {target} again with POST /v1/checkpoints/{{id}}/probes",
+        )
     return [run.id for run in runs]

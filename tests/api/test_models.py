@@ -42,6 +42,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "gpt2": save_tiny_hf_model(root / "gpt2", "gpt2"),
         "bert": save_tiny_hf_model(root / "bert", "bert"),
         "gpt2-wide": save_tiny_hf_model(root / "gpt2-wide", "gpt2", width=64),
+        "gpt2-padded": save_tiny_hf_model(root / "gpt2-padded", "gpt2", vocab_padding=37),
     }
 
 
@@ -260,6 +261,53 @@ def test_continue_pretraining_an_uploaded_model_and_load_the_checkpoint_with_aut
     assert {f["name"]: f["sha256"] for f in lineage["init_from"]["files"]} == uploaded_sha256s
 
     assert alice.delete(f"/v1/models/{model['id']}").status_code == 204  # the job is done: it may go now
+
+
+def test_a_model_whose_vocabulary_is_padded_past_its_tokenizer_continues_and_keeps_its_vocab_size(
+    embedded_service: Service, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    # Released models often have more embedding rows than tokens (vocab_size rounded up): the job's model is
+    # built from the uploaded config.json, not from the tokenizer's length, so the weights fit.
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    alice = embedded_service.client("alice")
+    folder = tiny_models["gpt2-padded"]
+    padded = AutoConfig.from_pretrained(folder).vocab_size
+    assert padded == len(AutoTokenizer.from_pretrained(folder)) + 37
+    model = wait_for_model(alice, upload_model(alice, tar_folder(folder), name="padded", content_type=TAR_GZ)["id"])
+    assert model["status"] == "ready", model
+    corpus = ready_corpus(alice, shakespeare_slice(20_000))
+    spec = small_job_spec(
+        corpus["id"],
+        name="continued-padded",
+        objective={"type": "causal_lm"},
+        init_from={"model_id": model["id"]},
+        training={"max_steps": 3, "batch_size": 4, "warmup_steps": 1},
+        evaluation={"every_steps": 3, "batches": 1},
+        checkpointing={"every_steps": 3},
+    )
+    del spec["model"], spec["tokenizer"]
+    done = wait_for_job(alice, submit_job(alice, spec)["id"])
+    assert done["status"] == "succeeded", (done, embedded_service.log())
+
+    checkpoint = next(
+        c for c in alice.get(f"/v1/jobs/{done['id']}/checkpoints").json()["data"] if "final" in c["aliases"]
+    )
+    downloaded = tmp_path / "checkpoint"
+    downloaded.mkdir()
+    for entry in checkpoint["files"]:
+        (downloaded / entry["name"]).write_bytes(
+            alice.get(f"/v1/checkpoints/{checkpoint['id']}/files/{entry['name']}").content
+        )
+    loaded = AutoModelForCausalLM.from_pretrained(downloaded, local_files_only=True)
+    assert loaded.config.vocab_size == padded
+    assert loaded.get_input_embeddings().weight.shape[0] == padded
+    # The padding rows came from the upload too (moved by a few small steps at most, not a fresh random init).
+    before = load_file(folder / "model.safetensors")["transformer.wte.weight"]
+    assert 0 <= (loaded.state_dict()["transformer.wte.weight"] - before).abs().max().item() < 0.05
+    tokenizer = AutoTokenizer.from_pretrained(downloaded, local_files_only=True)
+    assert loaded(**tokenizer("To be, or not to be", return_tensors="pt")).logits.shape[-1] == padded
+    assert alice.delete(f"/v1/models/{model['id']}").status_code == 204
 
 
 def test_a_model_a_job_starts_from_is_kept_until_the_job_ends(service: Service, tiny_models: dict[str, Path]) -> None:

@@ -135,6 +135,23 @@ def test_probes_measure_every_checkpoint_and_the_random_init_baseline(embedded_s
     again = _metric(client, job["id"], "probe_accuracy/play_again")
     assert again == {0: accuracy[0], 30: accuracy[30]}, (again, accuracy)
 
+    # Another pooling and layer: the runs say what they read, and a layer the 2-layer model lacks is a 422.
+    queued = client.post(
+        f"/v1/checkpoints/{first['id']}/probes",
+        json={"probes": [{"labelled_set_id": labelled_set["id"], "name": "play_cls1", "pooling": "cls", "layer": 1}]},
+    )
+    assert queued.status_code == 202, queued.text
+    assert {(r["pooling"], r["layer"]) for r in queued.json()["data"]} == {("cls", 1)}
+    runs = _finished_runs(client, job["id"], count=8)
+    assert all(r["status"] == "succeeded" for r in runs), runs
+    assert {(r["name"], r["pooling"], r["layer"]) for r in runs} >= {("play", "mean", -1), ("play_cls1", "cls", 1)}
+    assert sorted(_metric(client, job["id"], "probe_accuracy/play_cls1")) == [0, 30]
+    deep = client.post(
+        f"/v1/checkpoints/{first['id']}/probes",
+        json={"probes": [{"labelled_set_id": labelled_set["id"], "name": "deep", "layer": 3}]},
+    )
+    assert api_error(deep, 422)["details"][0]["field"] == "probes[0].layer"
+
     bad = client.post(
         f"/v1/checkpoints/{first['id']}/probes", json={"probes": [{"labelled_set_id": "lbl_nope", "name": "x"}]}
     )

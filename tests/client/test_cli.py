@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from selfsup_client import Client, Job
+from tests.client.conftest import Trained
 from tests.conftest import IN_CI
-from tests.factories import small_job_spec
+from tests.factories import labelled_set_jsonl, play_speeches, small_job_spec
 from tests.service import REPO, Service
 
 pytestmark = pytest.mark.integration
@@ -126,6 +127,40 @@ def test_download_verified_into_a_folder(
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted(f["name"] for f in result["files"])
     again = selfsup(cli_env, "checkpoints", "download", result["id"], "-o", str(tmp_path / "ckpt"))
     assert again.returncode == 1 and "not an empty folder" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_labelled_sets_and_probes(cli_env: dict[str, str], trained: Trained, sdk: Client, tmp_path: Path) -> None:
+    path = tmp_path / "plays.jsonl"
+    path.write_bytes(labelled_set_jsonl(play_speeches(per_play=12)))
+    uploaded = as_json(selfsup(cli_env, "labelled-sets", "upload", str(path), "--name", "cli-plays", "--json"))
+    assert uploaded["name"] == "cli-plays" and uploaded["examples"] == 24, uploaded
+    assert as_json(selfsup(cli_env, "labelled-sets", "show", uploaded["id"], "--json")) == uploaded
+    assert uploaded["id"] in [s["id"] for s in as_json(selfsup(cli_env, "labelled-sets", "list", "--json"))]
+    listed = selfsup(cli_env, "labelled-sets", "list")
+    assert listed.returncode == 0 and uploaded["id"] in listed.stdout and "cli-plays" in listed.stdout
+
+    final = sdk.jobs.checkpoints(trained.job.id)[-1]
+    queued = as_json(selfsup(cli_env, "checkpoints", "probe", final.id, "--set", uploaded["id"], "--json"))
+    # The probe is named after the labelled set unless --name says otherwise.
+    assert {(r["name"], r["step"], r["random_init"]) for r in queued} == {
+        ("cli-plays", final.step, False),
+        ("cli-plays", 0, True),
+    }
+    deadline = time.monotonic() + 300
+    while not all(r.finished for r in sdk.jobs.probes(trained.job.id) if r.name == "cli-plays"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    runs = [
+        r for r in as_json(selfsup(cli_env, "jobs", "probes", trained.job.id, "--json")) if r["name"] == "cli-plays"
+    ]
+    assert {r["id"] for r in runs} == {r["id"] for r in queued} and all(r["status"] == "succeeded" for r in runs)
+    table = selfsup(cli_env, "jobs", "probes", trained.job.id)
+    accuracy = next(r["accuracy"] for r in runs if not r["random_init"])
+    assert table.returncode == 0 and "random init" in table.stdout and f"{accuracy:.3f}" in table.stdout
+
+    assert selfsup(cli_env, "labelled-sets", "delete", uploaded["id"]).returncode == 0
+    gone = selfsup(cli_env, "labelled-sets", "show", uploaded["id"])
+    assert gone.returncode == 1 and "Traceback" not in gone.stderr
 
 
 def test_watch_of_a_failing_job_exits_non_zero(cli_env: dict[str, str], failing_job: Job) -> None:

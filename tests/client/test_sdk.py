@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,11 @@ from selfsup_client import (
     Job,
     NotFound,
     PermissionDenied,
+    ProbeRun,
     ServiceUnavailable,
 )
 from tests.client.conftest import Trained, Wiretap
-from tests.factories import small_job_spec
+from tests.factories import labelled_set_jsonl, play_speeches, small_job_spec
 from tests.service import Service, free_port
 
 pytestmark = pytest.mark.integration
@@ -231,6 +233,59 @@ def test_async_client(
             assert (await client.corpora.wait(uploaded.id, timeout=120, poll_interval=0.3)).status == "ready"
 
     asyncio.run(scenario())
+
+
+def test_labelled_sets_and_probes_sync_and_async(
+    embedded_service: Service, sdk: Client, sdk_key: str, trained: Trained, tmp_path: Path
+) -> None:
+    path = tmp_path / "plays.jsonl"
+    path.write_bytes(labelled_set_jsonl(play_speeches(per_play=15)))
+    uploaded = sdk.labelled_sets.upload(path)
+    assert uploaded.name == "plays.jsonl" and uploaded.examples == 30 and set(uploaded.label_counts.values()) == {15}
+    assert uploaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sdk.labelled_sets.get(uploaded.id) == uploaded
+    assert uploaded.id in [s.id for s in sdk.labelled_sets.list(limit=1)]
+    with pytest.raises(InvalidRequest):  # validated at once: a line without a label names itself
+        sdk.labelled_sets.upload(io.BytesIO(b'{"text": "no label"}\n'), name="bad")
+
+    final = sdk.jobs.checkpoints(trained.job.id)[-1]
+    queued = sdk.checkpoints.probe(final.id, uploaded.id, name="sdk-play")
+    assert {(r.random_init, r.step, r.name) for r in queued} == {(False, final.step, "sdk-play"), (True, 0, "sdk-play")}
+
+    def finished() -> list[ProbeRun]:
+        deadline = time.monotonic() + 300
+        while True:
+            runs = [r for r in sdk.jobs.probes(trained.job.id) if r.name == "sdk-play"]
+            if runs and all(r.finished for r in runs):
+                return runs
+            assert time.monotonic() < deadline, runs
+            time.sleep(0.5)
+
+    runs = finished()
+    assert {r.id for r in runs} == {r.id for r in queued}
+    assert all(r.status == "succeeded" and r.accuracy is not None and 0 <= r.accuracy <= 1 for r in runs), runs
+    metric = [m for m in sdk.jobs.metrics(trained.job.id, name="probe_accuracy/sdk-play") if m.step == final.step]
+    assert metric[0].value == next(r.accuracy for r in runs if not r.random_init)
+
+    async def scenario() -> None:
+        async with AsyncClient(embedded_service.base_url, sdk_key) as client:
+            assert await client.labelled_sets.get(uploaded.id) == uploaded
+            assert uploaded.id in [s.id async for s in client.labelled_sets.list(limit=1)]
+            assert {r.id for r in await client.jobs.probes(trained.job.id) if r.name == "sdk-play"} == {
+                r.id for r in runs
+            }
+            again = await client.checkpoints.probe(final.id, probes=[{"labelled_set_id": uploaded.id, "name": "again"}])
+            assert [(r.name, r.checkpoint_id) for r in again if not r.random_init] == [("again", final.id)]
+            other = await client.labelled_sets.upload(io.BytesIO(path.read_bytes()), name="async-plays")
+            assert other.name == "async-plays" and other.sha256 == uploaded.sha256
+            await client.labelled_sets.delete(other.id)
+            with pytest.raises(NotFound):
+                await client.labelled_sets.get(other.id)
+
+    asyncio.run(scenario())
+    sdk.labelled_sets.delete(uploaded.id)
+    with pytest.raises(NotFound):
+        sdk.labelled_sets.get(uploaded.id)
 
 
 def test_stream_replays_a_finished_job_and_resumes_with_last_event_id(

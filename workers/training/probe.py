@@ -1,8 +1,11 @@
 """A linear probe: how much of a labelled task a checkpoint's frozen representations make linearly readable.
 
-Features are the last hidden states, mean-pooled over the non-pad tokens of each example (the encoder's for
-an encoder-decoder model such as T5). The labelled set is split into train and held-out deterministically,
-by a hash of each text within each label (so the split is stratified and the same for every checkpoint),
+Features are one layer's hidden states (by default the last, `layer=-1`; `layer=k` the output of block k, 0 the
+embeddings), pooled per example (the encoder's for an encoder-decoder model such as T5): `mean` over the
+non-pad tokens (the default), or `cls`, the first token's state (BERT's [CLS]; the first token of a causal
+model, which sees nothing else, so `cls` suits encoders). The labelled set is split into train and held-out
+deterministically, by a hash of each text within each label (so the split is stratified and the same for every
+checkpoint),
 and scikit-learn's `LogisticRegression` is fitted on standardised training features with a fixed iteration
 budget. The probe's value is its held-out accuracy. Pure of the database: `workers/probes.py` runs it.
 """
@@ -14,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,6 +26,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 HELD_OUT_FRACTION = 0.2
 MAX_ITERATIONS = 1000  # the fixed budget of the logistic regression (lbfgs iterations)
 BATCH_SIZE = 32
+Pooling = Literal["mean", "cls"]
 
 
 @dataclass(frozen=True)
@@ -68,22 +73,48 @@ def load_encoder(folder: Path, *, random_init_seed: int | None = None) -> PreTra
     return model.eval()
 
 
+def hidden_layers(model: PreTrainedModel) -> int:
+    """How many blocks the (encoder) model has: `layer` may be -1 or 0 to this."""
+    config = model.config
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(value := getattr(config, key, None), int):
+            return value
+    raise ValueError(f"cannot tell how many layers a {config.model_type} model has")
+
+
 @torch.no_grad()
-def mean_pooled_features(model: PreTrainedModel, tokenizer: object, texts: Sequence[str]) -> np.ndarray:
-    """One vector per text: the last hidden states averaged over its non-pad tokens (truncated to the context)."""
+def pooled_features(
+    model: PreTrainedModel, tokenizer: object, texts: Sequence[str], *, pooling: Pooling = "mean", layer: int = -1
+) -> np.ndarray:
+    """One vector per text: a layer's hidden states, averaged over its non-pad tokens or the first token's
+    (truncated to the context); `ValueError` for a layer the model does not have."""
+    depth = hidden_layers(model)
+    if not -1 <= layer <= depth:
+        raise ValueError(f"layer {layer} does not exist: this model has layers 0 (embeddings) to {depth}, or -1")
     rows = []
     for start in range(0, len(texts), BATCH_SIZE):
         batch = tokenizer(  # type: ignore[operator]
             list(texts[start : start + BATCH_SIZE]), padding=True, truncation=True, return_tensors="pt"
         )
-        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        output = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=layer != -1
+        )
+        hidden = output.last_hidden_state if layer == -1 else output.hidden_states[layer]
+        if pooling == "cls":
+            rows.append(hidden[:, 0])
+            continue
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         rows.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
     return torch.cat(rows).float().numpy()
 
 
 def probe_accuracy(
-    folder: Path, examples: Sequence[LabelledExample], *, random_init_seed: int | None = None
+    folder: Path,
+    examples: Sequence[LabelledExample],
+    *,
+    random_init_seed: int | None = None,
+    pooling: Pooling = "mean",
+    layer: int = -1,
 ) -> ProbeResult:
     """Fit a logistic regression on the frozen features of a checkpoint folder; its held-out accuracy."""
     from sklearn.linear_model import LogisticRegression
@@ -95,7 +126,7 @@ def probe_accuracy(
         # A causal LM's tokenizer may have no pad token; the mask leaves padding out of the mean anyway.
         tokenizer.pad_token = tokenizer.eos_token
     model = load_encoder(folder, random_init_seed=random_init_seed)
-    features = mean_pooled_features(model, tokenizer, [e.text for e in examples])
+    features = pooled_features(model, tokenizer, [e.text for e in examples], pooling=pooling, layer=layer)
     labels = np.array([e.label for e in examples])
     train, held_out = split_held_out(examples)
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITERATIONS))

@@ -70,7 +70,10 @@ class Trainer:
         compile: bool = False,
         heldout: Mapping[str, TokenArrays] | None = None,
         ranks: Ranks = ONE_PROCESS,
+        base_config: dict[str, Any] | None = None,
     ) -> None:
+        """`base_config`: the `config.json` of an uploaded base model (`init_from.model_id`), which the model is
+        built from instead of the job's shape (so a vocabulary padded past the tokenizer's length is kept)."""
         self.spec = spec
         self.ranks = ranks
         self.data = data
@@ -80,7 +83,10 @@ class Trainer:
         self.objective = spec.objective.training(spec, data)
         # The objective bound to each held-out corpus (by its metric name), to evaluate on, never to train on.
         self.heldout = {name: spec.objective.training(spec, arrays) for name, arrays in (heldout or {}).items()}
-        self.model = self.objective.build_model()
+        if base_config is None:
+            self.model = self.objective.build_model()
+        else:
+            self.model = self.objective.build_model_from(base_config)
         self.model.to(device)  # type: ignore[arg-type]
         self.model.train()
         self.optimizer = configure_optimizer(self.model, training, device)

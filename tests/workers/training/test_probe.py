@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from workers.training.probe import LabelledExample, probe_accuracy, split_held_out
+from workers.training.probe import LabelledExample, pooled_features, probe_accuracy, split_held_out
 
 
 def _examples() -> list[LabelledExample]:
@@ -38,3 +38,35 @@ def test_a_label_written_in_the_text_is_read_by_the_probe(tmp_path: Path) -> Non
     assert trained.accuracy == 1.0
     baseline = probe_accuracy(tmp_path, examples, random_init_seed=1)
     assert 0.0 <= baseline.accuracy <= 1.0
+
+
+def test_pooling_and_layer_pick_the_hidden_states_the_probe_reads(tmp_path: Path) -> None:
+    import pytest
+    import torch
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "sky", "sea"]
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2))
+    model.eval()
+    texts = ["red sky", "blue sea sky sea"]  # different lengths: the shorter one is padded
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**batch, output_hidden_states=True).hidden_states  # embeddings, block 1, block 2
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+
+    def mean(hidden: torch.Tensor) -> torch.Tensor:
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    expected = {
+        ("mean", -1): mean(states[2]),
+        ("mean", 1): mean(states[1]),
+        ("mean", 0): mean(states[0]),
+        ("cls", -1): states[2][:, 0],
+        ("cls", 1): states[1][:, 0],
+    }
+    for (pooling, layer), want in expected.items():
+        got = pooled_features(model, tokenizer, texts, pooling=pooling, layer=layer)  # type: ignore[arg-type]
+        assert torch.allclose(torch.from_numpy(got), want, atol=1e-5), (pooling, layer)
+    with pytest.raises(ValueError, match="layers 0 \\(embeddings\\) to 2"):
+        pooled_features(model, tokenizer, texts, layer=3)

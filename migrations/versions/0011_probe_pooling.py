@@ -1,0 +1,28 @@
+"""probe_pooling: which hidden states a probe reads (`pooling`: mean or cls; `layer`: -1 the last, k block k)
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-11-27 18:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0011"
+down_revision: str | None = "0010"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("probe_runs") as batch_op:
+        batch_op.add_column(sa.Column("pooling", sa.String(length=8), nullable=False, server_default="mean"))
+        batch_op.add_column(sa.Column("layer", sa.Integer(), nullable=False, server_default="-1"))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("probe_runs") as batch_op:
+        batch_op.drop_column("layer")
+        batch_op.drop_column("pooling")
