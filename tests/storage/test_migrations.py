@@ -61,7 +61,7 @@ def _roundtrip(url: str) -> None:
     migrate.upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0011"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0012"
     engine.dispose()
 
 
