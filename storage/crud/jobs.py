@@ -456,6 +456,17 @@ def renew_lease(
     return session.get(Job, job_id, populate_existing=True)
 
 
+def extend_lease(*, session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+    """Extend the lease only (while a trainer downloads or uploads, between steps); False when it was lost."""
+    extend = (
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return rowcount(session, extend) == 1
+
+
 def requeue_job(*, session: Session, job_id: str, owner: str, message: str) -> bool:
     """Hand a running job back to the queue (its lease released) for another worker to resume."""
     release = _move_job(job_id, JobStatus.QUEUED, among=frozenset({JobStatus.RUNNING})).where(Job.lease_owner == owner)
