@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,20 +64,27 @@ def _check_key(key: str) -> str:
 
 
 class _MultipartWriter:
-    """A write-only file whose bytes go to one object: parts as they fill, then complete (or abort)."""
+    """A write-only file whose bytes go to one object: parts as they fill, then complete (or abort).
+
+    A full part is sent by a background thread while the caller goes on writing (the API writes from its event
+    loop, which must not wait on S3 for every part); at most `IN_FLIGHT` parts wait, so memory stays bounded.
+    """
+
+    IN_FLIGHT = 2
 
     def __init__(self, client: Any, bucket: str, key: str, part_size: int) -> None:
         self.client, self.bucket, self.key, self.part_size = client, bucket, key, part_size
         self.buffer = bytearray()
         self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
+        self.pending: list[Future[dict[str, Any]]] = []
+        self.sender: ThreadPoolExecutor | None = None
         self.position = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self.buffer += data
         self.position += len(data)
         while len(self.buffer) >= self.part_size:
-            self._upload_part(bytes(self.buffer[: self.part_size]))
+            self._send_part(bytes(self.buffer[: self.part_size]))
             del self.buffer[: self.part_size]
         return len(data)
 
@@ -90,28 +97,44 @@ class _MultipartWriter:
     def flush(self) -> None:
         """Nothing to do: parts go out when full, the rest when the writer completes."""
 
-    def _upload_part(self, body: bytes) -> None:
+    def _send_part(self, body: bytes) -> None:
         if self.upload_id is None:
             self.upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
-        number = len(self.parts) + 1
+            self.sender = ThreadPoolExecutor(max_workers=self.IN_FLIGHT, thread_name_prefix="s3-part")
+        assert self.sender is not None
+        in_flight = [f for f in self.pending if not f.done()]
+        if len(in_flight) >= self.IN_FLIGHT:
+            in_flight[0].result()  # back-pressure: wait for the oldest part (and raise its error)
+        number = len(self.pending) + 1
+        self.pending.append(self.sender.submit(self._upload_part, number, body))
+
+    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
         answer = self.client.upload_part(
             Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
         )
-        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        return {"PartNumber": number, "ETag": answer["ETag"]}
 
     def complete(self) -> None:
         if self.upload_id is None:  # it fitted in one part: a single PUT
             self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer))
             return
         if self.buffer:
-            self._upload_part(bytes(self.buffer))
+            self._send_part(bytes(self.buffer))
+        parts = [f.result() for f in self.pending]
+        self._stop_sender()
         self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
         )
 
     def abort(self) -> None:
+        self._stop_sender()
         if self.upload_id is not None:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+
+    def _stop_sender(self) -> None:
+        if self.sender is not None:
+            self.sender.shutdown(wait=True, cancel_futures=True)
+            self.sender = None
 
 
 class _ObjectReader(io.RawIOBase):
@@ -198,7 +221,10 @@ class S3BlobStore:
         self.client = client or boto3.client(
             "s3",
             region_name=os.environ.get("AWS_REGION") or None,
-            config=Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32),
+            # SigV4 everywhere (presigned URLs too): what S3 requires in new regions, and R2 and MinIO expect.
+            config=Config(
+                signature_version="s3v4", retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32
+            ),
         )
 
     def object_key(self, key: str) -> str:

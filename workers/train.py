@@ -13,6 +13,7 @@ import enum
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -181,6 +182,8 @@ def _resume_from_checkpoint(trainer: Trainer, store: BlobStore, job: Job) -> Che
             problem = None
         except CorruptBlobError as exc:
             problem = exc.problem
+        except FileNotFoundError:
+            problem = "its files are missing from the blob store"
         if problem:
             with session_scope() as session:
                 crud.delete_checkpoint(session=session, checkpoint_id=checkpoint.id)
@@ -419,6 +422,33 @@ def load_claimed(job_id: str) -> ClaimedJob:
     return ClaimedJob(job, corpora, dataset, curated, heldout)
 
 
+@contextmanager
+def lease_kept(lease: Lease, settings: Settings) -> Iterator[None]:
+    """Keep renewing `lease` from a thread while the block does something long outside the step loop (downloading
+    a dataset or checkpoint into the cache, uploading a checkpoint); LeaseLost after it if the lease was lost."""
+    done, lost = threading.Event(), threading.Event()
+
+    def renew() -> None:
+        while not done.wait(settings.control_interval_seconds):
+            with session_scope() as session:
+                kept = crud.extend_lease(
+                    session=session, job_id=lease.job_id, owner=lease.owner, lease_seconds=settings.lease_seconds
+                )
+            if not kept:
+                lost.set()
+                return
+
+    thread = threading.Thread(target=renew, name=f"lease-{lease.job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    if lost.is_set():
+        raise LeaseLost(f"lease on {lease.job_id} lost")
+
+
 def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, should_stop: Callable[[], bool]) -> str:
     """Claim the best waiting job that fits this worker's devices and train it to its end (or until
     `should_stop()`); returns what happened.
@@ -564,6 +594,12 @@ class JobRun:
             self.ranks.stop()
         return self._end(ending)
 
+
+        """Train from the newest good checkpoint (or from scratch) to `max_steps`, then end the job."""
+        with lease_kept(self.lease, self.control.settings):  # downloads from an object store may take a while
+            self._set_up()
+        return self._end(self._step_loop())
+
     # Set-up
 
     def _set_up(self) -> None:
@@ -706,14 +742,15 @@ class JobRun:
                 val_loss=val_loss,
             )
             started = time.perf_counter()
-            written = write_checkpoint_folder(
-                store=self.store,
-                trainer=self.trainer,
-                run=self.lineage,
-                record=record,
-                tokenizer_dir=self.tokenizer_dir,
-                before_rename=lambda: self.faults.before_checkpoint_rename(record.version),
-            )
+            with lease_kept(self.lease, self.control.settings):  # an upload to an object store may take a while
+                written = write_checkpoint_folder(
+                    store=self.store,
+                    trainer=self.trainer,
+                    run=self.lineage,
+                    record=record,
+                    tokenizer_dir=self.tokenizer_dir,
+                    before_rename=lambda: self.faults.before_checkpoint_rename(record.version),
+                )
             write_seconds = time.perf_counter() - started
             self.lease.record_checkpoint(
                 self.store, written, record, keep_last=self.spec.checkpointing.keep_last, write_seconds=write_seconds

@@ -462,11 +462,12 @@ def renew_lease(
 
 
 def extend_lease(*, session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
-    """Extend the lease and nothing else (a worker whose training processes are starting); False if it was lost."""
+    """Extend the lease only (while a trainer downloads or uploads, between steps); False when it was lost."""
     extend = (
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
     )
     return rowcount(session, extend) == 1
 
