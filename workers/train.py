@@ -586,19 +586,14 @@ class JobRun:
         each step this rank orders, and stop when it stops, whatever ended the loop (an ending, a lost lease, a
         crash)."""
         try:
-            self._set_up()
+            with lease_kept(self.lease, self.control.settings):  # downloads from an object store may take a while
+                self._set_up()
             self.ranks.order(True)
             self.trainer.join_ranks()
             ending = self._step_loop()
         finally:
             self.ranks.stop()
         return self._end(ending)
-
-
-        """Train from the newest good checkpoint (or from scratch) to `max_steps`, then end the job."""
-        with lease_kept(self.lease, self.control.settings):  # downloads from an object store may take a while
-            self._set_up()
-        return self._end(self._step_loop())
 
     # Set-up
 
