@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from selfsup.logs import configure_logging
+from selfsup.priority import lower_priority
 from selfsup.processes import keep_freed_memory
 from selfsup.scopes import DEFAULT_SCOPES, parse_duration, parse_scopes
 from selfsup.settings import get_settings
@@ -237,6 +238,12 @@ def _worker(args: argparse.Namespace) -> int:
     settings = get_settings()
     if "gpu" in queues and settings.trainer_keep_freed_memory and keep_freed_memory():
         log.info("selfsup worker: malloc keeps freed memory for training")
+    if "gpu" not in queues and settings.cpu_worker_nice:
+        # Before Celery starts its pool: the pool's processes and every thread they start inherit it.
+        log.info(
+            "selfsup worker: cpu queue at nice %s (training on this machine goes first)",
+            lower_priority(settings.cpu_worker_nice),
+        )
     if args.ready_file:
         ready_file = Path(args.ready_file)
         ready_file.unlink(missing_ok=True)

@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=10.0, gt=0)
     broker_visibility_timeout: int = Field(default=3600, gt=0)
     worker_cpu_concurrency: int = Field(default=1, ge=1)
+    cpu_worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU niceness of a worker that serves only the cpu queue (ingest, tokenization, curation): "
+        "training on the same machine keeps its speed; 0 = the niceness it was started with.",
+    )
     estimate_history_days: float = Field(
         default=30.0, gt=0, description="`POST /v1/jobs:estimate` bases its ETA on throughput recorded this recently."
     )

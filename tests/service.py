@@ -149,8 +149,8 @@ def list_keys(store: BlobStore, prefix: str) -> list[str]:
     return sorted(found)
 
 
-def start_service(home: Path, extra_env: dict[str, str] | None = None) -> Service:
-    """Run `selfsup up` in the background and wait until its API is ready."""
+def start_service(home: Path, extra_env: dict[str, str] | None = None, *, timeout: float = 120) -> Service:
+    """Run `selfsup up` in the background and wait (up to `timeout` seconds a stage) until its API is ready."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFSUP_")}
     env.update(TEST_SETTINGS)
@@ -178,9 +178,9 @@ def start_service(home: Path, extra_env: dict[str, str] | None = None) -> Servic
             return False
 
     try:
-        wait_until(ready, timeout=120, interval=0.5, what="selfsup up to become ready")
+        wait_until(ready, timeout=timeout, interval=0.5, what="selfsup up to become ready")
         # `selfsup up` says it is up once the API answers and both workers consume their queues (text or JSON).
-        wait_until(lambda: UP_MESSAGE in service.log(), timeout=120, what="selfsup up to say both workers consume")
+        wait_until(lambda: UP_MESSAGE in service.log(), timeout=timeout, what="selfsup up to say both workers consume")
         service.create_key("alice")
         service.create_key("bob")
     except BaseException:

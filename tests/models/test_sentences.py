@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 from models.sentences import sentence_spans
 
 SHAKESPEARE = """ACT III. SCENE I.
@@ -69,3 +72,34 @@ def test_sentence_spans_locate_the_sentences_of_the_rule_in_the_raw_text() -> No
     spans = sentence_spans(text)
     assert _sentences(text) == [*_sentences(SHAKESPEARE), "You are all resolved rather to die than to famish?"]
     assert all(text[start:end] == text[start:end].strip() for start, end in spans)
+
+
+def _pieces(separator: str, text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The spans of `text[start:end]` between matches of `separator`."""
+    pieces, position = [], start
+    for match in re.compile(separator).finditer(text, start, end):
+        pieces.append((position, match.start()))
+        position = match.end()
+    return [*pieces, (position, end)]
+
+
+def _line_by_line(text: str, min_chars: int) -> list[tuple[int, int]]:
+    """The documented rule, step by step: lines, then sentence breaks within a line, then strip and measure."""
+    spans = []
+    for line in _pieces(r"\r\n|\r|\n", text, 0, len(text)):
+        for start, end in _pieces(r"(?<=[.!?])\s+|(?<=[.!?][\"'\u201d\u2019)\]])\s+", text, *line):
+            piece = text[start:end]
+            start += len(piece) - len(piece.lstrip())
+            end = start + len(piece.strip())
+            if end > start and len(re.sub(r"\s+", " ", text[start:end])) >= min_chars:
+                spans.append((start, end))
+    return spans
+
+
+def test_sentence_spans_follow_the_rule_on_random_text() -> None:
+    rng = random.Random(0)
+    alphabet = [*"ab.!?\"')]\u201d\u2019 \t\n\r\x85\u2028\x0b", "word ", "Mr. ", "\r\n", "  "]
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        for min_chars in (1, 5):
+            assert sentence_spans(text, min_chars=min_chars) == _line_by_line(text, min_chars), repr(text)

@@ -8,12 +8,14 @@ convention, `SPECIAL_TOKEN_SETS`) are independent: any algorithm can carry any f
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Encoding, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from models.sentences import sentence_spans
@@ -289,27 +291,46 @@ class TokenArrayWriter:
         self.total = 0
         self.file = open(path, "wb")
 
-    def add(self, documents: Iterable[str], *, batch_docs: int = 256) -> int:
-        """Encode and append `documents`; returns the number of tokens written."""
+    def add(self, documents: Iterable[str], *, batch_docs: int = 512) -> int:
+        """Encode and append `documents`; returns the number of tokens written.
+
+        The library encodes a batch on every core (its Rayon pool, outside the GIL) while this thread turns the
+        batch before into ids and sentence offsets, so the Python work overlaps the encoding instead of
+        following it.
+        """
         written = 0
         # Text that spells a special token ("[MASK]", "<extra_id_0>") is text, not the token.
         self.backend.encode_special_tokens = True
         try:
-            for chunk in _batched(documents, batch_docs):
-                encodings = self.backend.encode_batch(chunk, add_special_tokens=False)
-                ids: list[int] = []
-                for doc, enc in zip(chunk, encodings, strict=True):
-                    if self.sentences_path is not None:
-                        self.sentences.append(_sentence_token_spans(doc, enc.offsets) + (self.total + len(ids)))
-                    ids.extend(enc.ids)
-                    ids.append(self.eos)
-                arr = np.asarray(ids, dtype=self.dtype)
-                self.file.write(arr.tobytes())
-                self.total += arr.size
-                written += arr.size
+            with ThreadPoolExecutor(max_workers=1) as encoder:
+                pending: tuple[list[str], Future[list[Encoding]]] | None = None
+                for chunk in itertools.chain(_batched(documents, batch_docs), [None]):
+                    upcoming = None
+                    if chunk is not None:
+                        upcoming = (chunk, encoder.submit(self.backend.encode_batch, chunk, add_special_tokens=False))
+                    if pending is not None:
+                        written += self._write(pending[0], pending[1].result())
+                    pending = upcoming
         finally:
             self.backend.encode_special_tokens = False
         return written
+
+    def _write(self, chunk: list[str], encodings: list[Encoding]) -> int:
+        """Append one encoded batch (each document's ids, then end-of-text) and its sentences' token offsets."""
+        ids = [enc.ids for enc in encodings]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
+        starts = self.total + np.cumsum(lengths) - lengths  # where each document's tokens begin in the array
+        flat = np.fromiter(
+            itertools.chain.from_iterable(itertools.chain(doc_ids, (self.eos,)) for doc_ids in ids),
+            dtype=self.dtype,
+            count=int(lengths.sum()),
+        )
+        if self.sentences_path is not None:
+            for doc, enc, start in zip(chunk, encodings, starts.tolist(), strict=True):
+                self.sentences.append(_sentence_token_spans(doc, enc) + start)
+        self.file.write(flat.tobytes())
+        self.total += flat.size
+        return flat.size
 
     def close(self) -> None:
         """Finish the array file (and write the sentence offsets)."""
@@ -320,19 +341,28 @@ class TokenArrayWriter:
                 np.save(fh, spans.astype(np.int64))
 
 
-def _sentence_token_spans(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
+def _sentence_token_spans(text: str, encoding: Encoding) -> np.ndarray:
     """Token `(start, end)` index pairs of `text`'s sentences: the tokens overlapping each sentence."""
     spans = sentence_spans(text)
-    if not spans or not offsets:
+    if not spans or not len(encoding):
         return np.zeros((0, 2), dtype=np.int64)
-    starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
-    ends = np.fromiter((o[1] for o in offsets), dtype=np.int64, count=len(offsets))
+    if text.isascii():
+        # One character is one byte and sits in exactly one token (or none, where a normalizer drops it): the
+        # tokens of a sentence run from the one holding its first character to the one holding its last.
+        # Two lookups a sentence, instead of every token's offsets.
+        first = [encoding.char_to_token(start) for start, _ in spans]
+        last = [encoding.char_to_token(end - 1) for _, end in spans]
+        if None not in first and None not in last:
+            token_spans = np.array([first, last], dtype=np.int64).T
+            token_spans[:, 1] += 1
+            return token_spans
+    offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
     chars = np.asarray(spans, dtype=np.int64)
     # A token belongs to a sentence if it ends after the sentence starts and starts before it ends
     # (a byte-level token such as "ĠHow" starts at the space before the sentence).
-    first = np.searchsorted(ends, chars[:, 0], side="right")
-    last = np.searchsorted(starts, chars[:, 1], side="left")
-    token_spans = np.stack([first, last], axis=1)
+    first_token = np.searchsorted(offsets[:, 1], chars[:, 0], side="right")
+    last_token = np.searchsorted(offsets[:, 0], chars[:, 1], side="left")
+    token_spans = np.stack([first_token, last_token], axis=1)
     return token_spans[token_spans[:, 1] > token_spans[:, 0]]
 
 

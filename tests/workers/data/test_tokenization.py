@@ -181,3 +181,48 @@ def test_a_base_tokenizer_is_copied_byte_for_byte_and_used_as_it_is(tmp_path: Pa
     assert meta["vocab_size"] == len(parent)
     tokens = np.fromfile(tmp_path / "child" / "train.bin", dtype=np.uint16)
     assert tokens.tolist() == [*parent(docs["train"][0])["input_ids"], parent.eos_token_id]
+
+
+# ASCII and not, odd whitespace, closing quotes, a control character a normalizer drops, an empty document.
+MIXED_DOCS = [
+    *DOCS * 40,
+    "  \tWhat say you, sir?  I say nothing at all.\r\nAnd then “I go.” Another sentence follows here.\n\n",
+    "Café society, naïve as ever! Then the emoji 😀 ends a line here\nand \x01control. Then one more sentence.",
+    "",
+    "short. x",
+]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        CharTokenizerSpec(type="char"),
+        BPETokenizerSpec(type="bpe", vocab_size=300),
+        WordPieceTokenizerSpec(type="wordpiece", vocab_size=300),
+        UnigramTokenizerSpec(type="unigram", vocab_size=300),
+    ],
+)
+def test_written_ids_and_sentence_offsets_match_each_documents_own_encoding(spec: object, tmp_path: Path) -> None:
+    """The writer (batched, encoding ahead, a shortcut for ASCII) writes what encoding each document alone gives:
+    its ids then end-of-text, and for each sentence the tokens that overlap it by the token offsets."""
+    from models.sentences import sentence_spans
+
+    tokenizer = train_tokenizer(spec, MIXED_DOCS)  # type: ignore[arg-type]
+    writer = TokenArrayWriter(tokenizer, tmp_path / "t.bin", sentences_path=tmp_path / "s.npy")
+    writer.add(iter(MIXED_DOCS), batch_docs=7)
+    writer.close()
+    backend = tokenizer.backend_tokenizer
+    backend.encode_special_tokens = True
+    eos = writer.eos
+    ids: list[int] = []
+    sentences: list[tuple[int, int]] = []
+    for doc in MIXED_DOCS:
+        enc = backend.encode(doc, add_special_tokens=False)
+        for start, end in sentence_spans(doc):
+            inside = [i for i, (a, b) in enumerate(enc.offsets) if b > start and a < end]
+            if inside:
+                sentences.append((len(ids) + inside[0], len(ids) + inside[-1] + 1))
+        ids += [*enc.ids, eos]
+    assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == ids
+    assert [tuple(s) for s in np.load(tmp_path / "s.npy").tolist()] == sentences
+    assert len(sentences) > 40
