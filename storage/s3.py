@@ -23,6 +23,7 @@ which boto3 reads itself. What each operation means here:
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -40,6 +41,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from storage.cache import BlobCache
+
+# boto3 says at INFO where it found credentials and the endpoint, once per client: noise in a worker's log.
+logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
+logging.getLogger("botocore.configprovider").setLevel(logging.WARNING)
 
 CHUNK_SIZE = 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024  # S3's smallest part is 5 MiB (except the last)
@@ -366,7 +371,11 @@ class S3BlobStore:
             def upload(path: Path) -> None:
                 object_key = self.object_key(f"{prefix}/{path.relative_to(folder).as_posix()}")
                 uploaded.append(object_key)
-                self.client.upload_file(str(path), self.bucket, object_key)
+                if path.stat().st_size < self.part_size:  # one PUT: no transfer manager set up for a small file
+                    with open(path, "rb") as fh:
+                        self.client.put_object(Bucket=self.bucket, Key=object_key, Body=fh)
+                else:
+                    self.client.upload_file(str(path), self.bucket, object_key)
 
             try:
                 with ThreadPoolExecutor(max_workers=8) as pool:
