@@ -147,7 +147,9 @@ def bench_store(kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_u
             f"{base}/v1/corpora", params={"name": "bench"}, content=file_chunks(corpus), headers=headers, timeout=3600
         )
         upload_s = time.perf_counter() - start
-        assert answer.status_code == 201, answer.text
+        if answer.status_code != 201:
+            log = _tail(work / f"{kind}-api.log")
+            raise RuntimeError(f"upload answered {answer.status_code}: {answer.text}\n{log}")
         corpus_id = answer.json()["id"]
         api_peak = peak_rss_mb(api.pid)
     finally:
@@ -172,6 +174,10 @@ def bench_store(kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_u
             moto.terminate()
             moto.wait(30)
     return result
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-4000:] if path.is_file() else ""
 
 
 def _boto_credentials() -> dict[str, str]:
@@ -252,7 +258,10 @@ def main() -> int:
         report["cp_seconds"] = cp_s
         report["cp_mb_per_s"] = args.mb / cp_s
         for kind in args.stores.split(","):
-            report["stores"][kind] = bench_store(kind, corpus, args.checkpoint_mb, work, args.redis_url)
+            try:
+                report["stores"][kind] = bench_store(kind, corpus, args.checkpoint_mb, work, args.redis_url)
+            except Exception as exc:  # noqa: BLE001 - reported, and the other store still runs
+                report["stores"][kind] = {"error": f"{type(exc).__name__}: {exc}"}
             print(kind, json.dumps(report["stores"][kind], indent=1), flush=True)
     finally:
         report["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -264,7 +273,7 @@ def main() -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "stores"}, indent=1))
     local = report["stores"].get("local")
-    if local:
+    if local and "error" not in local:
         print(
             f"local: API upload {local['upload_mb_per_s']:.0f} MB/s vs cp {report['cp_mb_per_s']:.0f} MB/s "
             f"(ratio {local['upload_mb_per_s'] / report['cp_mb_per_s']:.2f}, must be >= 0.5); "

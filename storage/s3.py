@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -45,6 +46,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from storage.cache import BlobCache
+
+# boto3 says at INFO where it found credentials and the endpoint, once per client: noise in a worker's log.
+logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
+logging.getLogger("botocore.configprovider").setLevel(logging.WARNING)
 
 CHUNK_SIZE = 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024  # S3's smallest part is 5 MiB (except the last)
@@ -373,7 +378,13 @@ class S3BlobStore:
                 object_key = self.object_key(f"{prefix}/{path.relative_to(folder).as_posix()}")
                 uploaded.append(object_key)
                 size, digest = path.stat().st_size, _sha256(path)
-                self.client.upload_file(str(path), self.bucket, object_key, ExtraArgs={"Metadata": {"sha256": digest}})
+                if size < self.part_size:  # one PUT: no transfer manager set up for a small file
+                    with open(path, "rb") as fh:
+                        self.client.put_object(Bucket=self.bucket, Key=object_key, Body=fh, Metadata={"sha256": digest})
+                else:
+                    self.client.upload_file(
+                        str(path), self.bucket, object_key, ExtraArgs={"Metadata": {"sha256": digest}}
+                    )
                 self.check_uploaded(object_key, size=size, sha256=digest)
 
             try:

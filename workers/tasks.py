@@ -122,6 +122,9 @@ def _prepare_worker(**_: Any) -> None:
     threads = get_settings().torch_threads
     if threads:
         torch.set_num_threads(threads)
+    # Make the blob store now: an object store's client takes boto3 seconds to set up on a busy machine, which
+    # must not be spent inside the first job's lease (a prefork child makes its own, see get_blob_store).
+    get_blob_store()
 
 
 def worker_identity() -> str:
