@@ -16,6 +16,7 @@ from starlette.routing import compile_path
 from api.middleware import security_headers
 from selfsup.settings import get_settings
 from selfsup.spec import UNION_TAGS
+from storage.blobs import BlobStoreUnavailable
 
 log = logging.getLogger("selfsup.api")
 
@@ -153,6 +154,13 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=headers or None,
         )
+
+    @app.exception_handler(BlobStoreUnavailable)
+    async def _blob_store_unavailable(_: Request, exc: BlobStoreUnavailable) -> JSONResponse:
+        # An object store's outage or throttling is not the client's fault, nor a bug: retry later.
+        log.warning("blob store unavailable: %s", exc)
+        body = error_body("unavailable", "the blob store is unavailable; nothing was kept, retry shortly")
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -28,6 +28,11 @@ CHUNK_SIZE = 1024 * 1024
 Verify = Callable[[Path], str | None]
 
 
+class BlobStoreUnavailable(RuntimeError):
+    """The blob store did not answer or refused a request (an object store's outage or throttling): the caller can
+    retry later; nothing was kept of a write that raised it."""
+
+
 class BlobStore(Protocol):
     """What selfsup needs from storage for files; `LocalBlobStore` implements it, an object store could.
 

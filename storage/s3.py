@@ -43,13 +43,15 @@ from typing import Any, BinaryIO, cast
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from storage.blobs import BlobStoreUnavailable
 from storage.cache import BlobCache
 
 # boto3 says at INFO where it found credentials and the endpoint, once per client: noise in a worker's log.
 logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
 logging.getLogger("botocore.configprovider").setLevel(logging.WARNING)
+log = logging.getLogger("selfsup.storage")
 
 CHUNK_SIZE = 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024  # S3's smallest part is 5 MiB (except the last)
@@ -134,7 +136,15 @@ class _MultipartWriter:
     def abort(self) -> None:
         self._stop_sender()
         if self.upload_id is not None:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            except ClientError as exc:
+                # Already gone (completed or aborted by a retried request): nothing is left to abort. Any other
+                # refusal leaves the parts to the sweeper, which aborts stale multipart uploads.
+                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                    log.warning("could not abort the multipart upload of %s: %s", self.key, exc)
+            except BotoCoreError as exc:
+                log.warning("could not abort the multipart upload of %s: %s", self.key, exc)
 
     def _stop_sender(self) -> None:
         if self.sender is not None:
@@ -246,11 +256,10 @@ class S3BlobStore:
         out = _MultipartWriter(self.client, self.bucket, self.object_key(key), self.part_size)
         try:
             yield cast(BinaryIO, out)
-        except BaseException:
-            out.abort()
-            raise
-        try:
             out.complete()
+        except (BotoCoreError, ClientError) as exc:
+            out.abort()
+            raise BlobStoreUnavailable(f"the object store refused writing {key}: {exc}") from exc
         except BaseException:
             out.abort()
             raise
@@ -263,7 +272,9 @@ class S3BlobStore:
         except ClientError as exc:
             if _is_missing(exc):
                 raise FileNotFoundError(key) from exc
-            raise
+            raise BlobStoreUnavailable(f"the object store refused reading {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise BlobStoreUnavailable(f"the object store did not answer reading {key}: {exc}") from exc
         raw = _ObjectReader(self.client, self.bucket, self.object_key(key), answer["Body"], answer["ContentLength"])
         return cast(BinaryIO, io.BufferedReader(raw, buffer_size=CHUNK_SIZE))
 
@@ -285,7 +296,9 @@ class S3BlobStore:
                 raise FileNotFoundError(key) from exc
             if exc.response.get("Error", {}).get("Code") == "InvalidRange":  # starts past the end: nothing
                 return iter(())
-            raise
+            raise BlobStoreUnavailable(f"the object store refused reading {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise BlobStoreUnavailable(f"the object store did not answer reading {key}: {exc}") from exc
         return _chunks(body, chunk_size)
 
     def exists(self, key: str) -> bool:

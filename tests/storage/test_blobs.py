@@ -230,3 +230,33 @@ def test_a_staged_folder_is_verified_in_the_store_and_a_local_copy_is_checked(st
     release_all()
     again = store.local_copy("checkpoints/j/v000001-aa", verify=check)
     assert (again / "model.safetensors").read_bytes() == weights
+
+
+def test_an_object_store_that_does_not_answer_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    """An outage (nothing listening at the endpoint) surfaces as BlobStoreUnavailable, which the API answers with a
+    503 and Retry-After, for writes (small and multipart) and reads alike; the writer keeps nothing locally."""
+    import boto3
+    from botocore.config import Config
+
+    from storage.blobs import BlobStoreUnavailable
+    from storage.s3 import S3BlobStore
+    from tests.conftest import S3_ENV
+    from tests.service import free_port
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        region_name=S3_ENV["AWS_REGION"],
+        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1),  # no waiting out botocore's retries
+    )
+    store = S3BlobStore("gone", "", cache=BlobCache(tmp_path / "cache"), part_size=5 * MIB, client=client)
+    for size in (10, 6 * MIB):
+        with pytest.raises(BlobStoreUnavailable), store.writer("corpora/cor_1/upload") as out:
+            out.write(b"x" * size)
+    with pytest.raises(BlobStoreUnavailable):
+        store.open("corpora/cor_1/upload")
+    with pytest.raises(BlobStoreUnavailable):
+        list(store.open_range("corpora/cor_1/upload", 0, 5))
+    assert not any((tmp_path / "cache").rglob("*.tmp*"))
