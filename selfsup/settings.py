@@ -92,6 +92,18 @@ class Settings(BaseSettings):
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
 
     torch_threads: int | None = Field(default=None, ge=1, description="torch threads in a training worker.")
+    device_peak_flops: float | None = Field(
+        default=None,
+        gt=0,
+        description="Peak FLOP/s the `mfu` metric is measured against, overriding selfsup/hardware.py's table "
+        "(a CPU has no entry: set this to record `mfu` there).",
+    )
+    compile_backend: str = Field(
+        default="inductor",
+        min_length=1,
+        description="The torch.compile backend of jobs that compile (training.compile); `aot_eager` traces and "
+        "checks without generating code (for debugging, and for tests on slow machines).",
+    )
     trainer_keep_freed_memory: bool = Field(
         default=True, description="A training worker's malloc keeps freed memory (fewer page faults per step)."
     )

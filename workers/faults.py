@@ -4,7 +4,9 @@ Set `SELFSUP_FAULT_INJECTION` (refused in production) to one of:
 - `raise_at_step:N`: raise after step N, every run (a job that always crashes);
 - `exit_at_step:N`: kill the worker process after step N, once per job;
 - `exit_before_checkpoint_rename:V`: kill the worker after checkpoint version V is written but before it
-  is renamed into place, once per job.
+  is renamed into place, once per job;
+- `compile_error`: `torch.compile` gets a backend that fails, as a broken compiler toolchain would (the job
+  must go on eager).
 "Once" is remembered by a marker file in the data directory, so the resumed run goes through.
 A suffix `@NAME` limits the fault to jobs called NAME, so a clean reference job can run beside it.
 """
@@ -12,8 +14,10 @@ A suffix `@NAME` limits the fault to jobs called NAME, so a clean reference job 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class InjectedFault(RuntimeError):
@@ -36,7 +40,7 @@ class Faults:
         if not spec or (only and only != job_name):
             return cls(None, 0, job_id, marker_dir)
         kind, _, value = spec.partition(":")
-        if kind not in ("raise_at_step", "exit_at_step", "exit_before_checkpoint_rename"):
+        if kind not in ("raise_at_step", "exit_at_step", "exit_before_checkpoint_rename", "compile_error"):
             raise ValueError(f"unknown fault {spec!r}")
         return cls(kind, int(value or 0), job_id, marker_dir)
 
@@ -61,3 +65,13 @@ class Faults:
         """Called when a checkpoint's files are written and fsynced, before the rename."""
         if self.kind == "exit_before_checkpoint_rename" and version == self.value and self._first_time():
             os._exit(137)
+
+    def compile_backend(self, configured: str) -> str | Callable[..., Any]:
+        """The `torch.compile` backend to use: the configured one, or under `compile_error` one that fails."""
+        if self.kind != "compile_error":
+            return configured
+
+        def failing_backend(graph: Any, example_inputs: Any) -> Any:
+            raise InjectedFault("injected compile failure")
+
+        return failing_backend
