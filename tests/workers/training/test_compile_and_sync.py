@@ -11,8 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from models import build
 from models.build import SpecialTokenIds
-from selfsup.spec import JobSpec
+from selfsup.spec import JobSpec, ModelSpec
 from workers.data.token_arrays import TokenArrays
 from workers.training import compiling
 from workers.training.trainer import Trainer, TrainingDiverged
@@ -125,3 +126,16 @@ def test_the_spec_takes_true_false_or_auto_for_compile() -> None:
     assert _spec(compile=False).training.compile is False
     with pytest.raises(ValueError, match="compile"):
         _spec(compile="sometimes")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "roberta", "t5"])
+def test_every_family_attends_with_sdpa(family: str) -> None:
+    spec = ModelSpec(family=family, layers=1, heads=2, width=32, context_length=16)
+    special = SpecialTokenIds(eos=0, pad=1, bos=2)
+    if family in ("gpt2", "llama"):
+        model = build.build_causal_lm(spec, vocab_size=52, special=special)
+    elif family == "t5":
+        model = build.build_seq2seq(spec, vocab_size=52, special=special)
+    else:
+        model = build.build_encoder(spec, vocab_size=52, special=special, head=True)
+    assert model.config._attn_implementation == "sdpa"
