@@ -62,7 +62,7 @@ def build_causal_lm(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenId
         return generating_within_context(
             spec,
             GPT2LMHeadModel(
-                GPT2Config(
+                GPT2Config(  # type: ignore[call-arg]  # attn_implementation: a PretrainedConfig keyword
                     vocab_size=vocab_size,
                     n_positions=spec.context_length,
                     n_embd=spec.width,
@@ -83,7 +83,7 @@ def build_causal_lm(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenId
         return generating_within_context(
             spec,
             LlamaForCausalLM(
-                LlamaConfig(
+                LlamaConfig(  # type: ignore[call-arg]
                     vocab_size=vocab_size,
                     hidden_size=spec.width,
                     intermediate_size=swiglu_width(spec.width),
