@@ -247,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     backend = "inductor" if device.type == "cuda" else "aot_eager"
     env = {"SELFSUP_COMPILE_BACKEND": backend, "SELFSUP_CONTROL_INTERVAL_SECONDS": "1.0", "SELFSUP_LEASE_SECONDS": "60"}
     env["SELFSUP_MAX_UPLOAD_BYTES"] = str(64 * 1024 * 1024)
+    # The same torch thread count on both sides (the test settings' default is 1); on a small CPU one thread
+    # each, so neither side's OpenMP threads fight other work for the cores.
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    env["SELFSUP_TORCH_THREADS"] = str(torch.get_num_threads())
     if device.type == "cpu":
         ceiling = measure_matmul_flops(threads=torch.get_num_threads())
         env["SELFSUP_DEVICE_PEAK_FLOPS"] = str(ceiling)
