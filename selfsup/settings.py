@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         description="Peak FLOP/s the `mfu` metric is measured against, overriding selfsup/hardware.py's table "
         "(a CPU has no entry: set this to record `mfu` there).",
     )
+    compile_auto_min_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="training.compile: auto compiles when the rest of a run, at its measured eager speed, would "
+        "take at least this long.",
+    )
     compile_backend: str = Field(
         default="inductor",
         min_length=1,

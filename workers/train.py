@@ -618,7 +618,9 @@ class JobRun:
     def _compile_if_it_pays(self, step_seconds: float) -> None:
         """`auto`'s decision, from the eager steps of the window just logged."""
         remaining = self.spec.training.max_steps - self.trainer.step
-        choice = compiling.choose_after_measuring(step_seconds, remaining_steps=remaining)
+        choice = compiling.choose_after_measuring(
+            step_seconds, remaining_steps=remaining, min_seconds=self.settings.compile_auto_min_seconds
+        )
         self.compile_pending = False
         if choice.compile:
             with self.window.off_the_clock():

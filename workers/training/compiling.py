@@ -62,14 +62,16 @@ def choose_at_start(setting: Setting, device: torch.device, *, remaining_steps: 
     return CompileChoice(None, "auto: measuring the first eager steps")
 
 
-def choose_after_measuring(step_seconds: float, *, remaining_steps: int) -> CompileChoice:
+def choose_after_measuring(
+    step_seconds: float, *, remaining_steps: int, min_seconds: float = AUTO_MIN_REMAINING_SECONDS
+) -> CompileChoice:
     """`auto`'s choice from the measured eager speed: compile if the rest of the run would take at least
-    `AUTO_MIN_REMAINING_SECONDS`."""
+    `min_seconds` (SELFSUP_COMPILE_AUTO_MIN_SECONDS, default `AUTO_MIN_REMAINING_SECONDS`)."""
     remaining = step_seconds * remaining_steps
-    verdict = "on" if remaining >= AUTO_MIN_REMAINING_SECONDS else "off"
+    verdict = "on" if remaining >= min_seconds else "off"
     relation = "at least" if verdict == "on" else "under"
     return CompileChoice(
         verdict == "on",
         f"{verdict} (auto: {remaining_steps} steps to go at {step_seconds:.3g} s/step eager is about "
-        f"{remaining:.0f} s, {relation} the {AUTO_MIN_REMAINING_SECONDS:.0f} s that pays back a compile warm-up)",
+        f"{remaining:.0f} s, {relation} the {min_seconds:.0f} s that pays back a compile warm-up)",
     )

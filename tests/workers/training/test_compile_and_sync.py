@@ -118,6 +118,7 @@ def test_auto_compiles_only_runs_long_enough_to_pay_back_the_warm_up() -> None:
     long = after(0.2, remaining_steps=5_000)  # 1,000 s to go
     assert long.compile is True and "1000 s" in long.reason
     assert after(compiling.AUTO_MIN_REMAINING_SECONDS / 1000, remaining_steps=1000).compile is True
+    assert after(0.2, remaining_steps=5_000, min_seconds=2_000).compile is False  # SELFSUP_COMPILE_AUTO_MIN_SECONDS
 
 
 def test_the_spec_takes_true_false_or_auto_for_compile() -> None:
