@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:
 
 from models.build import build_causal_lm  # noqa: E402
 from models.windows import gather_windows, sample_window_offsets  # noqa: E402
+from selfsup.estimate import flops_per_token, parameter_count  # noqa: E402
 from selfsup.processes import keep_freed_memory  # noqa: E402
 from selfsup.spec import JobSpec  # noqa: E402
 from tests.factories import SHAKESPEARE, submit_job, upload_corpus, wait_for_corpus  # noqa: E402
@@ -153,15 +154,36 @@ def cpu_usage(start: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
     }
 
 
-def job_spec(corpus_id: str, steps: int) -> dict[str, Any]:
-    """The benchmark job: a character-level GPT-2 in fp32, one evaluation batch and one checkpoint at the end."""
+def measure_matmul_flops(*, threads: int, size: int = 1024, seconds: float = 2.0) -> float:
+    """This machine's fp32 matmul ceiling on `threads` threads: FLOP/s of back-to-back square matmuls, the
+    best of several short rounds (the peak a CPU's MFU is measured against)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)  # first-call overheads
+        best, deadline = 0.0, time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            for _ in range(4):
+                torch.mm(a, b)
+            best = max(best, 4 * 2 * size**3 / (time.perf_counter() - started))
+        return best
+    finally:
+        torch.set_num_threads(previous)
+
+
+def job_spec(corpus_id: str, steps: int, *, family: str = "gpt2", compile: bool = False) -> dict[str, Any]:
+    """The benchmark job: a character-level GPT-2 (or Llama) in fp32, one evaluation batch and one checkpoint at
+    the end; `compile` is the job's `training.compile` (the plain loop never compiles)."""
     return {
         "name": "bench-train-throughput",
         "corpus_ids": [corpus_id],
         "objective": {"type": "causal_lm"},
         "tokenizer": {"type": "char"},
-        "model": {"family": "gpt2", "layers": 4, "heads": 4, "width": 128, "context_length": 64},
+        "model": {"family": family, "layers": 4, "heads": 4, "width": 128, "context_length": 64},
         "training": {
+            "compile": compile,
             "max_steps": steps,
             "batch_size": 12,
             "grad_accum_steps": 1,
@@ -209,6 +231,7 @@ class ServiceResult:
     cpu_whole_job: dict[str, float]
     # Over the same interval as `cpu` (which ends with the final evaluation and checkpoint).
     trainer_page_faults_per_step: float
+    compile_seconds: float | None = None  # the warm-up of a compiled job (left out of tokens_per_second)
 
 
 @dataclass
@@ -295,7 +318,9 @@ def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def run_service(home: Path, *, steps: int, threads: int) -> tuple[ServiceResult, np.ndarray, dict[str, Any]]:
+def run_service(
+    home: Path, *, steps: int, threads: int, family: str = "gpt2", compile: bool = False
+) -> tuple[ServiceResult, np.ndarray, dict[str, Any]]:
     """Train the benchmark job on a fresh service; return its figures, the train tokens and the dataset meta.
 
     The train tokens are copied out of the service's home before the service stops, so the plain loop
@@ -318,7 +343,7 @@ def run_service(home: Path, *, steps: int, threads: int) -> tuple[ServiceResult,
                 return CpuSnapshot.take(trainer_pid=trainer_pid, service_pids=service_pids)
 
             submitted = snapshot()
-            job = submit_job(client, job_spec(corpus["id"], steps))
+            job = submit_job(client, job_spec(corpus["id"], steps, family=family, compile=compile))
             job_id = job["id"]
             # Taken at the first poll past the warm-up and at the poll that sees the end, so the interval also
             # holds the final evaluation, the checkpoint and up to one poll interval of idle: trainer_cores
@@ -342,6 +367,7 @@ def run_service(home: Path, *, steps: int, threads: int) -> tuple[ServiceResult,
             response = client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "tokens_per_second"})
             response.raise_for_status()
             rates = response.json()["data"]
+            compiled = client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "compile_seconds"}).json()["data"]
         meta, tokens = _read_dataset(home)
     finally:
         service.stop()
@@ -371,6 +397,7 @@ def run_service(home: Path, *, steps: int, threads: int) -> tuple[ServiceResult,
         trainer_page_faults_per_step=(steady_cpu[-1].trainer_page_faults - steady_cpu[0].trainer_page_faults)
         / max(1, steady_steps_at[-1] - steady_steps_at[0]),
         cpu_whole_job=cpu_usage(submitted, steady_cpu[-1]),
+        compile_seconds=float(compiled[0]["value"]) if compiled else None,
     )
     return result, tokens, meta
 
@@ -389,7 +416,13 @@ def _read_dataset(home: Path) -> tuple[dict[str, Any], np.ndarray]:
 
 
 def run_plain(
-    tokens: np.ndarray, meta: dict[str, Any], *, steps: int, threads: int, keep_memory: bool = True
+    tokens: np.ndarray,
+    meta: dict[str, Any],
+    *,
+    steps: int,
+    threads: int,
+    keep_memory: bool = True,
+    family: str = "gpt2",
 ) -> PlainResult:
     """The same model, optimizer and batches in a bare loop; times steps after the warm-up exclusion.
 
@@ -400,7 +433,7 @@ def run_plain(
     if keep_memory:
         keep_freed_memory()
     torch.set_num_threads(threads)
-    spec = JobSpec.model_validate(job_spec("cor_bench", steps))
+    spec = JobSpec.model_validate(job_spec("cor_bench", steps, family=family))
     training, context = spec.training, spec.model.context_length
     window = context + 1
     torch.manual_seed(training.seed)
@@ -468,11 +501,12 @@ def _load_dataset(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return np.fromfile(folder / "train.bin", dtype=meta["dtype"]), meta
 
 
-def run_plain_process(dataset: Path, *, steps: int, threads: int, keep_memory: bool) -> PlainResult:
+def run_plain_process(dataset: Path, *, steps: int, threads: int, keep_memory: bool, family: str) -> PlainResult:
     """`run_plain` in a fresh Python process, as the service's trainer is one: neither side inherits a
     heap, page mappings or thread pools from earlier runs."""
     command = [sys.executable, str(Path(__file__).resolve()), "--steps", str(steps), "--threads", str(threads)]
-    command += ["--plain-child", str(dataset)] + ([] if keep_memory else ["--plain-glibc-defaults"])
+    command += ["--plain-child", str(dataset), "--family", family]
+    command += [] if keep_memory else ["--plain-glibc-defaults"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"plain loop failed ({done.returncode}):\n{done.stderr[-5000:]}")
@@ -496,6 +530,12 @@ def machine(threads: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": threads,
     }
+
+
+def _flops_per_token(family: str, vocab_size: int, steps: int) -> int:
+    """Training FLOPs per token of the benchmark model (selfsup/estimate.py's formula, exact parameters)."""
+    spec = JobSpec.model_validate(job_spec("cor_bench", steps, family=family))
+    return flops_per_token(spec.model, parameter_count(spec.model, vocab_size=vocab_size))
 
 
 def render_table(report: dict[str, Any]) -> str:
@@ -540,6 +580,9 @@ def render_table(report: dict[str, Any]) -> str:
         ("torch / threads", f"{m['torch']} / {m['threads']}"),
         ("steps", str(report["steps"])),
         ("load avg before / after", f"{report['loadavg_before']} / {report['loadavg_after']}"),
+        ("fp32 matmul ceiling", f"{report['fp32_matmul_ceiling_flops'] / 1e9:,.1f} GFLOP/s"),
+        ("MFU service / plain (vs that ceiling)", f"{report['mfu_service']:.1%} / {report['mfu_plain']:.1%}"),
+        ("service compile warm-up (s)", ", ".join(f"{s:.0f}" for s in report["service_compile_seconds"] if s)),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
@@ -556,6 +599,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the plain loop with glibc's malloc defaults instead of the training worker's setting",
     )
+    parser.add_argument("--family", choices=["gpt2", "llama"], default="gpt2", help="the causal family (default gpt2)")
+    parser.add_argument(
+        "--compile", action="store_true", help="the service job sets training.compile: true (the plain loop: eager)"
+    )
     parser.add_argument("--plain-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--keep-home", action="store_true", help="keep each run's SELFSUP_HOME (service log, DB)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/...-<date>.json)")
@@ -567,12 +614,14 @@ def main(argv: list[str] | None = None) -> int:
     keep = not args.plain_glibc_defaults
     if args.plain_child:  # one plain-loop run in this fresh process, for run_plain_process
         tokens, meta = _load_dataset(args.plain_child)
-        result = run_plain(tokens, meta, steps=args.steps, threads=args.threads, keep_memory=keep)
+        result = run_plain(tokens, meta, steps=args.steps, threads=args.threads, keep_memory=keep, family=args.family)
         print(json.dumps(asdict(result)))
         return 0
     out: Path = args.out or REPO / "bench" / "results" / f"train_throughput-{datetime.now():%Y%m%d-%H%M%S}.json"
 
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
+    ceiling = measure_matmul_flops(threads=args.threads)
+    print(f"fp32 matmul ceiling on {args.threads} threads: {ceiling / 1e9:,.1f} GFLOP/s", flush=True)
     repetitions: list[Repetition] = []
     with tempfile.TemporaryDirectory(prefix="selfsup-bench-") as scratch:
         dataset: Path | None = None
@@ -584,11 +633,15 @@ def main(argv: list[str] | None = None) -> int:
             if plain_first:
                 assert dataset is not None
                 print(f"{tag} plain loop ...", flush=True)
-                plain = run_plain_process(dataset, steps=args.steps, threads=args.threads, keep_memory=keep)
+                plain = run_plain_process(
+                    dataset, steps=args.steps, threads=args.threads, keep_memory=keep, family=args.family
+                )
             print(f"{tag} service: {args.steps} steps on {args.threads} threads ...", flush=True)
             tmp = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
             try:
-                service, tokens, meta = run_service(tmp / "home", steps=args.steps, threads=args.threads)
+                service, tokens, meta = run_service(
+                    tmp / "home", steps=args.steps, threads=args.threads, family=args.family, compile=args.compile
+                )
             finally:
                 if args.keep_home:
                     print(f"{tag} kept {tmp / 'home'}", flush=True)
@@ -597,7 +650,9 @@ def main(argv: list[str] | None = None) -> int:
             dataset = dataset or save_dataset(Path(scratch) / "dataset", tokens, meta)
             if not plain_first:
                 print(f"{tag} plain loop ...", flush=True)
-                plain = run_plain_process(dataset, steps=args.steps, threads=args.threads, keep_memory=keep)
+                plain = run_plain_process(
+                    dataset, steps=args.steps, threads=args.threads, keep_memory=keep, family=args.family
+                )
             repetitions.append(Repetition(service=service, plain=plain, plain_first=plain_first))
             print(
                 f"{tag} service {service.steady_tokens_per_second:,.0f} tok/s, "
@@ -611,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "steps": args.steps,
         "warmup_steps_excluded": WARMUP_STEPS_EXCLUDED,
-        "job_spec": job_spec("<corpus>", args.steps),
+        "job_spec": job_spec("<corpus>", args.steps, family=args.family, compile=args.compile),
         "machine": machine(args.threads),
         "plain_keeps_freed_memory": keep,
         "loadavg_before": loadavg_before,
@@ -630,7 +685,13 @@ def main(argv: list[str] | None = None) -> int:
             r.service.steady_tokens_per_second for r in repetitions
         ),
         "median_plain_tokens_per_second": statistics.median(r.plain.tokens_per_second for r in repetitions),
+        "fp32_matmul_ceiling_flops": ceiling,
     }
+    per_token = _flops_per_token(args.family, repetitions[0].service.vocab_size, args.steps)
+    report["flops_per_token"] = per_token
+    report["mfu_service"] = report["median_service_steady_tokens_per_second"] * per_token / ceiling
+    report["mfu_plain"] = report["median_plain_tokens_per_second"] * per_token / ceiling
+    report["service_compile_seconds"] = [r.service.compile_seconds for r in repetitions]
     print()
     print(render_table(report))
     out.parent.mkdir(parents=True, exist_ok=True)

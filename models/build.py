@@ -31,6 +31,10 @@ from transformers import (
 
 from selfsup.spec import ModelSpec
 
+# PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels on CUDA) in every family:
+# faster than the eager softmax(QK^T)V, and the same function, so a checkpoint loads with any implementation.
+ATTENTION = "sdpa"
+
 
 @dataclass(frozen=True)
 class SpecialTokenIds:
@@ -61,7 +65,7 @@ def build_causal_lm(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenId
         return generating_within_context(
             spec,
             GPT2LMHeadModel(
-                GPT2Config(
+                GPT2Config(  # type: ignore[call-arg]  # attn_implementation: a PretrainedConfig keyword
                     vocab_size=vocab_size,
                     n_positions=spec.context_length,
                     n_embd=spec.width,
@@ -74,6 +78,7 @@ def build_causal_lm(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenId
                     eos_token_id=special.eos,
                     pad_token_id=pad,
                     tie_word_embeddings=True,
+                    attn_implementation=ATTENTION,
                 )
             ),
         )
@@ -81,7 +86,7 @@ def build_causal_lm(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenId
         return generating_within_context(
             spec,
             LlamaForCausalLM(
-                LlamaConfig(
+                LlamaConfig(  # type: ignore[call-arg]
                     vocab_size=vocab_size,
                     hidden_size=spec.width,
                     intermediate_size=swiglu_width(spec.width),
@@ -95,6 +100,7 @@ def build_causal_lm(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenId
                     eos_token_id=special.eos,
                     pad_token_id=pad,
                     tie_word_embeddings=True,
+                    attn_implementation=ATTENTION,
                 )
             ),
         )
@@ -115,6 +121,7 @@ def build_encoder(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenIds,
         attention_probs_dropout_prob=spec.dropout,
         pad_token_id=special.pad,
         tie_word_embeddings=True,
+        attn_implementation=ATTENTION,
     )
     if spec.family == "bert":
         bert = BertConfig(max_position_embeddings=spec.context_length, type_vocab_size=2, **shape)
@@ -156,6 +163,7 @@ def build_seq2seq(spec: ModelSpec, *, vocab_size: int, special: SpecialTokenIds)
                 eos_token_id=special.eos,
                 # T5 starts decoding from the padding token; `labels=` shifts right with it.
                 decoder_start_token_id=special.pad,
+                attn_implementation=ATTENTION,
             )
         ),
     )

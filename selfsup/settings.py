@@ -121,6 +121,24 @@ class Settings(BaseSettings):
         description="Devices a gpu worker trains on; it claims only jobs with that many resources.devices or fewer. "
         "Default: the CUDA devices it sees, or 1 on the CPU.",
     )
+    device_peak_flops: float | None = Field(
+        default=None,
+        gt=0,
+        description="Peak FLOP/s the `mfu` metric is measured against, overriding selfsup/hardware.py's table "
+        "(a CPU has no entry: set this to record `mfu` there).",
+    )
+    compile_auto_min_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="training.compile: auto compiles when the rest of a run, at its measured eager speed, would "
+        "take at least this long.",
+    )
+    compile_backend: str = Field(
+        default="inductor",
+        min_length=1,
+        description="The torch.compile backend of jobs that compile (training.compile); `aot_eager` traces and "
+        "checks without generating code (for debugging, and for tests on slow machines).",
+    )
     trainer_keep_freed_memory: bool = Field(
         default=True, description="A training worker's malloc keeps freed memory (fewer page faults per step)."
     )

@@ -155,6 +155,11 @@ class TrainingSpec(StrictModel):
     grad_clip: float = Field(default=1.0, ge=0.0, description="Max global gradient norm; 0 disables clipping.")
     seed: int = Field(default=1337, ge=0, le=2**63 - 1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool | Literal["auto"] = Field(
+        default="auto",
+        description="torch.compile the model's forward: true, false, or auto (on once the first steps show the "
+        "rest of the run would take long enough to pay back the warm-up; see workers/training/compiling.py).",
+    )
     max_runtime_seconds: float | None = Field(
         default=None, gt=0, description="Checkpoint and fail the job once it has trained this long."
     )

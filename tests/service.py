@@ -29,6 +29,8 @@ TEST_SETTINGS = {
     "SELFSUP_LEASE_SECONDS": "10",
     "SELFSUP_RECONCILE_INTERVAL_SECONDS": "2",
     "SELFSUP_TORCH_THREADS": "1",
+    # Long test jobs (100,000 steps, cancelled) must not stop for a compile warm-up: `auto` never compiles here.
+    "SELFSUP_COMPILE_AUTO_MIN_SECONDS": "1e12",
     "SELFSUP_STREAM_POLL_SECONDS": "0.25",
     # Keys' last uses are written every half second (tests/api/test_keys.py waits for one).
     "SELFSUP_KEY_LAST_USED_FLUSH_SECONDS": "0.5",

@@ -7,6 +7,8 @@ Set `SELFSUP_FAULT_INJECTION` (refused in production) to one of:
   is renamed into place, once per job;
 - `kill_rank_at_step:N`: SIGKILL rank 1 of a job on several devices after step N, once per job (the
   others see a dead peer, as when a GPU process crashes).
+- `compile_error`: `torch.compile` gets a backend that fails, as a broken compiler toolchain would (the job
+  must go on eager).
 "Once" is remembered by a marker file in the data directory, so the resumed run goes through.
 A suffix `@NAME` limits the fault to jobs called NAME, so a clean reference job can run beside it.
 """
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class InjectedFault(RuntimeError):
@@ -41,7 +45,8 @@ class Faults:
         if not spec or (only and only != job_name):
             return cls(None, 0, job_id, marker_dir, rank)
         kind, _, value = spec.partition(":")
-        if kind not in ("raise_at_step", "exit_at_step", "exit_before_checkpoint_rename", "kill_rank_at_step"):
+        known = ("raise_at_step", "exit_at_step", "exit_before_checkpoint_rename", "kill_rank_at_step", "compile_error")
+        if kind not in known:
             raise ValueError(f"unknown fault {spec!r}")
         return cls(kind, int(value or 0), job_id, marker_dir, rank)
 
@@ -68,3 +73,13 @@ class Faults:
         """Called when a checkpoint's files are written and fsynced, before the rename."""
         if self.kind == "exit_before_checkpoint_rename" and version == self.value and self._first_time():
             os._exit(137)
+
+    def compile_backend(self, configured: str) -> str | Callable[..., Any]:
+        """The `torch.compile` backend to use: the configured one, or under `compile_error` one that fails."""
+        if self.kind != "compile_error":
+            return configured
+
+        def failing_backend(graph: Any, example_inputs: Any) -> Any:
+            raise InjectedFault("injected compile failure")
+
+        return failing_backend

@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, assert_never
 
+import torch
 from safetensors.torch import load_model
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.build import count_parameters
+from selfsup.estimate import flops_per_token
+from selfsup.hardware import model_flops_utilisation, peak_flops
 from selfsup.settings import Settings
 from selfsup.spec import JobSpec, heldout_metric_names
 from storage import crud
@@ -40,6 +43,7 @@ from workers.data.datasets import TOKENIZER_DIR, dataset_meta, open_token_arrays
 from workers.data.heldout import heldout_key, open_heldout, tokenizer_sha256
 from workers.data.token_arrays import verify_token_folder
 from workers.faults import Faults
+from workers.training import compiling
 from workers.training.checkpointing import (
     LINEAGE_FILE,
     CheckpointRecord,
@@ -228,6 +232,23 @@ def open_trainer(
         return trainer, meta
     except (ValueError, FileNotFoundError, CacheError) as exc:
         raise CannotTrain(f"cannot start training: {exc}") from exc
+
+
+def _device_peak_flops(trainer: Trainer, settings: Settings) -> float | None:
+    """The peak FLOP/s `mfu` is measured against (selfsup/hardware.py), None where none is known."""
+    device = trainer.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return peak_flops(name, "bf16" if trainer.bf16 else "tf32", override=settings.device_peak_flops)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause of an error, in one line (torch wraps a compiler's error in its own, several deep)."""
+    root = exc
+    # dynamo's BackendCompilerFailed keeps the backend's error as `inner_exception`, not as the cause.
+    while (inner := root.__cause__ or getattr(root, "inner_exception", None)) is not None:
+        root = inner
+    lines = [line for line in str(root).splitlines() if line.strip()]
+    return f"{type(root).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def _early_stopping(spec: JobSpec, trainer: Trainer, job_id: str) -> EarlyStopping | None:
@@ -562,6 +583,7 @@ class JobRun:
         # Rank 0 of a job on several devices runs this, the other ranks follow it (`workers/distributed.py`).
         self.ranks = ranks
         self.owner = owner
+        self.settings = settings
         self.store = store
         self.should_stop = should_stop
         self.lease = Lease(job.id, owner)
@@ -626,6 +648,58 @@ class JobRun:
             init_from=self.init_from,
         )
         self.early_stopping = _early_stopping(self.spec, self.trainer, self.job.id)
+        self.flops_per_token = flops_per_token(self.spec.model, count_parameters(self.trainer.model))
+        self.peak_flops = _device_peak_flops(self.trainer, self.settings)
+        self._compile_at_start()
+        self.window = ThroughputWindow()  # set-up and a compile warm-up are not training time
+
+    # torch.compile (training.compile; the rule for `auto` is workers/training/compiling.py's)
+
+    def _compile_at_start(self) -> None:
+        """Compile now (`true`), never, or once `auto` has measured the first steps; says which in an event."""
+        setting, remaining = self.spec.training.compile, self.spec.training.max_steps - self.trainer.step
+        choice = compiling.choose_at_start(
+            setting, self.trainer.device, remaining_steps=remaining, devices=self.ranks.world
+        )
+        self.compile_pending = choice.compile is None
+        if choice.compile:
+            self._compile(choice.reason)
+        elif choice.compile is False and setting is not False:  # `false` asked for exactly this: no event
+            self.lease.add_event("compile", f"compile {choice.reason}")
+
+    def _compile_if_it_pays(self, step_seconds: float) -> None:
+        """`auto`'s decision, from the eager steps of the window just logged."""
+        remaining = self.spec.training.max_steps - self.trainer.step
+        choice = compiling.choose_after_measuring(
+            step_seconds, remaining_steps=remaining, min_seconds=self.settings.compile_auto_min_seconds
+        )
+        self.compile_pending = False
+        if choice.compile:
+            with self.window.off_the_clock():
+                self._compile(choice.reason)
+        else:
+            self.lease.add_event("compile", f"compile {choice.reason}")
+
+    def _compile(self, reason: str) -> None:
+        """Compile and warm up the forward; if that fails, train on eager and say why (the job goes on)."""
+        try:
+            with lease_kept(self.lease, self.settings):  # a warm-up can outlast the lease many times over
+                seconds = self.trainer.compile_forward(
+                    backend=self.faults.compile_backend(self.settings.compile_backend)
+                )
+        except LeaseLost:
+            raise
+        except Exception as exc:  # dynamo and inductor fail in many ways (C++ errors, unsupported ops): eager works
+            log.warning("job %s: torch.compile failed; training eager", self.job.id, exc_info=True)
+            self.lease.add_event(
+                "compile_failed", f"compile {reason} failed, training eager instead: {_root_cause(exc)}"
+            )
+            return
+        self.control.record(self.trainer.step, {"compile_seconds": seconds})
+        self.lease.add_event(
+            "compiled",
+            f"compile {reason}: warm-up {seconds:.1f} s at step {self.trainer.step}, not counted in tokens_per_second",
+        )
 
     def _start_from_base(self) -> str:
         """Load the weights of the job's base (`init_from`), its files checked against their sha256s first."""
@@ -648,7 +722,8 @@ class JobRun:
         """Step to `max_steps`; every way the loop can end is decided here."""
         while self.trainer.step < self.spec.training.max_steps:
             self.ranks.order(True)
-            result = self.trainer.train_step()
+            # Only a step whose metrics are due (or that evaluates or checkpoints) waits for the device.
+            result = self.trainer.train_step(sync=self._synced(self.trainer.step + 1))
             self.faults.after_step(self.trainer.step)
             directive = self._after_step(result)
             if directive is not Directive.CONTINUE:
@@ -661,16 +736,30 @@ class JobRun:
                 return _ENDING_FOR.get(self._flush(), letting_go)
         return _ENDING_FOR.get(self._flush(), Ending.SUCCEEDED)
 
-    def _after_step(self, result: StepResult) -> Directive:
+    def _log_due(self, step: int) -> bool:
+        return step % LOG_EVERY_STEPS == 0 or step == 1 or step == self.spec.training.max_steps
+
+    def _checkpoint_due(self, step: int) -> bool:
+        return step % self.spec.checkpointing.every_steps == 0 or step == self.spec.training.max_steps
+
+    def _synced(self, step: int) -> bool:
+        """Whether `step` reads its loss back from the device: it logs, evaluates or checkpoints."""
+        return self._log_due(step) or self._checkpoint_due(step) or step % self.spec.evaluation.every_steps == 0
+
+    def _after_step(self, result: StepResult | None) -> Directive:
         """Log, evaluate and checkpoint as the spec asks; stops early if a flush says anything but CONTINUE."""
-        step, max_steps = self.trainer.step, self.spec.training.max_steps
+        step = self.trainer.step
         self.window.tokens += self.spec.tokens_per_step
         self.window.steps += 1
-        if step % LOG_EVERY_STEPS == 0 or step == 1 or step == max_steps:
-            self._log(step, result)
+        if self._log_due(step):
+            assert result is not None  # a logging step is a synced one
+            steps_measured = self.window.steps
+            step_seconds = self._log(step, result)
+            if self.compile_pending and steps_measured >= compiling.AUTO_PROBE_STEPS:
+                self._compile_if_it_pays(step_seconds)
             if self.control.due() and (directive := self._flush()) is not Directive.CONTINUE:
                 return directive
-        checkpoint_due = step % self.spec.checkpointing.every_steps == 0 or step == max_steps
+        checkpoint_due = self._checkpoint_due(step)
         val_loss = None
         if step % self.spec.evaluation.every_steps == 0 or checkpoint_due:
             with self.window.off_the_clock():
@@ -683,23 +772,30 @@ class JobRun:
             if stopping is not None and value is not None and stopping.update(step, value):
                 self.stopped_early = stopping.reason(step)
         if checkpoint_due or self.stopped_early is not None:
-            self._checkpoint(val_loss=val_loss, final=step == max_steps or self.stopped_early is not None)
+            final = step == self.spec.training.max_steps or self.stopped_early is not None
+            self._checkpoint(val_loss=val_loss, final=final)
         return Directive.CONTINUE
 
-    def _log(self, step: int, result: StepResult) -> None:
+    def _log(self, step: int, result: StepResult) -> float:
+        """Record the step's metrics and the closing window's speed (and `mfu`); returns its seconds per step."""
         tokens_per_second, step_seconds = self.window.close()
+        speed = {"tokens_per_second": tokens_per_second, "step_seconds": step_seconds}
+        if self.peak_flops is not None:
+            speed["mfu"] = model_flops_utilisation(tokens_per_second, self.flops_per_token, self.peak_flops)
+        if self.trainer.device.type == "cuda":  # the allocator's own count: no sync
+            speed["gpu_memory_peak_bytes"] = float(torch.cuda.max_memory_allocated(self.trainer.device))
         self.control.record(
             step,
             {
                 "train_loss": result.loss,
                 "learning_rate": result.learning_rate,
                 "grad_norm": result.grad_norm,
-                "tokens_per_second": tokens_per_second,
-                "step_seconds": step_seconds,
+                **speed,
                 **result.extra,
                 **{f"tokens/{name}": float(tokens) for name, tokens in self.trainer.tokens_by_source.items()},
             },
         )
+        return step_seconds
 
     def _evaluate(self) -> float:
         val_loss = self.trainer.evaluate()
@@ -727,6 +823,7 @@ class JobRun:
 
     def _checkpoint(self, *, val_loss: float | None, final: bool) -> None:
         """Write a checkpoint's folder and record it under the lease (off the throughput clock)."""
+        self.trainer.raise_if_diverged()  # never save the weights of a run that diverged between synced steps
         with self.window.off_the_clock():
             record = CheckpointRecord(
                 version=self.lease.next_checkpoint_version(),

@@ -187,8 +187,9 @@ class ObjectiveTraining:
 
     def loss(
         self, forward: Forward, inputs: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Predict, score against the labels, and measure the objective's metrics (name → value)."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Predict, score against the labels, and measure the objective's metrics (name → a 0-d tensor, left on
+        the device so a training step need not wait for it)."""
         raise NotImplementedError
 
     def save_extras(self, folder: Path) -> None:

@@ -70,7 +70,7 @@ class CausalLMTraining(ObjectiveTraining):
 
     def loss(
         self, forward: Forward, inputs: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy of the next tokens; no metrics besides the loss."""
         logits = forward(input_ids=inputs, use_cache=False).logits
         return causal_lm_loss(logits, labels), {}

@@ -174,7 +174,7 @@ class ContrastiveTraining(ObjectiveTraining):
 
     def loss(
         self, forward: Forward, inputs: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """InfoNCE over the batch's twin encodings, and `retrieval_accuracy`."""
         attention_mask = inputs != self.pad
         longest = int(attention_mask.sum(dim=1).max())
@@ -269,13 +269,13 @@ def pool_embeddings(
     raise ValueError(f"pooling must be 'cls' or 'mean'; got {pooling!r}")
 
 
-def simcse_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.05) -> tuple[torch.Tensor, float]:
+def simcse_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE on cosine similarity / temperature with in-batch negatives; returns (loss, accuracy)."""
     similarities = _cosine_similarity_matrix(z1, z2) / _check_temperature(temperature)
     # Row i's positive is column i; every other column of the batch is a negative.
     targets = torch.arange(similarities.size(0), device=similarities.device)
     loss = F.cross_entropy(similarities.float(), targets)
-    accuracy = float((similarities.detach().argmax(dim=1) == targets).float().mean())
+    accuracy = (similarities.detach().argmax(dim=1) == targets).float().mean()
     return loss, accuracy
 
 

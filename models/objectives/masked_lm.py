@@ -143,7 +143,7 @@ class MaskedLMTraining(ObjectiveTraining):
 
     def loss(
         self, forward: Forward, inputs: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy at the chosen positions, and `masked_accuracy`."""
         logits = forward(input_ids=inputs).logits
         return masked_lm_loss(logits, labels), {"masked_accuracy": masked_accuracy(logits.detach(), labels)}
@@ -238,21 +238,18 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over chosen positions (labels != -100); zero, still differentiable, if none."""
     flat_logits = logits.reshape(-1, logits.size(-1))
     flat_labels = labels.reshape(-1)
-    if not bool((flat_labels != IGNORE_INDEX).any()):
-        # cross_entropy would return NaN on an all-ignored batch; a zero keeps the step harmless.
-        return flat_logits.sum() * 0.0
-    return F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE_INDEX)
+    # The mean over the chosen positions, worked out on the device (no host sync): cross_entropy's own mean
+    # would be NaN on an all-ignored batch, where this is a harmless zero.
+    chosen = (flat_labels != IGNORE_INDEX).sum().clamp(min=1)
+    return F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE_INDEX, reduction="sum") / chosen
 
 
-def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of chosen positions (labels != -100) whose argmax prediction equals the label; 0.0 if none."""
+def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of chosen positions (labels != -100) whose argmax prediction equals the label; 0.0 if none
+    (rather than NaN: metrics end up in JSON, which has no NaN). A 0-d tensor on the logits' device."""
     chosen = labels != IGNORE_INDEX
-    num_chosen = int(chosen.sum())
-    if num_chosen == 0:
-        # 0.0 rather than NaN: metrics end up in JSON, which has no NaN.
-        return 0.0
-    predictions = logits.argmax(dim=-1)
-    return float((predictions[chosen] == labels[chosen]).sum()) / num_chosen
+    correct = (logits.argmax(dim=-1) == labels) & chosen
+    return correct.sum() / chosen.sum().clamp(min=1)
 
 
 def _check_probability(name: str, value: float) -> None:

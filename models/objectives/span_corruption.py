@@ -132,7 +132,7 @@ class SpanCorruptionTraining(ObjectiveTraining):
 
     def loss(
         self, forward: Forward, inputs: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The decoder's cross-entropy on the target; no metrics besides the loss."""
         pad = self.pad
         # T5's decoder reads the target shifted right behind the start token (the padding token).

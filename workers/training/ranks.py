@@ -11,6 +11,7 @@ With one process (`ONE_PROCESS`) every method is the identity and nothing is com
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -42,24 +43,35 @@ class Ranks:
         mine = slice(self.rank * rows, (self.rank + 1) * rows)
         return inputs[mine], labels[mine]
 
-    def weigh(self, loss: torch.Tensor, metrics: dict[str, float], terms: int) -> tuple[float, float, dict[str, float]]:
-        """This rank's weight for its loss, and the whole batch's loss and metrics.
+    def weigh(
+        self,
+        loss: torch.Tensor,
+        metrics: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        loss_terms: Callable[[torch.Tensor], int],
+    ) -> tuple[float, torch.Tensor, dict[str, torch.Tensor]]:
+        """This rank's weight for its loss, and the whole batch's loss and metrics (detached, on the device).
 
-        `loss` and `metrics` are means over this rank's `terms` loss terms (tokens, or masked tokens). DDP
-        averages gradients over the ranks, so a weight of `world * terms / all terms` makes the average the
-        gradient of the mean over the whole batch; the batch's loss and metrics are the same weighted mean.
+        `loss` and `metrics` are means over this rank's `loss_terms(labels)` loss terms (tokens, or masked tokens).
+        DDP averages gradients over the ranks, so a weight of `world * terms / all terms` makes the average the
+        gradient of the mean over the whole batch; the batch's loss and metrics are the same weighted mean. With
+        one process nothing is counted or communicated (no host sync).
         """
         if self.world == 1:
-            return 1.0, loss.item(), metrics
+            return 1.0, loss.detach(), metrics
+        terms = loss_terms(labels)
         names = sorted(metrics)
-        values = [loss.item(), *(metrics[name] for name in names)] if terms else [0.0] * (len(names) + 1)
-        sums = torch.tensor([float(terms), *(terms * v for v in values)], dtype=torch.float64, device=self.device)
+        values = [loss.detach(), *(metrics[name].detach() for name in names)]
+        scored = torch.stack([v.to(torch.float64) for v in values]) * terms if terms else torch.zeros(len(values))
+        sums = torch.cat([torch.tensor([float(terms)], dtype=torch.float64), scored.to(torch.float64).cpu()])
+        sums = sums.to(self.device)
         dist.all_reduce(sums)
-        total, *weighted = sums.tolist()
+        total = float(sums[0].item())
         if total == 0:  # no loss terms anywhere in the batch (never with a sane spec): nothing to learn from
-            return 0.0, float("nan"), dict.fromkeys(names, float("nan"))
-        means = [value / total for value in weighted]
-        return self.world * terms / total, means[0], dict(zip(names, means[1:], strict=True))
+            nan = torch.full((), float("nan"), device=loss.device)
+            return 0.0, nan, dict.fromkeys(names, nan)
+        means = (sums[1:] / total).to(device=loss.device, dtype=loss.dtype)
+        return self.world * terms / total, means[0], {name: means[i + 1] for i, name in enumerate(names)}
 
     def order(self, go: bool) -> bool:
         """Rank 0's `go` (another step, or stop), the same on every rank; the others' `go` is ignored."""

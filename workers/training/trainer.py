@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch._dynamo  # imported with the worker, not inside a job's compile (seconds, under the import lock)
 
 from models.objectives.base import ObjectiveTraining
 from selfsup.spec import JobSpec
@@ -37,7 +39,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one optimizer step measured."""
+    """What one optimizer step measured (read back from the device only at steps whose metrics are due)."""
 
     loss: float
     grad_norm: float
@@ -49,6 +51,14 @@ class StepResult:
 def pick_device() -> torch.device:
     """A CUDA GPU when there is one, else the CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def allow_tf32(device: torch.device) -> None:
+    """fp32 matmuls and convolutions on CUDA tensor cores as TF32 (10-bit mantissa, fp32 range): several times
+    the fp32 rate, and what the `mfu` peak of an fp32 job assumes. Nothing changes on the CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"  # type: ignore[attr-defined]
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -67,7 +77,6 @@ class Trainer:
         data: TokenArrays,
         *,
         device: torch.device,
-        compile: bool = False,
         heldout: Mapping[str, TokenArrays] | None = None,
         ranks: Ranks = ONE_PROCESS,
         base_config: dict[str, Any] | None = None,
@@ -79,6 +88,7 @@ class Trainer:
         self.data = data
         self.device = device
         training = spec.training
+        allow_tf32(device)
         seed_everything(training.seed)
         self.objective = spec.objective.training(spec, data)
         # The objective bound to each held-out corpus (by its metric name), to evaluate on, never to train on.
@@ -91,11 +101,16 @@ class Trainer:
         self.model.train()
         self.optimizer = configure_optimizer(self.model, training, device)
         self.bf16 = use_bf16(training.precision, device)
-        # Forward through the compiled module, save the plain one (no `_orig_mod.` prefixes).
-        self.forward = torch.compile(self.model) if compile else self.model
-        # What the train step runs through: DDP's wrapper once `join_ranks` made one (evaluation and
-        # checkpoints use the plain model: rank 0 alone evaluates, and a checkpoint never names the wrapper).
-        self.train_forward: torch.nn.Module | Any = self.forward
+        # Training forwards through this: the model, or its compiled wrapper after `compile_forward`. Checkpoints
+        # and evaluation use the plain module (no `_orig_mod.` prefixes, no recompiling for eval mode).
+        self.forward: torch.nn.Module | Callable[..., Any] = self.model
+        # What the train step runs through: `forward`, or DDP's wrapper once `join_ranks` made one (rank 0 alone
+        # evaluates, and a checkpoint never names the wrapper).
+        self.train_forward: torch.nn.Module | Callable[..., Any] = self.forward
+        # Without host syncs between metric steps, a non-finite step is caught on the device: the fused AdamW
+        # skips its update (`found_inf`), and the first such step is read back at the next synced step.
+        self.sync_free = bool(self.optimizer.defaults.get("fused"))
+        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         self.step = 0
         self.tokens_seen = 0
         # Training tokens drawn from each source of a weighted mixture so far (empty without one).
@@ -126,7 +141,9 @@ class Trainer:
                 drawn += np.bincount(picks, minlength=len(sources))
         return {source.name: int(n) * self.spec.tokens_per_sequence for source, n in zip(sources, drawn, strict=True)}
 
-    def loss_and_metrics(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_and_metrics(
+        self, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss, and the objective's metrics on the same prediction."""
         with self.autocast():
             return self.objective.loss(self.train_forward, inputs, labels)
@@ -142,41 +159,89 @@ class Trainer:
         device_ids = [self.device] if self.device.type == "cuda" else None
         self.train_forward = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
-    def train_step(self) -> StepResult:
-        """Forward, loss, backward, clip, check, update: one optimizer step."""
+    def train_step(self, *, sync: bool = True) -> StepResult | None:
+        """Forward, loss, backward, clip, check, update: one optimizer step.
+
+        With `sync` (the default) the loss and gradient norm are read back and checked before the update, and
+        the step's `StepResult` returned. Without it (steps whose metrics are not due, when the optimizer is
+        fused) nothing waits for the device: a non-finite step skips its update on the device and raises
+        `TrainingDiverged` at the next synced step (or `raise_if_diverged`), and None is returned.
+        """
         training = self.spec.training
+        sync = sync or not self.sync_free
         lr = learning_rate_at(self.step, training)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
-        metric_sums: dict[str, float] = {}
+        loss_sum = torch.zeros((), device=self.device)
+        metric_sums: dict[str, torch.Tensor] = {}
         for micro_step in range(training.grad_accum_steps):
             # Each rank takes its rows of the same global batch (one process: all of them), and weighs its loss
             # so that DDP's average of the gradients is the whole batch's (ranks.py).
             inputs, labels = self.ranks.my_rows(self.batch(self.step, micro_step))
             loss, metrics = self.loss_and_metrics(inputs, labels)
-            weight, batch_loss, metrics = self.ranks.weigh(loss, metrics, self.objective.loss_terms(labels))
+            weight, batch_loss, metrics = self.ranks.weigh(loss, metrics, labels, self.objective.loss_terms)
             if weight == 0.0:  # nothing to score in these rows: a zero that still reaches every weight, as DDP needs
                 loss = sum((p.sum() for p in self.model.parameters()), torch.zeros((), device=self.device)) * 0.0
             (loss * weight / training.grad_accum_steps).backward()
             loss_sum += batch_loss
             for name, value in metrics.items():
-                metric_sums[name] = metric_sums.get(name, 0.0) + value
-        loss_value = loss_sum / training.grad_accum_steps
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"training diverged: the loss is {loss_value} at step {self.step + 1}")
+                metric_sums[name] = metric_sums[name] + value if name in metric_sums else value
+        loss_mean = loss_sum / training.grad_accum_steps
+        if sync:
+            self.raise_if_diverged()
+            if not math.isfinite(loss_value := loss_mean.item()):
+                raise TrainingDiverged(f"training diverged: the loss is {loss_value} at step {self.step + 1}")
         max_norm = training.grad_clip if training.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        if not math.isfinite(grad_norm):
-            raise TrainingDiverged(f"training diverged: the gradient norm is {grad_norm} at step {self.step + 1}")
-        self.optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if sync:
+            if not math.isfinite(grad_norm_value := grad_norm.item()):
+                raise TrainingDiverged(
+                    f"training diverged: the gradient norm is {grad_norm_value} at step {self.step + 1}"
+                )
+            self.optimizer.step()
+        else:
+            bad = ~(torch.isfinite(loss_mean) & torch.isfinite(grad_norm))
+            self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), self.step + 1, self._first_bad_step)
+            self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # read by the fused step
+            self.optimizer.step()
+            del self.optimizer.found_inf  # type: ignore[attr-defined]
         self.optimizer.zero_grad(set_to_none=True)
         for name, tokens in self.source_tokens_at(self.step).items():
             self.tokens_by_source[name] += tokens
         self.step += 1
         self.tokens_seen += self.spec.tokens_per_step
-        extra = {name: total / training.grad_accum_steps for name, total in metric_sums.items()}
-        return StepResult(loss=loss_value, grad_norm=grad_norm, learning_rate=lr, extra=extra)
+        if not sync:
+            return None
+        extra = {name: float(total) / training.grad_accum_steps for name, total in metric_sums.items()}
+        return StepResult(loss=loss_value, grad_norm=grad_norm_value, learning_rate=lr, extra=extra)
+
+    def raise_if_diverged(self) -> None:
+        """`TrainingDiverged` if a step since the last check (one that did not sync) was not finite; its update
+        was skipped, so the weights are those before it."""
+        if (first := int(self._first_bad_step)) >= 0:
+            raise TrainingDiverged(f"training diverged: the loss or the gradient norm is not finite at step {first}")
+
+    def compile_forward(self, backend: str | Callable[..., Any] = "inductor") -> float:
+        """`torch.compile` the training forward and warm it up (forward and backward on the next step's first
+        micro-batch; no update, gradients dropped, RNG untouched); returns the warm-up seconds. If compiling
+        fails the error propagates and the forward stays eager."""
+        compiled = torch.compile(self.model, backend=backend)
+        started = time.perf_counter()
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                with self.autocast():
+                    loss, _ = self.objective.loss(compiled, *self.batch(self.step, 0))
+                loss.backward()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception:
+            torch._dynamo.reset()  # drop what was half compiled; the eager forward goes on alone
+            raise
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.forward = compiled
+        return time.perf_counter() - started
 
     def evaluate(self) -> float:
         """Mean loss on the same fixed validation examples every time. The objective's metrics (`val_` prefix),
@@ -205,10 +270,10 @@ class Trainer:
             for start in range(0, len(inputs), batch_size):
                 batch = self._on_device((inputs[start : start + batch_size], labels[start : start + batch_size]))
                 with self.autocast():
-                    loss, metrics = objective.loss(self.forward, *batch)
+                    loss, metrics = objective.loss(self.model, *batch)
                 losses.append(loss.item())
                 for name, value in metrics.items():
-                    metric_lists.setdefault(name, []).append(value)
+                    metric_lists.setdefault(name, []).append(float(value))
         return float(np.mean(losses)), {name: float(np.mean(values)) for name, values in metric_lists.items()}
 
     def load_pretrained(self, folder: Path) -> None:
@@ -229,7 +294,10 @@ class Trainer:
         return np.random.default_rng([self.spec.training.seed, step, micro_step])
 
     def _on_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, labels = batch
+        """To the device; on CUDA from pinned host memory, so the copy is asynchronous and overlaps the step."""
+        if self.device.type != "cuda":
+            return batch
+        inputs, labels = (tensor.pin_memory() for tensor in batch)
         return inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     @contextlib.contextmanager

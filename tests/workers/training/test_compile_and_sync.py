@@ -1,0 +1,142 @@
+"""The fast path of the training step: compiling the forward, steps that never wait for the device, and the
+`training.compile: auto` rule."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from models import build
+from models.build import SpecialTokenIds
+from selfsup.spec import JobSpec, ModelSpec
+from workers.data.token_arrays import TokenArrays
+from workers.training import compiling
+from workers.training.trainer import Trainer, TrainingDiverged
+
+CPU = torch.device("cpu")
+# inductor's C++ code generation takes minutes on a busy 2-core machine: by default the tests compile with
+# `aot_eager`, which runs dynamo's tracing and AOT autograd (the graph capture and the `_orig_mod` wrapper
+# this code handles) without generating code. SELFSUP_TEST_COMPILE_BACKEND=inductor runs the real thing.
+BACKEND = os.environ.get("SELFSUP_TEST_COMPILE_BACKEND", "aot_eager")
+
+
+def _spec(**training: object) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "corpus_ids": ["cor_x"],
+            "objective": {"type": "causal_lm"},
+            "tokenizer": {"type": "char"},
+            "model": {"layers": 1, "heads": 2, "width": 32, "context_length": 16},
+            "training": {"max_steps": 20, "batch_size": 4, "learning_rate": 3e-3, **training},
+            "evaluation": {"batches": 2},
+        }
+    )
+
+
+def _data() -> TokenArrays:
+    tokens = (np.arange(5_000) % 50).astype(np.uint16)
+    return TokenArrays(train=tokens, validation=tokens[:1000], vocab_size=52, special=SpecialTokenIds(eos=0))
+
+
+def test_a_compiled_forward_trains_like_eager_and_saves_a_plain_checkpoint(tmp_path: Path) -> None:
+    eager = Trainer(_spec(), _data(), device=CPU)
+    compiled = Trainer(_spec(), _data(), device=CPU)
+    warm_up_seconds = compiled.compile_forward(backend=BACKEND)
+    assert warm_up_seconds > 0 and compiled.forward is not compiled.model
+    assert compiled.step == 0  # the warm-up is no step: no update, the gradients dropped
+    assert all(p.grad is None for p in compiled.model.parameters())
+    eager_losses = [eager.train_step().loss for _ in range(6)]  # type: ignore[union-attr]
+    compiled_losses = [compiled.train_step().loss for _ in range(6)]  # type: ignore[union-attr]
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    assert compiled_losses[-1] < compiled_losses[0]
+
+    compiled.save_pretrained(tmp_path)
+    loaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not any("_orig_mod" in name for name in compiled.model.state_dict())
+    inputs, labels = compiled.batch(99, 0)
+    with torch.no_grad():
+        expected = compiled.model(input_ids=inputs, use_cache=False).logits
+        assert torch.allclose(loaded.eval()(input_ids=inputs).logits, compiled.model.eval()(input_ids=inputs).logits)
+    assert expected.shape == (4, 16, 52)
+
+
+def test_a_failing_compile_leaves_the_forward_eager() -> None:
+    trainer = Trainer(_spec(), _data(), device=CPU)
+
+    def broken_backend(graph: object, example_inputs: object) -> object:
+        raise RuntimeError("no compiler here")
+
+    with pytest.raises(Exception, match="no compiler here"):
+        trainer.compile_forward(backend=broken_backend)
+    assert trainer.forward is trainer.model
+    assert trainer.train_step() is not None and trainer.step == 1
+
+
+def test_steps_without_a_sync_match_synced_ones() -> None:
+    synced = Trainer(_spec(), _data(), device=CPU)
+    free = Trainer(_spec(), _data(), device=CPU)
+    assert free.sync_free  # the fused AdamW is what lets a step skip its update on the device
+    for _ in range(4):
+        synced.train_step()
+        assert free.train_step(sync=False) is None
+    last = free.train_step(sync=True)
+    assert last is not None and last.loss == synced.train_step().loss  # type: ignore[union-attr]
+    for a, b in zip(synced.model.parameters(), free.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_non_finite_step_without_a_sync_skips_its_update_and_fails_at_the_next_synced_step() -> None:
+    trainer = Trainer(_spec(), _data(), device=CPU)
+    trainer.train_step(sync=False)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    poison = trainer.model.transformer.wte.weight.register_hook(lambda grad: grad * float("nan"))
+    assert trainer.train_step(sync=False) is None  # step 2: nothing waits, nothing raises yet
+    poison.remove()
+    for old, new in zip(before, trainer.model.parameters(), strict=True):
+        assert torch.equal(old, new)  # the update of the non-finite step was skipped on the device
+    with pytest.raises(TrainingDiverged, match="not finite at step 2"):
+        trainer.train_step(sync=True)
+    with pytest.raises(TrainingDiverged, match="at step 2"):
+        trainer.raise_if_diverged()  # what a checkpoint checks before it saves
+
+
+def test_auto_compiles_only_runs_long_enough_to_pay_back_the_warm_up() -> None:
+    start = compiling.choose_at_start
+    assert start(False, CPU, remaining_steps=10**6).compile is False
+    assert start(True, CPU, remaining_steps=5).compile is True
+    tiny = start("auto", CPU, remaining_steps=20)
+    assert tiny.compile is False and "too few" in tiny.reason
+    assert start("auto", CPU, remaining_steps=5_000).compile is None  # measure the first steps, then decide
+    after = compiling.choose_after_measuring
+    assert after(0.01, remaining_steps=5_000).compile is False  # 50 s to go
+    long = after(0.2, remaining_steps=5_000)  # 1,000 s to go
+    assert long.compile is True and "1000 s" in long.reason
+    assert after(compiling.AUTO_MIN_REMAINING_SECONDS / 1000, remaining_steps=1000).compile is True
+    assert after(0.2, remaining_steps=5_000, min_seconds=2_000).compile is False  # SELFSUP_COMPILE_AUTO_MIN_SECONDS
+
+
+def test_the_spec_takes_true_false_or_auto_for_compile() -> None:
+    assert _spec().training.compile == "auto"
+    assert _spec(compile=True).training.compile is True
+    assert _spec(compile=False).training.compile is False
+    with pytest.raises(ValueError, match="compile"):
+        _spec(compile="sometimes")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "roberta", "t5"])
+def test_every_family_attends_with_sdpa(family: str) -> None:
+    spec = ModelSpec(family=family, layers=1, heads=2, width=32, context_length=16)
+    special = SpecialTokenIds(eos=0, pad=1, bos=2)
+    if family in ("gpt2", "llama"):
+        model = build.build_causal_lm(spec, vocab_size=52, special=special)
+    elif family == "t5":
+        model = build.build_seq2seq(spec, vocab_size=52, special=special)
+    else:
+        model = build.build_encoder(spec, vocab_size=52, special=special, head=True)
+    assert model.config._attn_implementation == "sdpa"
