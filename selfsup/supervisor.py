@@ -52,7 +52,10 @@ class Child:
     started_at: float = field(default=0.0)
 
     def start(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(self.argv, env=env, start_new_session=True, preexec_fn=die_with_parent)
+        # A process group of its own (Ctrl-C reaches the supervisor alone, which stops the children in order) but
+        # selfsup's session: with sched_autogroup the kernel shares the CPU between sessions equally, so only
+        # within one session does the cpu worker's lower priority (SELFSUP_CPU_WORKER_NICE) leave training the CPU.
+        self.process = subprocess.Popen(self.argv, env=env, process_group=0, preexec_fn=die_with_parent)
         self.started_at = time.monotonic()
 
     def exited(self) -> int | None:
