@@ -24,7 +24,7 @@ def _nice(pid: int) -> int:
 def test_the_api_runs_at_the_niceness_it_is_given(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFSUP_")}
     env.update(TEST_SETTINGS)
-    env.update({"SELFSUP_HOME": str(tmp_path), "SELFSUP_API_NICE": "15"})
+    env.update({"SELFSUP_HOME": str(tmp_path), "SELFSUP_API_NICE": "5"})
     subprocess.run([*SELFSUP, "migrate"], env=env, cwd=REPO, check=True, capture_output=True, timeout=120)
     port = free_port()
     log_path = tmp_path / "api.log"
@@ -41,9 +41,11 @@ def test_the_api_runs_at_the_niceness_it_is_given(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 return False
 
-        wait_until(answers, timeout=60, what="the API to answer")
-        # At least 15 (a test run started under `nice -n 19` keeps its 19: priority is never raised).
-        expected = max(15, os.getpriority(os.PRIO_PROCESS, 0))
+        # Generous: at a lower priority on a busy machine (a test run beside it) the API starts slowly.
+        wait_until(answers, timeout=180, what="the API to answer")
+        # At least 5 (a test run started under `nice -n 10` keeps its 10: priority is never raised); the log line
+        # says so either way.
+        expected = max(5, os.getpriority(os.PRIO_PROCESS, 0))
         assert _nice(api.pid) == expected
         assert f"at nice {expected}" in log_path.read_text(errors="replace")
     finally:
