@@ -4,7 +4,9 @@ Ownership lives here, once: a route that asks for `OwnedJob` gets the caller's j
 
 Database admission: a request that needs the database first takes one of the process's database
 slots, waiting for it on the event loop (no thread, no connection held while it waits); there are
-as many slots as the connection pool has connections. So a request that holds a slot always gets a
+as many slots as the connection pool keeps connections (`SELFSUP_DATABASE_POOL_SIZE`; the overflow is
+left to anything outside admission, so under load no request opens and closes a connection of its own).
+So a request that holds a slot always gets a
 connection at once, a worker thread never blocks on the pool, and no number of concurrent clients can
 wedge the API (threads waiting for connections that only other threads' next steps would give back:
 FastAPI issue 3205). A request that waits longer than `SELFSUP_API_WAIT_SECONDS` is answered 503 with
@@ -34,9 +36,20 @@ from selfsup.scopes import Scope, grants, scope_for_method
 from selfsup.settings import get_settings
 from selfsup.spec import ProbeSpec
 from storage import crud
-from storage.db import get_sessionmaker, pool_capacity, session_scope
+from storage.db import get_sessionmaker, pool_kept, session_scope
 from storage.status import CorpusStatus
-from storage.tables import Checkpoint, Corpus, Dataset, Job, LabelledSet, Model, Tenant, Webhook, utcnow
+from storage.tables import (
+    ApiKey,
+    Checkpoint,
+    Corpus,
+    Dataset,
+    Job,
+    LabelledSet,
+    Model,
+    Tenant,
+    Webhook,
+    utcnow,
+)
 from workers.celery_app import enqueue
 
 log = logging.getLogger("selfsup.api")
@@ -46,11 +59,11 @@ T = TypeVar("T")
 
 @asynccontextmanager
 async def api_lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
-    """The app's lifespan: one database slot per pooled connection, shared by every request and every
+    """The app's lifespan: one database slot per kept pooled connection, shared by every request and every
     job stream's feed, the process's job streams (`api/streams.py`), ended before the server stops, and
     the keys' last uses (`api/key_uses.py`), written every few seconds and once more at the end."""
     settings = get_settings()
-    slots = anyio.Semaphore(pool_capacity())
+    slots = anyio.Semaphore(pool_kept())
     if settings.bootstrap_admin_key is not None:
         await run_in_threadpool(_store_bootstrap_admin_key)
     key_uses = KeyUses()
@@ -170,15 +183,20 @@ class Caller:
     scopes: tuple[str, ...]
 
 
-def authenticate(request: Request, session: Session, credentials: HTTPAuthorizationCredentials | None) -> Caller:
-    """The caller of `Authorization: Bearer <key>`; 401 without a key that exists and is neither revoked nor
-    expired. Looked up on every request (no cache), so a revocation holds from the next request on."""
+def _presented_key(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The key of `Authorization: Bearer <key>`; 401 without one (no database needed to say so)."""
     if credentials is None:
         raise ApiError(
             401,
             "missing API key: send `Authorization: Bearer <key>` (create one with `selfsup keys create --tenant NAME`)",
         )
-    found = crud.api_key_and_tenant(session=session, key=credentials.credentials)
+    return credentials.credentials
+
+
+def _admit(request: Request, found: tuple[ApiKey, Tenant] | None, needed: Scope | None) -> Caller:
+    """The caller of a looked-up key; 401 for a key that does not exist or is revoked or expired, 403 when it
+    lacks the scope `needed` (default: what the request's method needs, `read` for GET and HEAD, `write` for
+    the rest)."""
     if found is None:
         raise ApiError(401, "invalid API key")
     api_key, tenant = found
@@ -196,15 +214,7 @@ def authenticate(request: Request, session: Session, credentials: HTTPAuthorizat
     key_uses: KeyUses | None = getattr(request.state, "key_uses", None)
     if key_uses is not None:
         key_uses.note(api_key.id, now)
-    return Caller(tenant=tenant, key_id=api_key.id, scopes=tuple(api_key.scopes))
-
-
-def authorize(
-    request: Request, session: Session, credentials: HTTPAuthorizationCredentials | None, needed: Scope | None = None
-) -> Caller:
-    """The caller, if its key has the scope `needed` (default: what the request's method needs, `read` for GET
-    and HEAD, `write` for the rest); 401 as `authenticate` says, 403 naming the missing scope."""
-    caller = authenticate(request, session, credentials)
+    caller = Caller(tenant=tenant, key_id=api_key.id, scopes=tuple(api_key.scopes))
     needed = needed or scope_for_method(request.method)
     if not grants(caller.scopes, needed):
         have = ", ".join(caller.scopes) or "none"
@@ -215,6 +225,16 @@ def authorize(
             details={"required_scope": str(needed), "key_scopes": list(caller.scopes)},
         )
     return caller
+
+
+def authorize(
+    request: Request, session: Session, credentials: HTTPAuthorizationCredentials | None, needed: Scope | None = None
+) -> Caller:
+    """The caller of `Authorization: Bearer <key>`, if its key may do what `needed` says (default: what the
+    request's method needs); 401 without a key that exists and is neither revoked nor expired, 403 naming the
+    missing scope. Looked up on every request (no cache), so a revocation holds from the next request on."""
+    key = _presented_key(credentials)
+    return _admit(request, crud.api_key_and_tenant(session=session, key=key), needed)
 
 
 def tenant_for_credentials(
@@ -331,12 +351,18 @@ OwnedModel = Annotated[Model, Depends(owned_model)]
 OwnedWebhook = Annotated[Webhook, Depends(owned_webhook)]
 
 
-async def streamed_job(job_id: str, request: Request, credentials: BearerDep) -> Job:
-    """The caller's job, or 404, read in a transaction of its own: a stream holds no session while it runs."""
+async def read_job(job_id: str, request: Request, credentials: BearerDep) -> Job:
+    """The caller's job, or 404, for the routes clients poll and stream.
+
+    The key, its tenant and the job are one query, in one transaction and one trip to a worker thread (the
+    route itself is `async`): a poll costs one database round trip and one thread hop, and no session is
+    held once the job is read (a stream runs for minutes). The key is checked as `authorize` does."""
+    key = _presented_key(credentials)
 
     def load(session: Session) -> Job | None:
-        tenant = tenant_for_credentials(request, session, credentials)
-        return crud.get_job(session=session, tenant=tenant, job_id=job_id)
+        found = crud.api_key_tenant_and_job(session=session, key=key, job_id=job_id)
+        _admit(request, None if found is None else (found[0], found[1]), None)  # 401 or 403 unless usable
+        return None if found is None else found[2]
 
     job = await run_db(request, load)
     if job is None:
@@ -344,7 +370,7 @@ async def streamed_job(job_id: str, request: Request, credentials: BearerDep) ->
     return job
 
 
-StreamedJob = Annotated[Job, Depends(streamed_job)]
+ReadJob = Annotated[Job, Depends(read_job)]
 
 
 async def stream_start(

@@ -2,12 +2,16 @@
 
     .venv/bin/python bench/api_load.py                  # 200 pollers, 30 s, two alternating rounds
     .venv/bin/python bench/api_load.py --clients 100 --seconds 10 --rounds 1
+    .venv/bin/python bench/api_load.py --api-nice 10       # the API at nice 10 (SELFSUP_API_NICE)
+    .venv/bin/python bench/api_load.py --no-training       # the API alone: a finished job is polled
 
 Starts `selfsup up` on the embedded default (SQLite, embedded Valkey) in a temporary folder, trains the
 throughput benchmark's job (made long), and alternates quiet windows (no clients) with load windows (N async `httpx`
 clients polling the job as fast as they are answered). Reports requests/s, latency percentiles, errors,
 `/healthz` during the load, and the job's tokens/s in each window (from its own `tokens_per_second`
-metric), so the load's cost to training is a ratio measured in the same run. Results go to
+metric), so the load's cost to training is a ratio measured in the same run. It also reports the CPU time the
+API process and the load generator spent per request (from /proc and getrusage: less disturbed by other work on
+the machine than rates are), and the load average before and after. Results go to
 bench/results/api_load-<time>.json.
 """
 
@@ -18,6 +22,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -36,6 +41,41 @@ from train_throughput import job_spec, service_env  # noqa: E402
 
 from tests.factories import ready_corpus, shakespeare_slice, submit_job, wait_for_job  # noqa: E402
 from tests.service import Service, start_service, wait_until  # noqa: E402
+
+
+def _children(pid: int) -> list[int]:
+    """The ids of `pid`'s child processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def api_pid(service: Service) -> int:
+    """The API process that `selfsup up` started."""
+    assert service.process is not None
+    [pid] = [
+        p
+        for p in _children(service.process.pid)
+        if b" api " in Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")
+    ]
+    return pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -75,9 +115,12 @@ async def poll(service: Service, key: str, job_id: str, clients: int, seconds: f
                     health.append(float("inf"))
                 await asyncio.sleep(0.5)
 
+        api_cpu, own_cpu = cpu_seconds(api_pid(service)), own_cpu_seconds()
         await asyncio.gather(*(poller() for _ in range(clients)), probe())
         elapsed = time.monotonic() - start
+        api_cpu, own_cpu = cpu_seconds(api_pid(service)) - api_cpu, own_cpu_seconds() - own_cpu
     ok = statuses.get("200", 0)
+    requests = max(1, sum(statuses.values()))
     return {
         "clients": clients,
         "seconds": round(elapsed, 2),
@@ -90,6 +133,10 @@ async def poll(service: Service, key: str, job_id: str, clients: int, seconds: f
         "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
         "max_ms": round(1000 * max(latencies, default=float("nan")), 1),
         "healthz_max_ms": round(1000 * max(health, default=float("nan")), 1),
+        "api_cpu_ms_per_request": round(1000 * api_cpu / requests, 3),
+        "api_cpu_share": round(api_cpu / elapsed, 2),
+        "client_cpu_ms_per_request": round(1000 * own_cpu / requests, 3),
+        "load_average_after": round(os.getloadavg()[0], 2),
     }
 
 
@@ -110,13 +157,25 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2, help="quiet/load pairs, alternating which goes first")
+    parser.add_argument("--api-nice", type=int, default=None, help="SELFSUP_API_NICE for the API (default: its own)")
+    parser.add_argument(
+        "--no-training", action="store_true", help="poll a finished job, nothing training: the API's own figures"
+    )
     args = parser.parse_args()
+    load_before = os.getloadavg()
 
+    env = service_env(threads=2)
+    if args.api_nice is not None:
+        env["SELFSUP_API_NICE"] = str(args.api_nice)
     with tempfile.TemporaryDirectory(prefix="selfsup-bench-api-") as tmp:
-        service = start_service(Path(tmp) / "home", service_env(threads=2))
+        service = start_service(Path(tmp) / "home", env)
         try:
             with service.client() as client:
                 corpus = ready_corpus(client, shakespeare_slice(400_000))
+                if args.no_training:
+                    rounds = [untrained(service, client, corpus["id"], args) for _ in range(args.rounds)]
+                    report(args, load_before, rounds)
+                    return
                 # The throughput benchmark's job, long enough to outlast the windows (it is cancelled at the end).
                 job = submit_job(client, job_spec(corpus["id"], 1_000_000))
                 wait_until(
@@ -153,10 +212,26 @@ def main() -> None:
         finally:
             service.stop()
 
+    report(args, load_before, rounds)
+
+
+def untrained(service: Service, client: httpx.Client, corpus_id: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One load window on a job that has finished: what the API does with the machine to itself."""
+    job = submit_job(client, job_spec(corpus_id, 20))
+    wait_for_job(client, job["id"], timeout=300)
+    result = {"load": asyncio.run(poll(service, service.keys["alice"], job["id"], args.clients, args.seconds))}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def report(args: argparse.Namespace, load_before: tuple[float, float, float], rounds: list[dict[str, Any]]) -> None:
+    """Write the results file."""
     report = {
         "benchmark": "api_load",
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "args": vars(args),
         "rounds": rounds,
     }

@@ -203,6 +203,8 @@ def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = get_settings()
+    if settings.api_nice:
+        log.info("selfsup api: at nice %s (training on this machine goes first)", lower_priority(settings.api_nice))
     # Start-up chatter ("Uvicorn running on …") is `selfsup up`'s to say; errors and access lines stay.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.INFO)

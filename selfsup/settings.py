@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     api_max_connections: int = Field(
         default=2048, ge=1, description="Open HTTP connections the API serves at once; more are answered 503."
     )
+    api_nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description="CPU niceness of the API process; above 0, training on the same machine keeps more of the CPU "
+        "while many clients poll (and the clients wait longer); 0 = the niceness it was started with.",
+    )
     api_keepalive_seconds: int = Field(
         default=75,
         ge=1,

@@ -18,6 +18,8 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": max_overflow}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        # A file has no server to drop an idle connection: a ping before each checkout would only cost a query.
+        kwargs["pool_pre_ping"] = False
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
 
@@ -47,10 +49,9 @@ def get_engine() -> Engine:
     )
 
 
-def pool_capacity() -> int:
-    """How many connections this process may hold at once (kept + overflow)."""
-    settings = get_settings()
-    return settings.database_pool_size + settings.database_pool_overflow
+def pool_kept() -> int:
+    """How many connections the pool keeps open between uses (an overflow connection is closed when given back)."""
+    return get_settings().database_pool_size
 
 
 @lru_cache

@@ -154,6 +154,7 @@ from storage.crud.quotas import (
 from storage.crud.tenants import (
     api_key_and_tenant,
     api_key_refusal,
+    api_key_tenant_and_job,
     count_usable_api_keys,
     create_api_key,
     ensure_api_key,
@@ -238,6 +239,7 @@ __all__ = [
     "count_webhooks",
     "api_key_and_tenant",
     "api_key_refusal",
+    "api_key_tenant_and_job",
     "count_usable_api_keys",
     "create_api_key",
     "ensure_api_key",

@@ -15,7 +15,7 @@ import httpx
 
 from tests.service import Service
 
-# Far above the API's 15 pooled connections and AnyIO's 40 worker threads.
+# Far above the API's 10 database slots (its kept pooled connections) and AnyIO's 40 worker threads.
 CLIENTS = 150
 SECONDS = 5.0
 # Generous bounds for "answered at all" (a wedged API never answers); not performance figures.

@@ -144,6 +144,29 @@ def test_an_admin_key_creates_lists_and_revokes_keys_and_a_revoked_key_fails_at_
     assert admin.client.get("/v1/keys").status_code == 200
 
 
+def test_the_polled_job_route_checks_key_scope_and_owner_in_its_one_query(
+    embedded_service: Service, admin: Admin
+) -> None:
+    """`GET /v1/jobs/{id}` reads the key, its tenant and the job in one query (`api.deps.read_job`): each refusal
+    is still the one every other route gives, and a revocation holds from the next poll on."""
+    holder_key = _new_key(admin.client, scopes=["read"])
+    holder = _as(embedded_service, holder_key["key"])
+    job = submit_job(admin.client, small_job_spec(pending_corpus(embedded_service, admin.tenant)))
+    assert holder.get(f"/v1/jobs/{job['id']}").json()["id"] == job["id"]
+
+    assert "no job job_nope" in api_error(holder.get("/v1/jobs/job_nope"), 404)["message"]
+    other = _as(embedded_service, embedded_service.create_key(_tenant("poll-other")))
+    assert f"no job {job['id']}" in api_error(other.get(f"/v1/jobs/{job['id']}"), 404)["message"]
+    assert "missing API key" in api_error(httpx.get(f"{embedded_service.base_url}/v1/jobs/{job['id']}"), 401)["message"]
+    assert (
+        "invalid API key"
+        in api_error(_as(embedded_service, "ss_" + "x" * 43).get(f"/v1/jobs/{job['id']}"), 401)["message"]
+    )
+    # Revoked: the very next poll is refused.
+    assert admin.client.delete(f"/v1/keys/{holder_key['id']}").status_code == 204
+    assert "revoked" in api_error(holder.get(f"/v1/jobs/{job['id']}"), 401)["message"]
+
+
 def test_an_expiring_key_works_until_it_expires(embedded_service: Service, admin: Admin) -> None:
     created = _new_key(admin.client, scopes=["read"], expires_in_seconds=2)
     assert created["expires_at"] is not None, created
