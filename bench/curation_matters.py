@@ -50,7 +50,6 @@ import io
 import json
 import math
 import os
-import platform
 import random
 import re
 import shutil
@@ -71,8 +70,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from train_throughput import service_env  # noqa: E402 - the same production-like settings
-
+from bench.train_throughput import machine, service_env  # noqa: E402 - the same production-like settings
 from tests.factories import (  # noqa: E402
     SHAKESPEARE,
     create_dataset,
@@ -318,23 +316,6 @@ def held_out_loss(folder: Path, text: str) -> dict[str, Any]:
         "windows": len(starts),
         "predicted_characters": loss_all.numel(),
         "predicted_characters_in_speaker_labels": int(label_all.sum()),
-    }
-
-
-def machine(threads: int) -> dict[str, Any]:
-    """Where the numbers came from."""
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "nproc": len(os.sched_getaffinity(0)),
-        "torch": torch.__version__,
-        "threads": threads,
     }
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -38,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.train_throughput import machine  # noqa: E402
 from tests.factories import (  # noqa: E402
     SHAKESPEARE,
     labelled_set_jsonl,
@@ -89,23 +88,6 @@ def job_spec(
         "evaluation": {"every_steps": every, "batches": 8},
         "checkpointing": {"every_steps": every, "keep_last": checkpoints + 1},
         "probes": [{"labelled_set_id": labelled_set_id, "name": probe}],
-    }
-
-
-def machine(threads: int) -> dict[str, Any]:
-    """Where the numbers came from."""
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "nproc": len(os.sched_getaffinity(0)),
-        "threads": threads,
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -529,6 +529,7 @@ def machine(threads: int) -> dict[str, Any]:
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch": torch.__version__,
         "threads": threads,
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
