@@ -61,6 +61,17 @@ def trained(sdk: Client, corpus_file: Path) -> Trained:
 
 
 @pytest.fixture(scope="session")
+def probed(sdk: Client, trained: Trained) -> Trained:
+    """A second finished job on the same corpus, for the tests that probe its checkpoints after the fact: their
+    probe events and metrics stay off `trained`, whose events other tests read to their end."""
+    spec = small_job_spec(trained.corpus.id, name="sdk-probed")
+    job = sdk.jobs.create(spec, idempotency_key="sdk-probed-job")
+    done = sdk.jobs.wait(job.id, timeout=300, poll_interval=0.3)
+    assert done.status == "succeeded", done
+    return Trained(corpus=trained.corpus, job=done, idempotency_key="sdk-probed-job", spec=spec)
+
+
+@pytest.fixture(scope="session")
 def failing_job(sdk: Client) -> Job:
     """A job that fails as soon as it is prepared: its corpus is shorter than one context window."""
     tiny = sdk.corpora.upload(

@@ -129,7 +129,7 @@ def test_download_verified_into_a_folder(
     assert again.returncode == 1 and "not an empty folder" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_labelled_sets_and_probes(cli_env: dict[str, str], trained: Trained, sdk: Client, tmp_path: Path) -> None:
+def test_labelled_sets_and_probes(cli_env: dict[str, str], probed: Trained, sdk: Client, tmp_path: Path) -> None:
     path = tmp_path / "plays.jsonl"
     path.write_bytes(labelled_set_jsonl(play_speeches(per_play=12)))
     uploaded = as_json(selfsup(cli_env, "labelled-sets", "upload", str(path), "--name", "cli-plays", "--json"))
@@ -139,7 +139,7 @@ def test_labelled_sets_and_probes(cli_env: dict[str, str], trained: Trained, sdk
     listed = selfsup(cli_env, "labelled-sets", "list")
     assert listed.returncode == 0 and uploaded["id"] in listed.stdout and "cli-plays" in listed.stdout
 
-    final = sdk.jobs.checkpoints(trained.job.id)[-1]
+    final = sdk.jobs.checkpoints(probed.job.id)[-1]
     queued = as_json(selfsup(cli_env, "checkpoints", "probe", final.id, "--set", uploaded["id"], "--json"))
     # The probe is named after the labelled set unless --name says otherwise.
     assert {(r["name"], r["step"], r["random_init"]) for r in queued} == {
@@ -147,14 +147,14 @@ def test_labelled_sets_and_probes(cli_env: dict[str, str], trained: Trained, sdk
         ("cli-plays", 0, True),
     }
     deadline = time.monotonic() + 300
-    while not all(r.finished for r in sdk.jobs.probes(trained.job.id) if r.name == "cli-plays"):
+    while not all(r.finished for r in sdk.jobs.probes(probed.job.id) if r.name == "cli-plays"):
         assert time.monotonic() < deadline
         time.sleep(0.5)
     runs = [
-        r for r in as_json(selfsup(cli_env, "jobs", "probes", trained.job.id, "--json")) if r["name"] == "cli-plays"
+        r for r in as_json(selfsup(cli_env, "jobs", "probes", probed.job.id, "--json")) if r["name"] == "cli-plays"
     ]
     assert {r["id"] for r in runs} == {r["id"] for r in queued} and all(r["status"] == "succeeded" for r in runs)
-    table = selfsup(cli_env, "jobs", "probes", trained.job.id)
+    table = selfsup(cli_env, "jobs", "probes", probed.job.id)
     accuracy = next(r["accuracy"] for r in runs if not r["random_init"])
     assert table.returncode == 0 and "random init" in table.stdout and f"{accuracy:.3f}" in table.stdout
 

@@ -236,7 +236,7 @@ def test_async_client(
 
 
 def test_labelled_sets_and_probes_sync_and_async(
-    embedded_service: Service, sdk: Client, sdk_key: str, trained: Trained, tmp_path: Path
+    embedded_service: Service, sdk: Client, sdk_key: str, probed: Trained, tmp_path: Path
 ) -> None:
     path = tmp_path / "plays.jsonl"
     path.write_bytes(labelled_set_jsonl(play_speeches(per_play=15)))
@@ -248,14 +248,14 @@ def test_labelled_sets_and_probes_sync_and_async(
     with pytest.raises(InvalidRequest):  # validated at once: a line without a label names itself
         sdk.labelled_sets.upload(io.BytesIO(b'{"text": "no label"}\n'), name="bad")
 
-    final = sdk.jobs.checkpoints(trained.job.id)[-1]
+    final = sdk.jobs.checkpoints(probed.job.id)[-1]
     queued = sdk.checkpoints.probe(final.id, uploaded.id, name="sdk-play")
     assert {(r.random_init, r.step, r.name) for r in queued} == {(False, final.step, "sdk-play"), (True, 0, "sdk-play")}
 
     def finished() -> list[ProbeRun]:
         deadline = time.monotonic() + 300
         while True:
-            runs = [r for r in sdk.jobs.probes(trained.job.id) if r.name == "sdk-play"]
+            runs = [r for r in sdk.jobs.probes(probed.job.id) if r.name == "sdk-play"]
             if runs and all(r.finished for r in runs):
                 return runs
             assert time.monotonic() < deadline, runs
@@ -264,14 +264,14 @@ def test_labelled_sets_and_probes_sync_and_async(
     runs = finished()
     assert {r.id for r in runs} == {r.id for r in queued}
     assert all(r.status == "succeeded" and r.accuracy is not None and 0 <= r.accuracy <= 1 for r in runs), runs
-    metric = [m for m in sdk.jobs.metrics(trained.job.id, name="probe_accuracy/sdk-play") if m.step == final.step]
+    metric = [m for m in sdk.jobs.metrics(probed.job.id, name="probe_accuracy/sdk-play") if m.step == final.step]
     assert metric[0].value == next(r.accuracy for r in runs if not r.random_init)
 
     async def scenario() -> None:
         async with AsyncClient(embedded_service.base_url, sdk_key) as client:
             assert await client.labelled_sets.get(uploaded.id) == uploaded
             assert uploaded.id in [s.id async for s in client.labelled_sets.list(limit=1)]
-            assert {r.id for r in await client.jobs.probes(trained.job.id) if r.name == "sdk-play"} == {
+            assert {r.id for r in await client.jobs.probes(probed.job.id) if r.name == "sdk-play"} == {
                 r.id for r in runs
             }
             again = await client.checkpoints.probe(final.id, probes=[{"labelled_set_id": uploaded.id, "name": "again"}])

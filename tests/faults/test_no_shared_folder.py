@@ -177,7 +177,8 @@ def test_a_job_resumes_on_another_machine_from_the_object_store(machines: dict[s
     # The survivor resumed from a checkpoint the victim wrote, downloaded into its own cache...
     resumed = next(e for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"] if e["type"] == "resumed")
     version = int(resumed["message"].split("checkpoint v", 1)[1].split(" ", 1)[0])
-    assert resumed["message"].endswith(f":{survivor.process.pid}"), (resumed, survivor.name)  # type: ignore[union-attr]
+    # "... on <host>:<pid> (<devices>)": the worker that resumed it is the survivor.
+    assert f":{survivor.process.pid} (" in resumed["message"], (resumed, survivor.name)  # type: ignore[union-attr]
     bucket, root = machines["api"].env["SELFSUP_BLOB_URL"].removeprefix("s3://").split("/", 1)
     listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{root}/checkpoints/{job['id']}/v{version:06d}-")
     prefix = listing["Contents"][0]["Key"].removeprefix(f"{root}/").rsplit("/", 1)[0]
