@@ -150,9 +150,7 @@ def test_labelled_sets_and_probes(cli_env: dict[str, str], probed: Trained, sdk:
     while not all(r.finished for r in sdk.jobs.probes(probed.job.id) if r.name == "cli-plays"):
         assert time.monotonic() < deadline
         time.sleep(0.5)
-    runs = [
-        r for r in as_json(selfsup(cli_env, "jobs", "probes", probed.job.id, "--json")) if r["name"] == "cli-plays"
-    ]
+    runs = [r for r in as_json(selfsup(cli_env, "jobs", "probes", probed.job.id, "--json")) if r["name"] == "cli-plays"]
     assert {r["id"] for r in runs} == {r["id"] for r in queued} and all(r["status"] == "succeeded" for r in runs)
     table = selfsup(cli_env, "jobs", "probes", probed.job.id)
     accuracy = next(r["accuracy"] for r in runs if not r["random_init"])
