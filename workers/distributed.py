@@ -147,7 +147,9 @@ def _follow(ranks: Ranks, job_id: str) -> None:
     trainer.join_ranks()
     try:
         while ranks.order(False):
-            trainer.train_step()
+            # As rank 0 between metric steps: no host sync of its own, and a non-finite step skips its update on
+            # the device just as rank 0's does, so the ranks never disagree about whether to update.
+            trainer.train_step(sync=False)
             faults.after_step(trainer.step)
     except TrainingDiverged:  # rank 0 saw the same numbers and fails the job; nothing to add
         return
