@@ -101,12 +101,10 @@ class Trainer:
         self.model.train()
         self.optimizer = configure_optimizer(self.model, training, device)
         self.bf16 = use_bf16(training.precision, device)
-        # Training forwards through this: the model, or its compiled wrapper after `compile_forward`. Checkpoints
-        # and evaluation use the plain module (no `_orig_mod.` prefixes, no recompiling for eval mode).
-        self.forward: torch.nn.Module | Callable[..., Any] = self.model
-        # What the train step runs through: `forward`, or DDP's wrapper once `join_ranks` made one (rank 0 alone
-        # evaluates, and a checkpoint never names the wrapper).
-        self.train_forward: torch.nn.Module | Callable[..., Any] = self.forward
+        # What the train step runs through: the model, DDP's wrapper of it once `join_ranks` made one, and that
+        # compiled after `compile_forward`. Checkpoints and evaluation use the plain module (no `_orig_mod.` or
+        # `module.` prefixes, no recompiling for eval mode; rank 0 alone evaluates).
+        self.train_forward: torch.nn.Module | Callable[..., Any] = self.model
         # Without host syncs between metric steps, a non-finite step is caught on the device: the fused AdamW
         # skips its update (`found_inf`), and the first such step is read back at the next synced step.
         self.sync_free = bool(self.optimizer.defaults.get("fused"))
@@ -225,7 +223,7 @@ class Trainer:
         """`torch.compile` the training forward and warm it up (forward and backward on the next step's first
         micro-batch; no update, gradients dropped, RNG untouched); returns the warm-up seconds. If compiling
         fails the error propagates and the forward stays eager."""
-        compiled = torch.compile(self.model, backend=backend)
+        compiled = torch.compile(self.train_forward, backend=backend)
         started = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
         try:
@@ -240,7 +238,7 @@ class Trainer:
             raise
         finally:
             self.optimizer.zero_grad(set_to_none=True)
-        self.forward = compiled
+        self.train_forward = compiled
         return time.perf_counter() - started
 
     def evaluate(self) -> float:

@@ -47,7 +47,7 @@ def test_a_compiled_forward_trains_like_eager_and_saves_a_plain_checkpoint(tmp_p
     eager = Trainer(_spec(), _data(), device=CPU)
     compiled = Trainer(_spec(), _data(), device=CPU)
     warm_up_seconds = compiled.compile_forward(backend=BACKEND)
-    assert warm_up_seconds > 0 and compiled.forward is not compiled.model
+    assert warm_up_seconds > 0 and compiled.train_forward is not compiled.model
     assert compiled.step == 0  # the warm-up is no step: no update, the gradients dropped
     assert all(p.grad is None for p in compiled.model.parameters())
     eager_losses = [eager.train_step().loss for _ in range(6)]  # type: ignore[union-attr]
@@ -74,8 +74,30 @@ def test_a_failing_compile_leaves_the_forward_eager() -> None:
 
     with pytest.raises(Exception, match="no compiler here"):
         trainer.compile_forward(backend=broken_backend)
-    assert trainer.forward is trainer.model
+    assert trainer.train_forward is trainer.model
     assert trainer.train_step() is not None and trainer.step == 1
+
+
+def test_the_train_step_runs_the_compiled_graph() -> None:
+    """After `compile_forward`, every training step goes through what the backend compiled (a merge once left
+    the step on the eager module, so a job paid the warm-up and then trained uncompiled)."""
+    trainer = Trainer(_spec(), _data(), device=CPU)
+    calls = 0
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: object) -> object:
+        def run(*args: object) -> object:
+            nonlocal calls
+            calls += 1
+            return graph.forward(*args)
+
+        return run
+
+    trainer.compile_forward(backend=counting_backend)
+    after_warm_up = calls
+    assert after_warm_up >= 1
+    for _ in range(3):
+        trainer.train_step(sync=False)
+    assert calls == after_warm_up + 3
 
 
 def test_steps_without_a_sync_match_synced_ones() -> None:
