@@ -4,7 +4,7 @@ same probe of the random-init model?
 One command, from the repository root:
 
     .venv/bin/python bench/probes.py [--steps 400] [--checkpoints 5] [--per-play 300] [--layers 4] [--width 128]
-                                     [--threads 2] [--keep-home] [--out FILE]
+                                     [--batch 16] [--threads 2] [--keep-home] [--out FILE]
 
 1. The labelled task, from real text: which of two plays of tiny Shakespeare a speech comes from, *Romeo and
    Juliet* or *The Taming of the Shrew* (`tests/factories.py: play_speeches`: the speeches of each play's main
@@ -12,7 +12,7 @@ One command, from the repository root:
    `POST /v1/labelled-sets`.
 2. Through the real service (`selfsup up`, embedded, in a fresh temporary home): all of tiny Shakespeare as
    the corpus, and a masked-LM job (BERT, `--layers` 4, 4 heads, `--width` 128, context 64, WordPiece 2,048,
-   batch 16, lr 1e-3) of `--steps` steps with `--checkpoints` evenly spaced checkpoints and
+   `--batch` 16, lr 1e-3) of `--steps` steps with `--checkpoints` evenly spaced checkpoints and
    `"probes": [{"labelled_set_id": ..., "name": "play"}]`.
 3. The service probes each checkpoint on its cpu queue (mean-pooled last hidden states, scikit-learn's
    logistic regression on 80% of the speeches, accuracy on the other 20%, split by a hash of each text per
@@ -74,6 +74,7 @@ def job_spec(
     checkpoints: int,
     layers: int = 4,
     width: int = 128,
+    batch: int = 16,
     probe: str = "play",
 ) -> dict[str, Any]:
     """The probed masked-LM job."""
@@ -84,7 +85,7 @@ def job_spec(
         "objective": {"type": "masked_lm"},
         "tokenizer": {"type": "wordpiece", "vocab_size": 2048},
         "model": {"layers": layers, "heads": 4, "width": width, "context_length": 64},
-        "training": {"max_steps": steps, "batch_size": 16, "learning_rate": 1e-3},
+        "training": {"max_steps": steps, "batch_size": batch, "learning_rate": 1e-3},
         "evaluation": {"every_steps": every, "batches": 8},
         "checkpointing": {"every_steps": every, "keep_last": checkpoints + 1},
         "probes": [{"labelled_set_id": labelled_set_id, "name": probe}],
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-play", type=int, default=300, help="labelled speeches per play (default 300)")
     parser.add_argument("--layers", type=int, default=4, help="BERT layers (default 4)")
     parser.add_argument("--width", type=int, default=128, help="BERT width, 4 heads (default 128)")
+    parser.add_argument("--batch", type=int, default=16, help="masked-LM batch size (default 16)")
     parser.add_argument(
         "--task",
         choices=("play", "order"),
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                     checkpoints=args.checkpoints,
                     layers=args.layers,
                     width=args.width,
+                    batch=args.batch,
                     probe=args.task,
                 )
                 job = client.post("/v1/jobs", json=spec).raise_for_status().json()
