@@ -1,0 +1,94 @@
+"""An object store that is away: the API says so with a 503 the client can retry, keeps nothing, and goes on
+answering everything that only reads the database."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.factories import labelled_set_jsonl
+from tests.service import REPO, SELFSUP, Service, free_port, wait_until
+
+
+@pytest.fixture
+def api_without_its_store(postgres_service: Service) -> Iterator[str]:
+    """A second API process on the production-like service's database and broker, whose object store endpoint
+    has nothing listening (an outage, a firewall, a wrong address): the base URL."""
+    port = free_port()
+    env = {**postgres_service.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    env.pop("AWS_ENDPOINT_URL_S3", None)
+    process = subprocess.Popen(
+        [*SELFSUP, "api", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert process.poll() is None, f"the API exited with {process.returncode}"
+        try:
+            return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, timeout=120, interval=0.5, what="the second API to become ready")
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _model_archive() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = b'{"model_type": "gpt2"}'
+        info = tarfile.TarInfo("config.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_uploads_get_a_retryable_503_and_nothing_is_kept_while_reads_go_on(
+    postgres_service: Service, api_without_its_store: str
+) -> None:
+    headers = {"Authorization": f"Bearer {postgres_service.keys['alice']}"}
+    with httpx.Client(base_url=api_without_its_store, headers=headers, timeout=60) as client:
+        before = {
+            path: {item["id"] for item in client.get(path, params={"limit": 200}).raise_for_status().json()["data"]}
+            for path in ("/v1/corpora", "/v1/labelled-sets", "/v1/models")
+        }
+        uploads = {  # path: (body, content type), each valid: only the store is missing
+            "/v1/corpora": (b"a line of text to keep\n" * 2000, "text/plain"),
+            "/v1/labelled-sets": (
+                labelled_set_jsonl([{"text": f"example {i}", "label": "ab"[i % 2]} for i in range(20)]),
+                "application/jsonl",
+            ),
+            "/v1/models": (_model_archive(), "application/x-tar"),
+        }
+        for path, (body, content_type) in uploads.items():
+            answer = client.post(path, params={"name": "outage"}, content=body, headers={"Content-Type": content_type})
+            assert answer.status_code == 503, (path, answer.status_code, answer.text)
+            assert answer.headers["Retry-After"] == "5"
+            error = answer.json()["error"]
+            assert error["code"] == "unavailable"
+            assert "blob store is unavailable" in error["message"] and "retry" in error["message"]
+
+        # Nothing half-made is listed, and the database-only routes and probes answer as before.
+        for path, ids in before.items():
+            after = {item["id"] for item in client.get(path, params={"limit": 200}).json()["data"]}
+            assert after == ids, path
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/v1/jobs").status_code == 200
