@@ -1,11 +1,13 @@
 """Tokenization speed: our path (`workers.data.tokenization.TokenArrayWriter`, what a job's dataset build runs:
-ids into a flat array file plus each sentence's token offsets) against the `tokenizers` library's own batch
-encoder (`Tokenizer.encode_batch`) on the same texts with the same trained tokenizer, alone, in the same run.
+ids into a flat array file) against the `tokenizers` library's own batch encoder (`Tokenizer.encode_batch`) on
+the same texts with the same trained tokenizer, alone, in the same run. Ours is timed twice: ids alone (a
+causal, masked or span job's dataset: the writer uses the library's offset-free `encode_batch_fast`), and with
+each sentence's token offsets (a contrastive job's: offsets needed, so `encode_batch`).
 
 The corpus (`--mb`, default 100 MB) is documents of 5-60 consecutive lines of tinyshakespeare.txt from seeded
 random places; the tokenizer is byte-level BPE (`--vocab`, default 8192) trained on the play by our trainer.
 Both sides use every core this process may run on (the library's Rayon pool); repetitions alternate which
-side goes first. Goal: ours ≥ 0.9× the library's tokens/s.
+side goes first. Goal: ours ≥ 0.9× the library's tokens/s (`encode_batch`'s).
 
     .venv/bin/python bench/tokenize_speed.py              # --mb 100 --repeat 3
     .venv/bin/python bench/tokenize_speed.py --mb 5       # a quick run
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,6 +33,7 @@ SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 from workers.data.tokenization import TokenArrayWriter, train_bpe_tokenizer  # noqa: E402
 
+SIDES = ("library", "ours", "ours_with_sentences")
 LIBRARY_BATCH = 4096  # documents per encode_batch call: enough for every core, bounded memory
 
 
@@ -60,10 +64,12 @@ def library(tokenizer, docs: list[str]) -> tuple[int, float]:  # type: ignore[no
     return tokens, seconds
 
 
-def ours(tokenizer, docs: list[str], folder: Path) -> tuple[int, float]:  # type: ignore[no-untyped-def]
-    """tokens (end-of-text separators left out) and seconds of our dataset writer, sentence offsets included."""
+def ours(tokenizer, docs: list[str], folder: Path, *, sentences: bool) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+    """tokens (end-of-text separators left out) and seconds of our dataset writer: ids alone (what a causal,
+    masked or span job's dataset holds) or with each sentence's token offsets (a contrastive job's)."""
     start = time.perf_counter()
-    writer = TokenArrayWriter(tokenizer, folder / "train.bin", sentences_path=folder / "train.sentences.npy")
+    sentences_path = folder / "train.sentences.npy" if sentences else None
+    writer = TokenArrayWriter(tokenizer, folder / "train.bin", sentences_path=sentences_path)
     written = writer.add(docs)
     writer.close()
     return written - len(docs), time.perf_counter() - start
@@ -84,25 +90,34 @@ def main() -> int:
     print(f"{len(docs)} documents, {mb:.1f} MB, BPE vocab {len(tokenizer)}, {cores} cores", flush=True)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        library(tokenizer, docs[:200])  # warm both (Rayon pool, caches)
-        ours(tokenizer, docs[:200], Path(tmp))
+        library(tokenizer, docs[:200])  # warm all three (Rayon pool, caches)
+        ours(tokenizer, docs[:200], Path(tmp), sentences=True)
         for rep in range(args.repeat):
-            order = ("library", "ours") if rep % 2 == 0 else ("ours", "library")
-            result = {}
+            order = SIDES if rep % 2 == 0 else SIDES[::-1]
+            result: dict[str, Any] = {}
             for side in order:
-                tokens, seconds = library(tokenizer, docs) if side == "library" else ours(tokenizer, docs, Path(tmp))
+                if side == "library":
+                    tokens, seconds = library(tokenizer, docs)
+                else:
+                    tokens, seconds = ours(tokenizer, docs, Path(tmp), sentences=side == "ours_with_sentences")
                 result[side] = {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
-            if result["library"]["tokens"] != result["ours"]["tokens"]:
+            if len({result[side]["tokens"] for side in SIDES}) != 1:
                 raise SystemExit(f"token counts differ: {result}")
             result["ratio"] = result["ours"]["tokens_per_second"] / result["library"]["tokens_per_second"]
+            result["ratio_with_sentences"] = (
+                result["ours_with_sentences"]["tokens_per_second"] / result["library"]["tokens_per_second"]
+            )
             result["order"] = "/".join(order)
             runs.append(result)
             print(
                 f"rep {rep + 1} ({result['order']}): library {result['library']['tokens_per_second']:,.0f} tok/s, "
-                f"ours {result['ours']['tokens_per_second']:,.0f} tok/s, ratio {result['ratio']:.3f}",
+                f"ours {result['ours']['tokens_per_second']:,.0f} (ratio {result['ratio']:.3f}), with sentence "
+                f"offsets {result['ours_with_sentences']['tokens_per_second']:,.0f} "
+                f"(ratio {result['ratio_with_sentences']:.3f})",
                 flush=True,
             )
     ratios = [r["ratio"] for r in runs]
+    with_sentences = [r["ratio_with_sentences"] for r in runs]
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": cores},
         "load_before": load_before,
@@ -115,9 +130,14 @@ def main() -> int:
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
+        "ratio_with_sentences_median": statistics.median(with_sentences),
+        "ratio_with_sentences_min": min(with_sentences),
+        "ratio_with_sentences_max": max(with_sentences),
     }
     print(
         f"ours/library: median {report['ratio_median']:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); "
+        f"with sentence offsets: median {report['ratio_with_sentences_median']:.3f} "
+        f"(min {min(with_sentences):.3f}, max {max(with_sentences):.3f}); "
         f"load {load_before[0]:.1f} -> {report['load_after'][0]:.1f}"
     )
     out = args.out or ROOT / "bench" / "results" / f"tokenize-{time.strftime('%Y%m%d-%H%M%S')}.json"

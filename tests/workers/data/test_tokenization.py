@@ -203,8 +203,9 @@ MIXED_DOCS = [
     ],
 )
 def test_written_ids_and_sentence_offsets_match_each_documents_own_encoding(spec: object, tmp_path: Path) -> None:
-    """The writer (batched, encoding ahead, a shortcut for ASCII) writes what encoding each document alone gives:
-    its ids then end-of-text, and for each sentence the tokens that overlap it by the token offsets."""
+    """The writer (batched, encoding ahead, a shortcut for ASCII; offset-free without sentences) writes what
+    encoding each document alone gives: its ids then end-of-text, and for each sentence the tokens that overlap
+    it by the token offsets."""
     from models.sentences import sentence_spans
 
     tokenizer = train_tokenizer(spec, MIXED_DOCS)  # type: ignore[arg-type]
@@ -226,3 +227,8 @@ def test_written_ids_and_sentence_offsets_match_each_documents_own_encoding(spec
     assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == ids
     assert [tuple(s) for s in np.load(tmp_path / "s.npy").tolist()] == sentences
     assert len(sentences) > 40
+    # Without sentence offsets the writer takes the library's offset-free encoder: the same ids.
+    ids_only = TokenArrayWriter(tokenizer, tmp_path / "ids.bin")
+    ids_only.add(iter(MIXED_DOCS), batch_docs=7)
+    ids_only.close()
+    assert np.fromfile(tmp_path / "ids.bin", dtype=np.uint16).tolist() == ids
