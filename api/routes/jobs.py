@@ -48,7 +48,7 @@ from storage.keys import join_key
 from storage.status import FINISHED_JOB_STATUSES, CorpusStatus, DatasetStatus, ModelStatus
 from storage.status import JobStatus as Status
 from storage.tables import Job, Tenant
-from workers.celery_app import PREPARE_JOB, TRAIN_JOB
+from workers.celery_app import PREPARE_JOB, TRAIN_JOB, training_queue
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -311,7 +311,10 @@ def resume_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     if not crud.resume_paused(session=session, job=job):
         raise ApiError(409, f"job {job.id} is still pausing; try again when its status is paused")
     session.commit()
-    wake_worker(TRAIN_JOB if job.dataset_key else PREPARE_JOB, job.id)
+    if job.dataset_key:
+        wake_worker(TRAIN_JOB, job.id, queue=training_queue(job.devices))
+    else:
+        wake_worker(PREPARE_JOB, job.id)
     return job_public(job)
 
 

@@ -303,9 +303,23 @@ def _waiting_to_train() -> Any:
     )
 
 
-def a_job_waiting_to_train(*, session: Session) -> str | None:
-    """The id of some job a free trainer could claim now, or None (to wake a trainer after a run ends)."""
-    return session.scalar(select(Job.id).where(*_waiting_to_train()).limit(1))
+def jobs_waiting_to_train_by_devices(*, session: Session) -> dict[int, str]:
+    """For each `devices` count some queued job of that many devices waits with: the id of one a free trainer could
+    claim now (to wake, after a run ends, a trainer of each size the waiting jobs need)."""
+    rows = session.execute(select(Job.devices, func.min(Job.id)).where(*_waiting_to_train()).group_by(Job.devices))
+    return {int(devices): str(job_id) for devices, job_id in rows}
+
+
+def jobs_waiting_for_more_devices(*, session: Session, than: int) -> list[tuple[str, int]]:
+    """The jobs waiting to train on more than `than` devices, and the devices each needs."""
+    rows = session.execute(select(Job.id, Job.devices).where(*_waiting_to_train(), Job.devices > than))
+    return [(str(job_id), int(devices)) for job_id, devices in rows]
+
+
+def devices_if_waiting_to_train(*, session: Session, job_id: str) -> int | None:
+    """The devices of the job if it still waits for a trainer to claim it, else None."""
+    devices = session.scalar(select(Job.devices).where(Job.id == job_id, *_waiting_to_train()))
+    return None if devices is None else int(devices)
 
 
 def device_seconds_by_tenant(
