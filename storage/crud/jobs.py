@@ -247,12 +247,18 @@ def request_pause(*, session: Session, job: Job) -> str:
     return job.status
 
 
-def resume_paused(*, session: Session, job: Job) -> bool:
-    """Queue a paused job again; False if it was not paused."""
+def resume_paused(*, session: Session, job: Job, resources: dict[str, Any] | None = None) -> bool:
+    """Queue a paused job again, on other `resources` (the spec's section) if given; False if it was not paused."""
     resume = _move_job(job.id, JobStatus.QUEUED, among=frozenset({JobStatus.PAUSED}))
-    if not rowcount(session, resume.where(Job.lease_owner.is_(None)).values(pause_requested=False)):
+    changes: dict[str, Any] = {"pause_requested": False}
+    message = "queued again after a pause"
+    if resources is not None:
+        changes.update(spec={**job.spec, "resources": resources}, devices=int(resources["devices"]))
+        if changes["devices"] != job.devices:
+            message += f", on {changes['devices']} device(s) instead of {job.devices}"
+    if not rowcount(session, resume.where(Job.lease_owner.is_(None)).values(**changes)):
         return False
-    add_event(session=session, job_id=job.id, type="resume_requested", message="queued again after a pause")
+    add_event(session=session, job_id=job.id, type="resume_requested", message=message)
     session.flush()
     session.refresh(job)
     return True
