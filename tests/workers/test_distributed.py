@@ -173,34 +173,48 @@ def test_cancel_stops_every_rank(two_device_service: Service, corpus_id: str) ->
     _all_gone(pids)
 
 
-def test_a_job_paused_on_two_devices_resumes_on_one_with_the_same_curve(
-    two_device_service: Service, corpus_id: str
+LONG_STEPS = 300  # long enough that a pause requested at step 10 lands well before the end, on either count
+
+
+@pytest.fixture(scope="module")
+def long_reference(two_device_service: Service, corpus_id: str) -> str:
+    """An uninterrupted one-device run of the long spec (submitted, not awaited: it trains beside the test's job)."""
+    client = two_device_service.client()
+    return str(submit_job(client, _spec(corpus_id, "reference-long", 1, max_steps=LONG_STEPS, every=25))["id"])
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+def test_a_job_paused_on_n_devices_resumes_on_m_with_the_same_curve(
+    two_device_service: Service, corpus_id: str, long_reference: str, before: int, after: int
 ) -> None:
     client = two_device_service.client()
-    max_steps = 150
-    reference = submit_job(client, _spec(corpus_id, "reference-150", 1, max_steps=max_steps, every=25))
-    job = submit_job(client, _spec(corpus_id, "paused", 2, max_steps=max_steps, every=25))
-    _, pids = _running_with_every_rank(client, job["id"], 10)
+    job = submit_job(client, _spec(corpus_id, f"paused-{before}-{after}", before, max_steps=LONG_STEPS, every=25))
+    if before > 1:
+        _, pids = _running_with_every_rank(client, job["id"], 10)
+    else:
+        wait_until(lambda: client.get(f"/v1/jobs/{job['id']}").json()["step"] >= 10, timeout=180, what="step 10")
     assert client.post(f"/v1/jobs/{job['id']}/pause").status_code == 202
     paused = wait_for_job(client, job["id"], statuses=("paused",), timeout=60)
-    assert 10 <= paused["step"] < max_steps and paused["worker"] is None, paused
-    _all_gone(pids)  # the ranks stopped with rank 0, not only the job's status
+    assert 10 <= paused["step"] < LONG_STEPS and paused["worker"] is None, paused
+    if before > 1:
+        _all_gone(pids)  # the ranks stopped with rank 0, not only the job's status
 
-    # The batch does not depend on the device count: a job checkpointed on two devices goes on on one.
+    # The batch does not depend on the device count: a job checkpointed on N devices goes on on M.
     assert client.post(f"/v1/jobs/{job['id']}/resume", json={"resources": {"devices": 3}}).status_code == 422
-    resumed = client.post(f"/v1/jobs/{job['id']}/resume", json={"resources": {"devices": 1}})
-    assert resumed.status_code == 202 and resumed.json()["spec"]["resources"]["devices"] == 1, resumed.text
-    done, reference = wait_for_job(client, job["id"]), wait_for_job(client, reference["id"])
+    resumed = client.post(f"/v1/jobs/{job['id']}/resume", json={"resources": {"devices": after}})
+    assert resumed.status_code == 202 and resumed.json()["spec"]["resources"]["devices"] == after, resumed.text
+    done, reference = wait_for_job(client, job["id"]), wait_for_job(client, long_reference)
     assert done["status"] == reference["status"] == "succeeded", (done, reference)
-    assert done["step"] == max_steps and done["restarts"] == 0, done
+    assert done["step"] == LONG_STEPS and done["restarts"] == 0, done
     events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
     messages = {e["type"]: e["message"] for e in events}
-    assert "2 × cpu" in messages["started"] and "× cpu" not in messages["resumed"], messages
+    assert ("2 × cpu" in messages["started"]) == (before == 2), messages
+    assert ("2 × cpu" in messages["resumed"]) == (after == 2), messages
     assert f"at step {paused['step']}" in messages["resumed"], messages
-    assert_clean_history(client, job["id"], max_steps)
+    assert_clean_history(client, job["id"], LONG_STEPS)
     for name in ("train_loss", "val_loss"):
-        curve, expected = _curve(client, job["id"], name), _curve(client, reference["id"], name)
-        assert len(expected) >= 6 and curve.keys() == expected.keys(), (name, curve, expected)
+        curve, expected = _curve(client, job["id"], name), _curve(client, long_reference, name)
+        assert len(expected) >= 10 and curve.keys() == expected.keys(), (name, curve, expected)
         for step, value in expected.items():
             assert curve[step] == pytest.approx(value, rel=1e-4), (name, step)
 
