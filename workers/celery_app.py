@@ -122,6 +122,12 @@ def wake_trainer(job_id: str, devices: int) -> None:
     enqueue(TRAIN_JOB, job_id, queue=training_queue(devices))
 
 
+def waiting_in(queue: str) -> int:
+    """How many messages wait in `queue` (`LLEN`; messages being worked on are not counted)."""
+    with get_celery().connection_for_read() as conn:
+        return int(conn.default_channel.client.llen(queue))
+
+
 def _task_queues(task_name: str) -> list[str]:
     return training_queues() if task_name == TRAIN_JOB else [TASK_QUEUES[task_name]]
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import redis
 from celery.signals import task_postrun, task_prerun, worker_init, worker_ready, worker_shutting_down
 
 from selfsup.logs import enter_log_context, exit_log_context
@@ -260,7 +261,11 @@ def _say_why_wide_jobs_wait(settings: Settings) -> int:
     """Tell each job that waits for more devices than any connected gpu worker has (`workers/fleet.py`) why it
     waits, in an event (once while nothing changes); returns how many there are. With no gpu worker connected
     at all nothing is said: every job waits for one then."""
-    largest = largest_worker_devices(settings)
+    try:
+        largest = largest_worker_devices(settings)
+    except redis.RedisError:  # the broker is away: say it at a later look
+        log.warning("could not read the gpu workers' device counts from the broker", exc_info=True)
+        return 0
     if largest is None:
         return 0
     with session_scope() as session:

@@ -38,7 +38,7 @@ from storage.db import session_scope
 from storage.keys import job_checkpoints_prefix
 from storage.status import JobStatus
 from storage.tables import Checkpoint, Corpus, Dataset, Job, TokenizedDataset, utcnow
-from workers.celery_app import PROBE_CHECKPOINT, enqueue, wake_trainer
+from workers.celery_app import PROBE_CHECKPOINT, enqueue, training_queue, waiting_in, wake_trainer
 from workers.data.datasets import TOKENIZER_DIR, dataset_meta, open_token_arrays
 from workers.data.heldout import heldout_key, open_heldout, tokenizer_sha256
 from workers.data.token_arrays import verify_token_folder
@@ -521,7 +521,10 @@ def _wake_for_waiting_job() -> None:
         log.warning("could not look for a job waiting to train", exc_info=True)
         return
     for devices, job_id in waiting.items():
-        wake_trainer(job_id, devices)
+        # A wake-up already waiting there makes the next free trainer of that size claim the best of these jobs;
+        # another would only pile up behind it while no worker that size is connected.
+        if not waiting_in(training_queue(devices)):
+            wake_trainer(job_id, devices)
 
 
 def _wake_again(job_id: str) -> None:
