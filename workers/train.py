@@ -766,17 +766,20 @@ class JobRun:
         step = self.trainer.step
         self.window.tokens += self.spec.tokens_per_step
         self.window.steps += 1
+        checkpoint_due = self._checkpoint_due(step)
+        evaluating = step % self.spec.evaluation.every_steps == 0 or checkpoint_due
         if self._log_due(step):
             assert result is not None  # a logging step is a synced one
             steps_measured = self.window.steps
             step_seconds = self._log(step, result)
             if self.compile_pending and steps_measured >= compiling.AUTO_PROBE_STEPS:
                 self._compile_if_it_pays(step_seconds)
-            if self.control.due() and (directive := self._flush()) is not Directive.CONTINUE:
+            # A step that evaluates flushes after its evaluation: a pause or a cancel read here would end the run
+            # with this step checkpointed but never evaluated, and the resumed run starts after it (a gap in val_loss).
+            if not evaluating and self.control.due() and (directive := self._flush()) is not Directive.CONTINUE:
                 return directive
-        checkpoint_due = self._checkpoint_due(step)
         val_loss = None
-        if step % self.spec.evaluation.every_steps == 0 or checkpoint_due:
+        if evaluating:
             with self.window.off_the_clock():
                 val_loss = self._evaluate()
                 if (directive := self._flush()) is not Directive.CONTINUE:
