@@ -468,9 +468,10 @@ def check_labelled_sets(
         raise ApiError(422, "; ".join(f"{p['field']}: {p['message']}" for p in problems), details=problems)
 
 
-def wake_worker(task: str, row_id: str) -> None:
-    """Enqueue a task after its row is committed; if the broker is down, the reconciler catches up."""
+def wake_worker(task: str, row_id: str, *, queue: str | None = None) -> None:
+    """Enqueue a task after its row is committed (on `queue`, where the task has several); if the broker is down,
+    the reconciler catches up."""
     try:
-        enqueue(task, row_id)
+        enqueue(task, row_id, queue=queue)
     except Exception:  # noqa: BLE001 - the row is the truth; a lost wake-up is retried by the reconciler
         log.exception("could not enqueue %s for %s; the reconciler will retry", task, row_id)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from selfsup.scopes import DEFAULT_SCOPES, Scope
-from selfsup.spec import ProbeList
+from selfsup.spec import ProbeList, ResourcesSpec
 from selfsup.webhook_targets import MAX_URL_LENGTH
 from storage.status import WebhookEventType
 
@@ -112,6 +112,19 @@ class JobPublic(BaseModel):
     worker: str | None = Field(default=None, description="The worker (host:pid) training it now, if any.")
     restarts: int = Field(default=0, description="Resumes after a crash or a lost worker.")
     last_error: str | None = Field(default=None, description="The error of the last crash, if any.")
+
+
+class JobResume(BaseModel):
+    """What may change when a paused job resumes (`POST /v1/jobs/{id}/resume`; the body is optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resources: ResourcesSpec | None = Field(
+        default=None,
+        description="Train on another number of devices from here on (the job's `resources` becomes this): a job "
+        "checkpointed on N devices resumes on M with the same loss curve, since the global batch does not depend on "
+        "the device count. `training.batch_size` must be a multiple of the new `devices`.",
+    )
 
 
 class JobsPage(BaseModel):

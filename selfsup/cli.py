@@ -228,9 +228,9 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from celery.signals import worker_ready
+    from celery.signals import worker_ready, worker_shutdown
 
-    from workers.celery_app import get_celery
+    from workers.celery_app import get_celery, training_queues
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = set(queues) - {"cpu", "gpu"}
@@ -255,11 +255,25 @@ def _worker(args: argparse.Namespace) -> int:
             ready_file.write_text(",".join(queues) + "\n")
 
         worker_ready.connect(_say_ready, weak=False)
+    consumed = list(queues)
+    if "gpu" in queues:
+        devices = settings.resolved_worker_devices
+        # It takes the wake-ups of the jobs it fits: `gpu` (one device) up to `gpu-N` for its N devices.
+        consumed[queues.index("gpu") : queues.index("gpu") + 1] = training_queues(devices)
+
+        def _join_fleet(**_: Any) -> None:
+            from workers.fleet import announce
+            from workers.tasks import worker_identity
+
+            leaving = announce(worker_identity(), devices, settings)
+            worker_shutdown.connect(lambda **_: leaving.set(), weak=False)
+
+        worker_ready.connect(_join_fleet, weak=False)
     argv = [
         "--quiet",  # no banner: `selfsup up` prints a short start-up of its own
         "worker",
         "--queues",
-        ",".join(queues),
+        ",".join(consumed),
         "--hostname",
         f"{'+'.join(queues)}@%h-%i",
         "--loglevel",

@@ -27,7 +27,7 @@ from pydantic import (
 
 from models.objectives import OBJECTIVES, objective_type
 from models.objectives.base import ObjectiveSpec
-from selfsup.spec_types import ModelFamily, Name, SpecialTokens, StrictModel, invalid_combination
+from selfsup.spec_types import MAX_DEVICES, ModelFamily, Name, SpecialTokens, StrictModel, invalid_combination
 
 # The objective section: one of the registered objectives, told apart by `type`.
 if TYPE_CHECKING:
@@ -388,7 +388,7 @@ class ResourcesSpec(StrictModel):
     devices: int = Field(
         default=1,
         ge=1,
-        le=64,
+        le=MAX_DEVICES,
         description="Devices (GPUs) trained on together, one process each (DistributedDataParallel); the "
         "global batch is split between them, so the count changes the speed, not the loss curve. Only a worker "
         "with at least this many devices (SELFSUP_WORKER_DEVICES) takes the job.",

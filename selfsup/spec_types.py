@@ -13,6 +13,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+# The most devices one job trains on together (`resources.devices`); a training queue per count (workers/celery_app.py).
+MAX_DEVICES = 64
+
 ModelFamily = Literal["gpt2", "llama", "bert", "roberta", "t5"]
 SpecialTokens = Literal["gpt2", "bert", "roberta", "t5"]
 

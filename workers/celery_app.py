@@ -17,6 +17,7 @@ from celery.signals import setup_logging
 from selfsup.broker import broker_url
 from selfsup.logs import configure_logging
 from selfsup.settings import get_settings
+from selfsup.spec_types import MAX_DEVICES
 
 CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
@@ -97,19 +98,50 @@ def get_celery() -> Celery:
     return _app
 
 
-def enqueue(task_name: str, *args: str) -> None:
-    """Wake a worker for `task_name` on its queue."""
-    get_celery().send_task(task_name, args=list(args), queue=TASK_QUEUES[task_name])
+def training_queue(devices: int) -> str:
+    """The queue a wake-up for a job on `devices` devices goes to: `gpu` for one, `gpu-N` for N.
+
+    A gpu worker with D devices consumes `gpu`, `gpu-2` … `gpu-D` (`training_queues`), so the broker hands a job's
+    wake-up only to a worker the job fits: one with fewer devices never takes it (and drops it) in their place.
+    """
+    return GPU_QUEUE if devices <= 1 else f"{GPU_QUEUE}-{devices}"
+
+
+def training_queues(devices: int = MAX_DEVICES) -> list[str]:
+    """The queues a gpu worker with `devices` devices consumes (by default: every training queue there can be)."""
+    return [training_queue(n) for n in range(1, devices + 1)]
+
+
+def enqueue(task_name: str, *args: str, queue: str | None = None) -> None:
+    """Wake a worker for `task_name` on its queue (`queue`, where the task has several: `training_queue`)."""
+    get_celery().send_task(task_name, args=list(args), queue=queue or TASK_QUEUES[task_name])
+
+
+def wake_trainer(job_id: str, devices: int) -> None:
+    """Wake a gpu worker with at least `devices` devices to claim a job (`training_queue`)."""
+    enqueue(TRAIN_JOB, job_id, queue=training_queue(devices))
+
+
+def waiting_in(queue: str) -> int:
+    """How many messages wait in `queue` (`LLEN`; messages being worked on are not counted)."""
+    with get_celery().connection_for_read() as conn:
+        return int(conn.default_channel.client.llen(queue))
+
+
+def _task_queues(task_name: str) -> list[str]:
+    return training_queues() if task_name == TRAIN_JOB else [TASK_QUEUES[task_name]]
 
 
 def waiting_ids(task_name: str, *, limit: int = 10_000) -> set[str]:
     """Ids that already wait in the broker for `task_name` (so the reconciler does not pile up duplicates).
 
-    Reads the Redis list behind the task's queue; messages being worked on are not in it.
+    Reads the Redis lists behind the task's queues; messages being worked on are not in them.
     """
-    queue = TASK_QUEUES[task_name]
     with get_celery().connection_for_read() as conn:
-        raw = conn.default_channel.client.lrange(queue, 0, limit - 1)
+        pipe = conn.default_channel.client.pipeline(transaction=False)
+        for queue in _task_queues(task_name):
+            pipe.lrange(queue, 0, limit - 1)
+        raw = [item for items in pipe.execute() for item in items]
     ids: set[str] = set()
     for item in raw:
         try:
@@ -127,15 +159,17 @@ def waiting_ids(task_name: str, *, limit: int = 10_000) -> set[str]:
 
 
 def queue_depths(*, timeout: float = 2.0) -> dict[str, int]:
-    """Messages waiting in the broker on each queue (`LLEN`; messages being worked on are not counted).
+    """Messages waiting in the broker on each queue (`LLEN`; messages being worked on are not counted); `gpu`
+    counts the wake-ups of every training queue (`training_queue`).
 
     Its own short-lived connection with socket timeouts, so a broker that is down answers within `timeout`.
     """
     client = redis.Redis.from_url(broker_url(get_settings()), socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         pipe = client.pipeline(transaction=False)
-        for queue in (CPU_QUEUE, GPU_QUEUE):
+        for queue in (CPU_QUEUE, *training_queues()):
             pipe.llen(queue)
-        return dict(zip((CPU_QUEUE, GPU_QUEUE), (int(n) for n in pipe.execute()), strict=True))
+        cpu, *gpu = (int(n) for n in pipe.execute())
+        return {CPU_QUEUE: cpu, GPU_QUEUE: sum(gpu)}
     finally:
         client.close()

@@ -22,7 +22,7 @@ from storage.db import session_scope
 from storage.keys import join_key
 from storage.status import CorpusStatus, DatasetStatus, JobStatus
 from storage.tables import Corpus, Dataset, TokenizedDataset
-from workers.celery_app import TRAIN_JOB, enqueue
+from workers.celery_app import wake_trainer
 from workers.data.datasets import TOKENIZER_DIR, build_dataset, dataset_key, tokenizer_identity
 from workers.data.heldout import ensure_heldout, heldout_key, tokenizer_sha256
 
@@ -125,7 +125,7 @@ def prepare(job_id: str, *, store: BlobStore) -> str:
         recorded = crud.record_job_dataset(session=session, job_id=job_id, dataset_key=key)
     if not recorded:
         return "already prepared"
-    enqueue(TRAIN_JOB, job_id)
+    wake_trainer(job_id, spec.resources.devices)
     return f"dataset {key[:12]} ready ({dataset.train_tokens} train tokens); trainer woken"
 
 

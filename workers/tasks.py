@@ -11,10 +11,11 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import redis
 from celery.signals import task_postrun, task_prerun, worker_init, worker_ready, worker_shutting_down
 
 from selfsup.logs import enter_log_context, exit_log_context
-from selfsup.settings import get_settings
+from selfsup.settings import Settings, get_settings
 from storage import crud
 from storage.blobs import get_blob_store
 from storage.cache import release_all
@@ -33,8 +34,11 @@ from workers.celery_app import (
     VALIDATE_MODEL,
     enqueue,
     get_celery,
+    training_queue,
     waiting_ids,
+    wake_trainer,
 )
+from workers.fleet import largest_worker_devices
 
 log = logging.getLogger("selfsup.tasks")
 app = get_celery()
@@ -209,11 +213,14 @@ def reconcile() -> str:
     settings = get_settings()
     stale = utcnow() - timedelta(seconds=settings.lease_seconds)
     to_prepare: list[str] = []
-    to_train: list[str] = []
+    to_train: dict[str, int] = {}  # job id: its devices (the training queue its wake-up goes to)
     with session_scope() as session:
         # Queued for a while: the broker may have lost the wake-up (restarted without persistence).
         for job in crud.stale_queued_jobs(session=session, untouched_since=stale):
-            (to_train if job.dataset_key else to_prepare).append(job.id)
+            if job.dataset_key:
+                to_train[job.id] = job.devices
+            else:
+                to_prepare.append(job.id)
         to_ingest = crud.stale_processing_corpora(session=session, untouched_since=stale)
         # A curation touches its dataset as it goes, so only a lost wake-up or a dead worker looks stale.
         to_curate = crud.stale_processing_curated_datasets(session=session, untouched_since=stale)
@@ -221,11 +228,11 @@ def reconcile() -> str:
         # Running with no heartbeat for a lease: the worker died mid-probe.
         dead_probes = crud.fail_stale_running_probe_runs(session=session, untouched_since=stale)
         to_validate = crud.stale_processing_models(session=session, untouched_since=stale)
-    to_train += _requeue_expired_leases()
+    to_train.update(_requeue_expired_leases())
     sent = 0
     for task, ids in (
         (PREPARE_JOB, to_prepare),
-        (TRAIN_JOB, to_train),
+        (TRAIN_JOB, list(to_train)),
         (INGEST_CORPUS, to_ingest),
         (CURATE_DATASET, to_curate),
         (PROBE_CHECKPOINT, to_probe),
@@ -235,8 +242,9 @@ def reconcile() -> str:
         waiting = waiting_ids(task) if ids else set()
         for row_id in ids:
             if row_id not in waiting:
-                enqueue(task, row_id)
+                enqueue(task, row_id, queue=training_queue(to_train[row_id]) if task == TRAIN_JOB else None)
                 sent += 1
+    too_wide = _say_why_wide_jobs_wait(settings)
     store = get_blob_store()
     swept = [
         *store.sweep_orphans(CORPORA, older_than=settings.orphan_seconds),
@@ -245,12 +253,38 @@ def reconcile() -> str:
         *store.sweep_orphans(MODELS, older_than=settings.orphan_seconds),
     ]
     died = f"failed {len(dead_probes)} probes whose worker died"
-    return f"re-sent {sent} wake-ups; {died}; swept {len(swept)} orphaned temporary files"
+    wide = f"{too_wide} jobs wait for a gpu worker with more devices"
+    return f"re-sent {sent} wake-ups; {died}; {wide}; swept {len(swept)} orphaned temporary files"
 
 
-def _requeue_expired_leases() -> list[str]:
-    """Requeue (or fail, past max_restarts) running jobs whose lease expired; returns those to train."""
-    requeued = []
+def _say_why_wide_jobs_wait(settings: Settings) -> int:
+    """Tell each job that waits for more devices than any connected gpu worker has (`workers/fleet.py`) why it
+    waits, in an event (once while nothing changes); returns how many there are. With no gpu worker connected
+    at all nothing is said: every job waits for one then."""
+    try:
+        largest = largest_worker_devices(settings)
+    except redis.RedisError:  # the broker is away: say it at a later look
+        log.warning("could not read the gpu workers' device counts from the broker", exc_info=True)
+        return 0
+    if largest is None:
+        return 0
+    with session_scope() as session:
+        wide = crud.jobs_waiting_for_more_devices(session=session, than=largest)
+        for job_id, devices in wide:
+            crud.add_event_unless_latest(
+                session=session,
+                job_id=job_id,
+                type="waiting_for_devices",
+                message=f"waiting for a gpu worker with {devices} devices (resources.devices): the largest connected "
+                f"has {largest} (SELFSUP_WORKER_DEVICES); the job starts once one with {devices} or more connects",
+            )
+    return len(wide)
+
+
+def _requeue_expired_leases() -> dict[str, int]:
+    """Requeue (or fail, past max_restarts) running jobs whose lease expired; returns those to train (and their
+    devices)."""
+    requeued = {}
     with session_scope() as session:
         for job in crud.expired_leases(session=session):
             error = (
@@ -258,7 +292,7 @@ def _requeue_expired_leases() -> list[str]:
             )
             outcome = crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error)
             if outcome == crud.RequeueOutcome.REQUEUED:
-                requeued.append(job.id)
+                requeued[job.id] = job.devices
     return requeued
 
 
@@ -266,7 +300,7 @@ def _requeue_expired_leases() -> list[str]:
 def _recover_from_dead_workers_on_this_host(**_: Any) -> None:
     """A worker that starts on a host requeues jobs whose trainer there died, without waiting for the lease."""
     host = socket.gethostname()
-    requeued = []
+    requeued = {}
     with session_scope() as session:
         for job in crud.running_jobs_of(session=session, owner_prefix=f"{host}:"):
             pid = int((job.lease_owner or ":0").rsplit(":", 1)[1] or 0)
@@ -275,9 +309,9 @@ def _recover_from_dead_workers_on_this_host(**_: Any) -> None:
             error = f"worker {job.lease_owner} died at step {job.step}"
             outcome = crud.requeue_after_crash(session=session, job=job, owner=job.lease_owner, error=error)
             if outcome == crud.RequeueOutcome.REQUEUED:
-                requeued.append(job.id)
-    for job_id in requeued:
-        enqueue(TRAIN_JOB, job_id)
+                requeued[job.id] = job.devices
+    for job_id, devices in requeued.items():
+        wake_trainer(job_id, devices)
 
 
 def _alive(pid: int) -> bool:

@@ -38,7 +38,7 @@ from storage.db import session_scope
 from storage.keys import job_checkpoints_prefix
 from storage.status import JobStatus
 from storage.tables import Checkpoint, Corpus, Dataset, Job, TokenizedDataset, utcnow
-from workers.celery_app import PROBE_CHECKPOINT, TRAIN_JOB, enqueue
+from workers.celery_app import PROBE_CHECKPOINT, enqueue, training_queue, waiting_in, wake_trainer
 from workers.data.datasets import TOKENIZER_DIR, dataset_meta, open_token_arrays
 from workers.data.heldout import heldout_key, open_heldout, tokenizer_sha256
 from workers.data.token_arrays import verify_token_folder
@@ -498,6 +498,8 @@ def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, shou
     rows = load_claimed(job_id)
     if job_id != woken_for:
         log.info("woken for job %s; claimed job %s, the first in the claim order", woken_for, job_id)
+        # This trainer took another job, so the woken job's wake-up is spent: pass it on to a free trainer it fits.
+        _wake_again(woken_for)
     try:
         if rows.job.devices > 1:
             from workers.distributed import train_on_devices
@@ -509,16 +511,28 @@ def train(job_id: str, *, owner: str, settings: Settings, store: BlobStore, shou
 
 
 def _wake_for_waiting_job() -> None:
-    """A run ended and this trainer is free: wake one for the jobs still waiting (one whose own wake-up was
-    spent by a trainer that found it over its tenant's running quota would otherwise wait for `reconcile`)."""
+    """A run ended and this trainer is free: wake one for the jobs still waiting, of each device count they need
+    (one whose own wake-up was spent by a trainer that found it over its tenant's running quota would otherwise
+    wait for `reconcile`)."""
     try:
         with session_scope() as session:
-            waiting = crud.a_job_waiting_to_train(session=session)
+            waiting = crud.jobs_waiting_to_train_by_devices(session=session)
     except SQLAlchemyError:  # the database is away: `reconcile` re-sends the wake-ups once it is back
         log.warning("could not look for a job waiting to train", exc_info=True)
         return
-    if waiting is not None:
-        enqueue(TRAIN_JOB, waiting)
+    for devices, job_id in waiting.items():
+        # A wake-up already waiting there makes the next free trainer of that size claim the best of these jobs;
+        # another would only pile up behind it while no worker that size is connected.
+        if not waiting_in(training_queue(devices)):
+            wake_trainer(job_id, devices)
+
+
+def _wake_again(job_id: str) -> None:
+    """Wake a trainer for `job_id` again if it still waits to be claimed."""
+    with session_scope() as session:
+        devices = crud.devices_if_waiting_to_train(session=session, job_id=job_id)
+    if devices is not None:
+        wake_trainer(job_id, devices)
 
 
 def _train_claimed(
@@ -555,8 +569,9 @@ def requeue_crashed(job_id: str, owner: str, error: str) -> str:
             if job_row
             else crud.RequeueOutcome.SKIPPED
         )
+        devices = job_row.devices if job_row else 1
     if outcome == crud.RequeueOutcome.REQUEUED:
-        enqueue(TRAIN_JOB, job_id)
+        wake_trainer(job_id, devices)
     return f"crashed ({error}): {outcome}"
 
 
@@ -751,17 +766,20 @@ class JobRun:
         step = self.trainer.step
         self.window.tokens += self.spec.tokens_per_step
         self.window.steps += 1
+        checkpoint_due = self._checkpoint_due(step)
+        evaluating = step % self.spec.evaluation.every_steps == 0 or checkpoint_due
         if self._log_due(step):
             assert result is not None  # a logging step is a synced one
             steps_measured = self.window.steps
             step_seconds = self._log(step, result)
             if self.compile_pending and steps_measured >= compiling.AUTO_PROBE_STEPS:
                 self._compile_if_it_pays(step_seconds)
-            if self.control.due() and (directive := self._flush()) is not Directive.CONTINUE:
+            # A step that evaluates flushes after its evaluation: a pause or a cancel read here would end the run
+            # with this step checkpointed but never evaluated, and the resumed run starts after it (a gap in val_loss).
+            if not evaluating and self.control.due() and (directive := self._flush()) is not Directive.CONTINUE:
                 return directive
-        checkpoint_due = self._checkpoint_due(step)
         val_loss = None
-        if step % self.spec.evaluation.every_steps == 0 or checkpoint_due:
+        if evaluating:
             with self.window.off_the_clock():
                 val_loss = self._evaluate()
                 if (directive := self._flush()) is not Directive.CONTINUE:
@@ -876,7 +894,7 @@ class JobRun:
                 return "timed out"
             case Ending.HANDED_BACK:
                 self.lease.hand_back(f"released at step {step}: worker {self.owner} is shutting down")
-                enqueue(TRAIN_JOB, self.job.id)
+                wake_trainer(self.job.id, self.job.devices)
                 return "released for worker shutdown"
             case _:
                 assert_never(ending)

@@ -34,6 +34,7 @@ from api.schemas import (
     EventsPage,
     JobEstimate,
     JobPublic,
+    JobResume,
     JobsPage,
     JobStatus,
     MetricPoint,
@@ -48,7 +49,7 @@ from storage.keys import join_key
 from storage.status import FINISHED_JOB_STATUSES, CorpusStatus, DatasetStatus, ModelStatus
 from storage.status import JobStatus as Status
 from storage.tables import Job, Tenant
-from workers.celery_app import PREPARE_JOB, TRAIN_JOB
+from workers.celery_app import PREPARE_JOB, TRAIN_JOB, training_queue
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -299,19 +300,33 @@ def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     status_code=202,
     response_model=JobPublic,
     summary="Resume a paused job",
+    description="Continues from the checkpoint the pause saved; with `resources`, on another number of devices.",
     responses={
         403: {"description": "Over the queued-jobs quota"},
         409: {"description": "The job is not paused"},
+        422: {"description": "`resources` the job cannot train on (`training.batch_size` not a multiple of devices)"},
     },
 )
-def resume_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+def resume_job(job: OwnedJob, session: SessionDep, body: JobResume | None = None) -> JobPublic:
     if job.status != Status.PAUSED:
         raise ApiError(409, f"job {job.id} is {job.status}, not paused; nothing to resume")
+    resources = body.resources if body is not None else None
+    if resources is not None:
+        batch_size = int(job.spec["training"]["batch_size"])
+        if batch_size % resources.devices:
+            raise ApiError(
+                422,
+                f"training.batch_size ({batch_size}) must be a multiple of resources.devices ({resources.devices}): "
+                "each device takes an equal share of the batch",
+            )
     check_resume(session, job.tenant_id)
-    if not crud.resume_paused(session=session, job=job):
+    if not crud.resume_paused(session=session, job=job, resources=resources.model_dump() if resources else None):
         raise ApiError(409, f"job {job.id} is still pausing; try again when its status is paused")
     session.commit()
-    wake_worker(TRAIN_JOB if job.dataset_key else PREPARE_JOB, job.id)
+    if job.dataset_key:
+        wake_worker(TRAIN_JOB, job.id, queue=training_queue(job.devices))
+    else:
+        wake_worker(PREPARE_JOB, job.id)
     return job_public(job)
 
 

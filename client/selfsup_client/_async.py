@@ -275,9 +275,10 @@ class AsyncJobs:
         """Pause a queued or running job (it checkpoints and frees its worker)."""
         return Job.model_validate((await self._client.request("POST", self._path(job_id, "pause"))).json())
 
-    async def resume(self, job_id: str) -> Job:
-        """Resume a paused job."""
-        return Job.model_validate((await self._client.request("POST", self._path(job_id, "resume"))).json())
+    async def resume(self, job_id: str, *, devices: int | None = None) -> Job:
+        """Resume a paused job (on `devices` devices from here on, if given: a job paused on N resumes on M)."""
+        body = {"resources": {"devices": devices}} if devices is not None else None
+        return Job.model_validate((await self._client.request("POST", self._path(job_id, "resume"), json=body)).json())
 
     async def events(self, job_id: str, *, after_id: int | None = None) -> builtins.list[Event]:
         """The job's history, oldest first (after event `after_id`, if given)."""

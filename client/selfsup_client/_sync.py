@@ -276,9 +276,10 @@ class Jobs:
         """Pause a queued or running job (it checkpoints and frees its worker)."""
         return Job.model_validate(self._client.request("POST", self._path(job_id, "pause")).json())
 
-    def resume(self, job_id: str) -> Job:
-        """Resume a paused job."""
-        return Job.model_validate(self._client.request("POST", self._path(job_id, "resume")).json())
+    def resume(self, job_id: str, *, devices: int | None = None) -> Job:
+        """Resume a paused job (on `devices` devices from here on, if given: a job paused on N resumes on M)."""
+        body = {"resources": {"devices": devices}} if devices is not None else None
+        return Job.model_validate(self._client.request("POST", self._path(job_id, "resume"), json=body).json())
 
     def events(self, job_id: str, *, after_id: int | None = None) -> builtins.list[Event]:
         """The job's history, oldest first (after event `after_id`, if given)."""

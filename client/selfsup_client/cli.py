@@ -251,9 +251,9 @@ def jobs_show(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> Non
     _print_json(job) if as_json else _print_fields(job, skip=("spec",))
 
 
-def _control(ctx: typer.Context, job_id: str, action: str, as_json: bool) -> None:
+def _control(ctx: typer.Context, job_id: str, action: str, as_json: bool, **options: Any) -> None:
     with _client(ctx) as client:
-        job: Job = getattr(client.jobs, action)(job_id)
+        job: Job = getattr(client.jobs, action)(job_id, **options)
     if as_json:
         _print_json(job)
     else:
@@ -273,9 +273,16 @@ def jobs_pause(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> No
 
 
 @jobs_app.command("resume")
-def jobs_resume(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
-    """Resume a paused job."""
-    _control(ctx, job_id, "resume", as_json)
+def jobs_resume(
+    ctx: typer.Context,
+    job_id: str,
+    devices: Annotated[
+        int | None, typer.Option(min=1, help="Train on this many devices from here on (resources.devices).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Resume a paused job (on another number of devices with --devices)."""
+    _control(ctx, job_id, "resume", as_json, devices=devices)
 
 
 @jobs_app.command("watch")

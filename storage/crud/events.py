@@ -19,6 +19,18 @@ def add_event(*, session: Session, job_id: str, type: str, message: str) -> None
     session.add(Event(job_id=job_id, type=type, message=message))
 
 
+def add_event_unless_latest(*, session: Session, job_id: str, type: str, message: str) -> bool:
+    """Append an event unless the job's latest event says the same already (a condition reported once, not at
+    every look); whether it was added."""
+    latest = session.execute(
+        select(Event.type, Event.message).where(Event.job_id == job_id).order_by(Event.id.desc()).limit(1)
+    ).first()
+    if latest is not None and tuple(latest) == (type, message):
+        return False
+    add_event(session=session, job_id=job_id, type=type, message=message)
+    return True
+
+
 def list_events(*, session: Session, job_id: str, after_id: int | None = None) -> list[Event]:
     """A job's events, oldest first."""
     query = select(Event).where(Event.job_id == job_id)

@@ -247,12 +247,18 @@ def request_pause(*, session: Session, job: Job) -> str:
     return job.status
 
 
-def resume_paused(*, session: Session, job: Job) -> bool:
-    """Queue a paused job again; False if it was not paused."""
+def resume_paused(*, session: Session, job: Job, resources: dict[str, Any] | None = None) -> bool:
+    """Queue a paused job again, on other `resources` (the spec's section) if given; False if it was not paused."""
     resume = _move_job(job.id, JobStatus.QUEUED, among=frozenset({JobStatus.PAUSED}))
-    if not rowcount(session, resume.where(Job.lease_owner.is_(None)).values(pause_requested=False)):
+    changes: dict[str, Any] = {"pause_requested": False}
+    message = "queued again after a pause"
+    if resources is not None:
+        changes.update(spec={**job.spec, "resources": resources}, devices=int(resources["devices"]))
+        if changes["devices"] != job.devices:
+            message += f", on {changes['devices']} device(s) instead of {job.devices}"
+    if not rowcount(session, resume.where(Job.lease_owner.is_(None)).values(**changes)):
         return False
-    add_event(session=session, job_id=job.id, type="resume_requested", message="queued again after a pause")
+    add_event(session=session, job_id=job.id, type="resume_requested", message=message)
     session.flush()
     session.refresh(job)
     return True
@@ -303,9 +309,23 @@ def _waiting_to_train() -> Any:
     )
 
 
-def a_job_waiting_to_train(*, session: Session) -> str | None:
-    """The id of some job a free trainer could claim now, or None (to wake a trainer after a run ends)."""
-    return session.scalar(select(Job.id).where(*_waiting_to_train()).limit(1))
+def jobs_waiting_to_train_by_devices(*, session: Session) -> dict[int, str]:
+    """For each `devices` count some queued job of that many devices waits with: the id of one a free trainer could
+    claim now (to wake, after a run ends, a trainer of each size the waiting jobs need)."""
+    rows = session.execute(select(Job.devices, func.min(Job.id)).where(*_waiting_to_train()).group_by(Job.devices))
+    return {int(devices): str(job_id) for devices, job_id in rows}
+
+
+def jobs_waiting_for_more_devices(*, session: Session, than: int) -> list[tuple[str, int]]:
+    """The jobs waiting to train on more than `than` devices, and the devices each needs."""
+    rows = session.execute(select(Job.id, Job.devices).where(*_waiting_to_train(), Job.devices > than))
+    return [(str(job_id), int(devices)) for job_id, devices in rows]
+
+
+def devices_if_waiting_to_train(*, session: Session, job_id: str) -> int | None:
+    """The devices of the job if it still waits for a trainer to claim it, else None."""
+    devices = session.scalar(select(Job.devices).where(Job.id == job_id, *_waiting_to_train()))
+    return None if devices is None else int(devices)
 
 
 def device_seconds_by_tenant(

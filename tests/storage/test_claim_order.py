@@ -115,3 +115,37 @@ def test_a_trainer_claims_only_jobs_that_fit_its_devices(session: Session) -> No
     session.refresh(wide)
     assert wide.status == JobStatus.QUEUED and wide.lease_owner is None
     assert _claim(session, devices=4) == wide.id
+
+
+def test_what_waits_for_which_devices(session: Session) -> None:
+    """The look-ups that wake (and explain the wait of) jobs by the devices they need."""
+    one = _job(session, "alice", "one-device")
+    two_a = _job(session, "alice", "two-a", devices=2)
+    two_b = _job(session, "bob", "two-b", devices=2)
+    four = _job(session, "bob", "four", devices=4)
+    _job(session, "bob", "unprepared", devices=8, prepared=False)  # still tokenizing: no trainer may claim it
+    waiting = crud.jobs_waiting_to_train_by_devices(session=session)
+    assert waiting.keys() == {1, 2, 4} and waiting[1] == one.id and waiting[4] == four.id
+    assert waiting[2] in (two_a.id, two_b.id)
+    assert sorted(crud.jobs_waiting_for_more_devices(session=session, than=2)) == [(four.id, 4)]
+    assert crud.devices_if_waiting_to_train(session=session, job_id=two_a.id) == 2
+    assert crud.claim_job(session=session, job_id=four.id, owner="w:4", lease_seconds=60)
+    session.commit()
+    assert crud.devices_if_waiting_to_train(session=session, job_id=four.id) is None  # claimed: no longer waits
+    assert crud.jobs_waiting_for_more_devices(session=session, than=2) == []
+    # A condition said once stays one event while nothing changes.
+    said = [crud.add_event_unless_latest(session=session, job_id=two_a.id, type="w", message="m") for _ in range(2)]
+    assert said == [True, False]
+
+
+def test_a_paused_job_resumes_on_other_devices(session: Session) -> None:
+    job = _job(session, "alice", "paused", devices=2)
+    session.execute(update(Job).where(Job.id == job.id).values(status=JobStatus.PAUSED))
+    session.commit()
+    session.refresh(job)
+    assert crud.resume_paused(session=session, job=job, resources={"devices": 1, "nodes": 1})
+    session.commit()
+    assert job.status == JobStatus.QUEUED and job.devices == 1 and job.spec["resources"]["devices"] == 1
+    assert not crud.resume_paused(session=session, job=job)  # no longer paused
+    events = [e.message for e in crud.list_events(session=session, job_id=job.id)]
+    assert events[-1] == "queued again after a pause, on 1 device(s) instead of 2", events

@@ -1,19 +1,25 @@
 """Jobs on several devices, end to end: a gpu worker with SELFSUP_WORKER_DEVICES=2 trains `resources.devices: 2`
-jobs with two torchrun processes (gloo on the CPU) that record the loss curve one process records, and a rank
-that dies fails only that attempt."""
+jobs with two torchrun processes (gloo on the CPU) that record the loss curve one process records; a rank that
+dies fails only that attempt; cancel, pause, the worker's SIGTERM and a lost lease stop every rank; a job paused on
+two devices resumes on one; and a job no connected worker fits is never handed to one, and says why it waits."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, update
 
+from storage.tables import Job, utcnow
 from tests.factories import ready_corpus, submit_job, wait_for_job
-from tests.faults.conftest import assert_clean_history, event_types
-from tests.service import Service, start_service, wait_until
+from tests.faults.conftest import assert_clean_history, event_types, kill, worker_pid
+from tests.service import REPO, SELFSUP, Service, start_service, wait_until
 
 MAX_STEPS = 20
 # Each job on two devices starts three processes that import torch and transformers (torchrun and two ranks).
@@ -22,7 +28,8 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def two_device_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """selfsup up with a gpu worker of two devices, and rank 1 of the job called `killed` SIGKILLed after step 8.
+    """selfsup up with a gpu worker of two devices and, on the same broker, a second gpu worker of one device; rank 1
+    of the job called `killed` is SIGKILLed after step 8.
 
     A long lease: the worker, not the reconciler, is the one to see the dead rank (torchrun's exit) and requeue."""
     service = start_service(
@@ -33,9 +40,26 @@ def two_device_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
             "SELFSUP_FAULT_INJECTION": "kill_rank_at_step:8@killed",
         },
     )
+    ready = service.home / "one-device-worker.ready"
+    with open(service.home / "one-device-worker.log", "wb") as log:
+        # No SELFSUP_REDIS_URL: it finds the embedded broker `selfsup up` started in the same home, as a user's would.
+        one_device = subprocess.Popen(
+            [*SELFSUP, "worker", "--queues", "gpu", "--ready-file", str(ready)],
+            env={**service.env, "SELFSUP_WORKER_DEVICES": "1"},
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
+        wait_until(ready.exists, timeout=120, what="the one-device gpu worker")
         yield service
     finally:
+        one_device.send_signal(signal.SIGTERM)
+        try:
+            one_device.wait(60)
+        except subprocess.TimeoutExpired:
+            one_device.kill()
+            one_device.wait()
         service.stop()
 
 
@@ -44,7 +68,9 @@ def corpus_id(two_device_service: Service) -> str:
     return str(ready_corpus(two_device_service.client())["id"])
 
 
-def _spec(corpus_id: str, name: str, devices: int) -> dict[str, Any]:
+def _spec(
+    corpus_id: str, name: str, devices: int, max_steps: int = MAX_STEPS, every: int = 5, evaluate_every: int = 0
+) -> dict[str, Any]:
     """A tiny GPT-2 job; dropout off, so the ranks' own dropout draws cannot change the curve."""
     return {
         "name": name,
@@ -52,9 +78,9 @@ def _spec(corpus_id: str, name: str, devices: int) -> dict[str, Any]:
         "objective": {"type": "causal_lm"},
         "tokenizer": {"type": "char"},
         "model": {"family": "gpt2", "layers": 1, "heads": 2, "width": 32, "context_length": 32, "dropout": 0.0},
-        "training": {"max_steps": MAX_STEPS, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 2},
-        "evaluation": {"every_steps": 5, "batches": 2},
-        "checkpointing": {"every_steps": 5, "keep_last": 10},
+        "training": {"max_steps": max_steps, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 2},
+        "evaluation": {"every_steps": evaluate_every or every, "batches": 2},
+        "checkpointing": {"every_steps": every, "keep_last": 100},
         "resources": {"devices": devices},
     }
 
@@ -76,6 +102,27 @@ def _processes_naming(text: str) -> list[int]:
     return pids
 
 
+def _one_device_worker_log(service: Service) -> str:
+    return (service.home / "one-device-worker.log").read_text(errors="replace")
+
+
+def _running_with_every_rank(client: httpx.Client, job_id: str, step: int) -> tuple[dict[str, Any], list[int]]:
+    """Wait until a two-device job runs past `step`; the job and the pids of its processes (torchrun, two ranks)."""
+
+    def running() -> dict[str, Any] | None:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] in ("queued", "running"), job
+        return job if job["status"] == "running" and job["step"] >= step else None
+
+    job = wait_until(running, timeout=180, what=f"job {job_id} to pass step {step}")
+    pids = wait_until(lambda: p if len(p := _processes_naming(job_id)) >= 3 else None, timeout=60, what="3 processes")
+    return job, pids
+
+
+def _all_gone(pids: list[int]) -> None:
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=120, what=f"{pids} to end")
+
+
 def test_two_processes_record_the_loss_curve_of_one(two_device_service: Service, corpus_id: str) -> None:
     client = two_device_service.client()
     two = submit_job(client, _spec(corpus_id, "two-devices", 2))
@@ -90,6 +137,8 @@ def test_two_processes_record_the_loss_curve_of_one(two_device_service: Service,
             assert curve_two[step] == pytest.approx(value, rel=1e-4), (name, step)
     started = next(e for e in client.get(f"/v1/jobs/{two['id']}/events").json()["data"] if e["type"] == "started")
     assert "2 × cpu" in started["message"], started
+    # The job's wake-ups went only to the worker it fits: the one-device worker never took (and dropped) one.
+    assert f"selfsup.train_job('{two['id']}',)" not in _one_device_worker_log(two_device_service)
     wait_until(lambda: not _processes_naming(two["id"]), timeout=120, what="the job's processes to end")
 
 
@@ -114,3 +163,117 @@ def test_a_job_on_more_machines_than_one_is_refused(two_device_service: Service,
     response = two_device_service.client().post("/v1/jobs", json=spec)
     assert response.status_code == 422, response.text
     assert "multi-node jobs are not supported yet" in response.text
+
+
+def test_cancel_stops_every_rank(two_device_service: Service, corpus_id: str) -> None:
+    client = two_device_service.client()
+    job = submit_job(client, _spec(corpus_id, "cancelled", 2, max_steps=100_000))
+    _, pids = _running_with_every_rank(client, job["id"], 5)
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    done = wait_for_job(client, job["id"], timeout=60)
+    assert done["status"] == "cancelled" and 5 <= done["step"] < 100_000, done
+    _all_gone(pids)
+
+
+LONG_STEPS = 300  # long enough that a pause requested at step 10 lands well before the end, on either count
+# Every logged step (each 10th) evaluates too: a pause read at a logged step must not skip that step's evaluation.
+LONG: dict[str, Any] = {"max_steps": LONG_STEPS, "every": 50, "evaluate_every": 10}
+
+
+@pytest.fixture(scope="module")
+def long_reference(two_device_service: Service, corpus_id: str) -> str:
+    """An uninterrupted one-device run of the long spec (submitted, not awaited: it trains beside the test's job)."""
+    client = two_device_service.client()
+    return str(submit_job(client, _spec(corpus_id, "reference-long", 1, **LONG))["id"])
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+def test_a_job_paused_on_n_devices_resumes_on_m_with_the_same_curve(
+    two_device_service: Service, corpus_id: str, long_reference: str, before: int, after: int
+) -> None:
+    client = two_device_service.client()
+    job = submit_job(client, _spec(corpus_id, f"paused-{before}-{after}", before, **LONG))
+    if before > 1:
+        _, pids = _running_with_every_rank(client, job["id"], 10)
+    else:
+        wait_until(lambda: client.get(f"/v1/jobs/{job['id']}").json()["step"] >= 10, timeout=180, what="step 10")
+    assert client.post(f"/v1/jobs/{job['id']}/pause").status_code == 202
+    paused = wait_for_job(client, job["id"], statuses=("paused",), timeout=60)
+    assert 10 <= paused["step"] < LONG_STEPS and paused["worker"] is None, paused
+    if before > 1:
+        _all_gone(pids)  # the ranks stopped with rank 0, not only the job's status
+
+    # The batch does not depend on the device count: a job checkpointed on N devices goes on on M.
+    assert client.post(f"/v1/jobs/{job['id']}/resume", json={"resources": {"devices": 3}}).status_code == 422
+    resumed = client.post(f"/v1/jobs/{job['id']}/resume", json={"resources": {"devices": after}})
+    assert resumed.status_code == 202 and resumed.json()["spec"]["resources"]["devices"] == after, resumed.text
+    done, reference = wait_for_job(client, job["id"]), wait_for_job(client, long_reference)
+    assert done["status"] == reference["status"] == "succeeded", (done, reference)
+    assert done["step"] == LONG_STEPS and done["restarts"] == 0, done
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    messages = {e["type"]: e["message"] for e in events}
+    assert ("2 × cpu" in messages["started"]) == (before == 2), messages
+    assert ("2 × cpu" in messages["resumed"]) == (after == 2), messages
+    assert f"at step {paused['step']}" in messages["resumed"], messages
+    assert_clean_history(client, job["id"], LONG_STEPS)
+    for name in ("train_loss", "val_loss"):
+        curve, expected = _curve(client, job["id"], name), _curve(client, long_reference, name)
+        assert len(expected) >= 30 and curve.keys() == expected.keys(), (name, curve, expected)
+        for step, value in expected.items():
+            assert curve[step] == pytest.approx(value, rel=1e-4), (name, step)
+
+
+def test_sigterm_of_the_worker_stops_every_rank_and_the_job_goes_on(
+    two_device_service: Service, corpus_id: str
+) -> None:
+    client = two_device_service.client()
+    max_steps = 150
+    job = submit_job(client, _spec(corpus_id, "deployed", 2, max_steps=max_steps, every=25))
+    running, pids = _running_with_every_rank(client, job["id"], 10)
+    kill(worker_pid(running), signal.SIGTERM)  # a rolling deploy: `selfsup up` starts the worker again
+    _all_gone(pids)
+    done = wait_for_job(client, job["id"], timeout=240)
+    assert done["status"] == "succeeded" and done["step"] == max_steps and done["restarts"] == 0, done
+    types = event_types(client, job["id"])
+    assert types.count("released") == 1 and types.count("resumed") == 1 and "crashed" not in types, types
+    assert_clean_history(client, job["id"], max_steps)
+
+
+def test_a_lost_lease_stops_every_rank(two_device_service: Service, corpus_id: str) -> None:
+    client = two_device_service.client()
+    max_steps = 150
+    job = submit_job(client, _spec(corpus_id, "stolen", 2, max_steps=max_steps, every=25))
+    _, pids = _running_with_every_rank(client, job["id"], 10)
+    # Another worker takes the job over (as one does after a network partition), then goes silent itself.
+    engine = create_engine(f"sqlite:///{two_device_service.home / 'selfsup.db'}")
+    with engine.begin() as connection:
+        connection.execute(
+            update(Job)
+            .where(Job.id == job["id"])
+            .values(lease_owner="elsewhere:1", lease_expires_at=utcnow() + timedelta(seconds=2))
+        )
+    engine.dispose()
+    _all_gone(pids)  # rank 0 saw the lease gone at its next flush and stopped the others without writing
+    done = wait_for_job(client, job["id"], timeout=240)  # the reconciler requeues the silent thief's job
+    assert done["status"] == "succeeded" and done["step"] == max_steps and done["restarts"] == 1, done
+    assert "elsewhere:1 stopped renewing its lease" in done["last_error"], done
+    assert_clean_history(client, job["id"], max_steps)
+
+
+def test_a_job_no_worker_fits_waits_and_says_why(two_device_service: Service, corpus_id: str) -> None:
+    client = two_device_service.client()
+    spec = _spec(corpus_id, "too-wide", 4)
+    job = submit_job(client, spec)
+
+    def said() -> str | None:
+        events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+        return next((e["message"] for e in events if e["type"] == "waiting_for_devices"), None)
+
+    message = wait_until(said, timeout=60, what="the job to say why it waits")
+    assert "a gpu worker with 4 devices" in message and "the largest connected has 2" in message, message
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    # No connected worker took its wake-up (and dropped it): it waits in its own queue for one it fits.
+    logs = two_device_service.log_path.read_text(errors="replace") + _one_device_worker_log(two_device_service)
+    assert f"selfsup.train_job('{job['id']}',)" not in logs
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    assert wait_for_job(client, job["id"], timeout=30)["status"] == "cancelled"
