@@ -162,7 +162,8 @@ async def _receiving(
     multipart upload), seconds for a large upload that would otherwise stall every request on the event loop.
     """
     writer = store.writer(key)
-    out = await run_in_threadpool(writer.__enter__)
+    with anyio.CancelScope(shield=True):  # a cancelled request must not leave an entered writer nobody exits
+        out = await run_in_threadpool(writer.__enter__)
     sink = _Sink(
         out=out, limit=limit, batch_bytes=get_settings().upload_chunk_bytes, limit_setting=limit_setting, quota=quota
     )
