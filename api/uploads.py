@@ -97,7 +97,7 @@ class _Sink:
     Why: hashing and writing on the loop (as before) made receiving, sha256 and the write take turns on one core,
     and stalled every other request of the API for each of them. sha256 (about 0.7 s per GiB here) and a write
     into the page cache both release the GIL, so the thread runs them beside the loop's receiving. Batching keeps
-    the hand-offs to one per MiB (the server delivers the body in pieces of 64 to 256 KiB).
+    the hand-offs to one per MiB (the server hands the body over in pieces of up to 256 KiB).
     """
 
     out: BinaryIO
