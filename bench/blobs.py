@@ -1,21 +1,28 @@
 """Blob throughput, local folder and S3: upload through the API, read back, a fresh machine's checkpoint fetch.
 
-    .venv/bin/python bench/blobs.py                 # a 1 GiB corpus, a 512 MiB checkpoint, both stores
-    .venv/bin/python bench/blobs.py --mb 64 --checkpoint-mb 32 --stores local   # a quick run
+    .venv/bin/python bench/blobs.py                 # a 1 GiB corpus, a 512 MiB checkpoint, both stores, 3 times
+    .venv/bin/python bench/blobs.py --mb 64 --checkpoint-mb 32 --stores local --repeat 1   # a quick run
 
-For each store (`local`: a folder on this disk; `s3`: moto's S3 server started here on the loopback, its objects
-spilled to the same disk):
+Each repetition runs every store once, odd repetitions in `--stores` order and even ones the other way round (a
+drift of the machine's speed favours neither). For each store (`local`: a folder on this disk; `s3`: moto's S3
+server started here on the loopback, its objects spilled to the same disk):
 
-- **cp**: `cp` of the corpus file to the same disk (the yardstick; the API must reach half of it on `local`).
+- **cp**: `cp` of the corpus file to the same disk and `sync` of the copy, timed right before this store's upload,
+  after a `sync` of whatever was dirty (the yardstick; the API must reach half of it on `local`). This disk's `cp`
+  rate swings from about 300 to 1,400 MB/s from one minute to the next, so each upload is compared with the `cp`
+  next to it.
 - **upload**: `POST /v1/corpora` of the corpus through a real `selfsup api` process (SQLite, this machine's Redis),
-  streamed by httpx in 1 MiB chunks; MB/s, and the API process's peak RSS (`VmHWM`, must stay under 300 MB).
+  streamed by `curl -T` (the README's way; `--client httpx`: httpx in 1 MiB chunks, a Python client that takes
+  a good part of two cores itself); MB/s, the API process's CPU seconds for it (user + system, all its threads:
+  what the load of other processes cannot change), and its peak RSS (`VmHWM`, must stay under 300 MB).
 - **download**: the stored upload read back through the store's `open_range` in 1 MiB chunks, as the API streams a
   download; MB/s.
 - **resume fetch**: a checkpoint folder (`model.safetensors` and `resume/trainer_state.pt` of random bytes) is
   written through `staging_dir`; then, with an empty cache (a fresh machine), `local_copy` with the sha256 check a
   resume does (`verify_files`); seconds. On `local` nothing is copied: it is the sha256 check alone.
 
-Results: bench/results/blobs-<time>.json and a summary on stdout (with `uptime`: the machine is shared).
+Results: bench/results/blobs-<time>.json (every repetition, and per store the median, lowest and highest) and a
+summary on stdout, with the load average before and after each repetition (the machine is shared).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,9 +71,21 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """A live process's CPU time so far (user + system, all threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
 def timed_cp(source: Path, folder: Path) -> float:
-    """Seconds `cp` takes to copy `source` into `folder` (same disk), fsynced like the store's writes."""
+    """Seconds `cp` takes to copy `source` into `folder` (same disk), fsynced like the store's writes; whatever was
+    dirty before (the corpus just made, the last run's files) is synced first, outside the timing."""
     target = folder / "cp-copy"
+    subprocess.run(["sync"], check=True)
     start = time.perf_counter()
     subprocess.run(["cp", str(source), str(target)], check=True)
     subprocess.run(["sync", str(target)], check=True)
@@ -100,9 +120,28 @@ def file_chunks(path: Path) -> Iterator[bytes]:
             yield block
 
 
-def bench_store(kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_url: str) -> dict[str, Any]:
-    """Upload, download and resume fetch on one store (see the module docstring)."""
-    home = work / f"{kind}-api"
+def post_corpus(client: str, base: str, key: str, corpus: Path) -> tuple[int, str]:
+    """POST `corpus` to /v1/corpora with `client` (curl or httpx); the status code and the answer's body."""
+    url = f"{base}/v1/corpora?name=bench"
+    if client == "curl":
+        # -T streams the file (--data-binary @file would read all of it into curl's memory first).
+        answer = subprocess.run(
+            ["curl", "-sS", "-X", "POST", "-T", str(corpus), "-H", "Content-Type: text/plain"]
+            + ["-H", f"Authorization: Bearer {key}", "-w", "\\n%{http_code}", url],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        body, _, code = answer.stdout.rpartition("\n")
+        return int(code), body
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "text/plain"}
+    response = httpx.post(url, content=file_chunks(corpus), headers=headers, timeout=3600)
+    return response.status_code, response.text
+
+
+def bench_store(kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_url: str, client: str) -> dict[str, Any]:
+    """cp, upload, download and resume fetch on one store (see the module docstring)."""
+    home = Path(tempfile.mkdtemp(prefix=f"{kind}-api-", dir=work))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFSUP_", "AWS_"))}
     env.update(
         {
@@ -141,16 +180,16 @@ def bench_store(kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_u
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: _ready(base), timeout=120, what="the API")
         idle_rss = peak_rss_mb(api.pid)
-        headers = {"Authorization": f"Bearer {key}", "Content-Type": "text/plain"}
+        cp_s = timed_cp(corpus, work)
+        load_before = load_average()
+        cpu_before = cpu_seconds(api.pid)
         start = time.perf_counter()
-        answer = httpx.post(
-            f"{base}/v1/corpora", params={"name": "bench"}, content=file_chunks(corpus), headers=headers, timeout=3600
-        )
+        status, text = post_corpus(client, base, key, corpus)
         upload_s = time.perf_counter() - start
-        if answer.status_code != 201:
-            log = _tail(work / f"{kind}-api.log")
-            raise RuntimeError(f"upload answered {answer.status_code}: {answer.text}\n{log}")
-        corpus_id = answer.json()["id"]
+        api_cpu = cpu_seconds(api.pid) - cpu_before
+        if status != 201:
+            raise RuntimeError(f"upload answered {status}: {text}\n{_tail(work / f'{kind}-api.log')}")
+        corpus_id = json.loads(text)["id"]
         api_peak = peak_rss_mb(api.pid)
     finally:
         if api is not None:
@@ -159,12 +198,19 @@ def bench_store(kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_u
     # The store as the workers (and the API's downloads) see it, in this process.
     os.environ.update({k: v for k, v in env.items() if k.startswith(("SELFSUP_", "AWS_"))})
     try:
+        size_mb = corpus.stat().st_size / MB
         result = {
+            "load_average_at_upload": load_before,
+            "cp_seconds": cp_s,
+            "cp_mb_per_s": size_mb / cp_s,
             "upload_seconds": upload_s,
-            "upload_mb_per_s": corpus.stat().st_size / MB / upload_s,
+            "upload_mb_per_s": size_mb / upload_s,
+            "upload_to_cp": cp_s / upload_s,
+            "api_cpu_seconds": api_cpu,
+            "api_cpu_seconds_per_gib": api_cpu / (size_mb / 1024),
             "api_idle_rss_mb": idle_rss,
             "api_peak_rss_mb": api_peak,
-            **_download_and_resume(corpus_id, corpus.stat().st_size, checkpoint_mb, work / f"{kind}-worker"),
+            **_download_and_resume(corpus_id, corpus.stat().st_size, checkpoint_mb, home / "worker"),
         }
     finally:
         for name in list(os.environ):
@@ -173,7 +219,15 @@ def bench_store(kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_u
         if moto is not None:
             moto.terminate()
             moto.wait(30)
+        shutil.rmtree(home, ignore_errors=True)
     return result
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def _tail(path: Path) -> str:
@@ -234,35 +288,75 @@ def _download_and_resume(corpus_id: str, size: int, checkpoint_mb: int, worker_h
     }
 
 
+_SUMMARISED = (
+    "upload_mb_per_s",
+    "cp_mb_per_s",
+    "upload_to_cp",
+    "api_cpu_seconds_per_gib",
+    "api_peak_rss_mb",
+    "download_mb_per_s",
+    "resume_fetch_seconds",
+)
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median, lowest and highest of each figure over a store's successful runs."""
+    good = [r for r in runs if "error" not in r]
+    return {
+        name: {
+            "median": statistics.median(r[name] for r in good),
+            "lowest": min(r[name] for r in good),
+            "highest": max(r[name] for r in good),
+        }
+        for name in _SUMMARISED
+        if good
+    } | {"runs": len(good), "failed": len(runs) - len(good)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, default=1024, help="corpus size in MiB (1024: the issue's 1 GiB)")
     parser.add_argument("--checkpoint-mb", type=int, default=512, help="checkpoint size in MiB for the resume fetch")
     parser.add_argument("--stores", default="local,s3", help="local, s3 or both")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions, alternating the order of the stores")
+    parser.add_argument("--client", choices=("curl", "httpx"), default="curl" if shutil.which("curl") else "httpx")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="selfsup-bench-blobs-", dir=REPO / "bench" / "results"))
     corpus = work / "corpus.txt"
+    stores = args.stores.split(",")
     report: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": _cpu_model(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "corpus_mb": args.mb,
+        "checkpoint_mb": args.checkpoint_mb,
+        "client": args.client,
+        "repetitions": [],
         "stores": {},
     }
     try:
         make_corpus(corpus, args.mb)
-        cp_s = timed_cp(corpus, work)
-        report["cp_seconds"] = cp_s
-        report["cp_mb_per_s"] = args.mb / cp_s
-        for kind in args.stores.split(","):
-            try:
-                report["stores"][kind] = bench_store(kind, corpus, args.checkpoint_mb, work, args.redis_url)
-            except Exception as exc:  # noqa: BLE001 - reported, and the other store still runs
-                report["stores"][kind] = {"error": f"{type(exc).__name__}: {exc}"}
-            print(kind, json.dumps(report["stores"][kind], indent=1), flush=True)
+        for rep in range(args.repeat):
+            order = stores if rep % 2 == 0 else stores[::-1]
+            repetition: dict[str, Any] = {"order": order, "load_average_before": load_average()}
+            for kind in order:
+                try:
+                    repetition[kind] = bench_store(kind, corpus, args.checkpoint_mb, work, args.redis_url, args.client)
+                except Exception as exc:  # noqa: BLE001 - reported, and the other store still runs
+                    repetition[kind] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"repetition {rep + 1} {kind}", json.dumps(repetition[kind], indent=1), flush=True)
+            repetition["load_average_after"] = load_average()
+            report["repetitions"].append(repetition)
+        for kind in stores:
+            report["stores"][kind] = summarise([r[kind] for r in report["repetitions"]])
     finally:
         report["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         shutil.rmtree(work, ignore_errors=True)
@@ -271,15 +365,18 @@ def main() -> int:
         redis.Redis.from_url(args.redis_url).flushdb()
     out = args.out or REPO / "bench" / "results" / f"blobs-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "stores"}, indent=1))
-    local = report["stores"].get("local")
-    if local and "error" not in local:
+    for kind, summary in report["stores"].items():
+        if not summary["runs"]:
+            print(f"{kind}: every run failed")
+            continue
+        up, ratio, rss = summary["upload_mb_per_s"], summary["upload_to_cp"], summary["api_peak_rss_mb"]
         print(
-            f"local: API upload {local['upload_mb_per_s']:.0f} MB/s vs cp {report['cp_mb_per_s']:.0f} MB/s "
-            f"(ratio {local['upload_mb_per_s'] / report['cp_mb_per_s']:.2f}, must be >= 0.5); "
-            f"API peak RSS {local['api_peak_rss_mb']:.0f} MB (must be < 300)"
+            f"{kind}: {summary['runs']} runs; upload {up['median']:.0f} MB/s ({up['lowest']:.0f}-{up['highest']:.0f}), "
+            f"upload/cp {ratio['median']:.2f} ({ratio['lowest']:.2f}-{ratio['highest']:.2f}; must be >= 0.5 on "
+            f"local), API peak RSS at most {rss['highest']:.0f} MB (must be < 300), API CPU "
+            f"{summary['api_cpu_seconds_per_gib']['median']:.2f} s/GiB"
         )
-    print(f"written to {out}")
+    print(f"load average: {report['uptime_before']} -> {report['uptime_after']}; written to {out}")
     return 0
 
 

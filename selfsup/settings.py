@@ -81,7 +81,11 @@ class Settings(BaseSettings):
         description="How long the presigned URL of a `?redirect=true` checkpoint download stays valid (object store).",
     )
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
-    upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
+    upload_chunk_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="An upload is hashed and written by a worker thread in batches of this many bytes (two in memory).",
+    )
     max_labelled_set_bytes: int = Field(
         default=16 * 1024**2, gt=0, description="The largest labelled set (`POST /v1/labelled-sets`) accepted."
     )

@@ -41,6 +41,9 @@ Decompression is counted while it streams: past `SELFSUP_ARCHIVE_MAX_RATIO` time
 
     curl -X POST "$SELFSUP/v1/corpora?name=shakespeare" -H "Authorization: Bearer $KEY" \\
          -H "Content-Type: text/plain" --data-binary @tinyshakespeare.txt
+
+For a large file use `-T corpus.txt` (with `-X POST`) instead: curl streams it, where `--data-binary @file`
+first reads the whole file into curl's memory, and curl (7.88 here) refuses a 1 GiB file that way ("out of memory").
 """
 
 
