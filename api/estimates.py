@@ -33,7 +33,7 @@ def estimate_job(*, session: Session, tenant: Tenant, spec: JobSpec) -> JobEstim
     vocabulary = estimate.spec_vocabulary(spec, tokenized_size=tokenized)
     parameters = estimate.spec_parameters(spec, vocab_size=vocabulary.size)
     total_tokens = spec.training.max_steps * spec.tokens_per_step
-    flops_per_token = estimate.flops_per_token(spec.model, parameters)
+    flops_per_token = estimate.job_flops_per_token(spec, parameters=parameters, vocab_size=vocabulary.size)
     training_flops = flops_per_token * total_tokens
     tokens_per_parameter = total_tokens / parameters
     eta_seconds, eta_reason, basis = _eta(session, tenant, spec, training_flops, flops_per_token)
@@ -80,7 +80,9 @@ def _eta(
                 same_shape,
                 estimate.ReferenceRun(
                     job_id=run.job_id,
-                    flops_per_token=estimate.flops_per_token(reference.model, parameters),
+                    flops_per_token=estimate.job_flops_per_token(
+                        reference, parameters=parameters, vocab_size=vocab_size
+                    ),
                     tokens_per_second=run.tokens_per_second,
                 ),
             )

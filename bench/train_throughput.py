@@ -2,19 +2,22 @@
 
 One command, from the repository root:
 
-    .venv/bin/python bench/train_throughput.py [--steps 300] [--threads 2] [--repeat 6] [--out FILE]
+    .venv/bin/python bench/train_throughput.py [--objective causal_lm] [--steps 300] [--threads 2] [--repeat 6]
 
 Each repetition starts `selfsup up` on the embedded default in a fresh temporary SELFSUP_HOME, uploads
-tiny Shakespeare, trains a small character-level GPT-2 for `--steps` steps, reads the job's
-`tokens_per_second` series and stops the service; and runs a plain `transformers` loop of the same
-shape on the same token array in a fresh process, never at the same time, so the two never compete
-for the cores. Odd repetitions run the service first, even ones the plain loop first. The verdict is the
-median of the repetitions' ratios.
+tiny Shakespeare, trains a small character-level model for `--steps` steps on `--objective` (GPT-2 for
+causal_lm, BERT for masked_lm and contrastive, T5 for span_corruption, or `--family`), reads the job's
+`tokens_per_second` series and stops the service; and runs a plain, hand-written `transformers` loop of
+the same shape on the same token array in a fresh process, doing the same work per step as the
+objective (the same masking, corruption or two views, written plainly), never at the same time, so the
+two never compete for the cores. Odd repetitions run the service first, even ones the plain loop first.
+The verdict is the median of the repetitions' ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,9 +43,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from models.build import build_causal_lm  # noqa: E402
+from models.build import build_causal_lm, build_encoder, build_seq2seq  # noqa: E402
+from models.objectives import OBJECTIVES_BY_TYPE  # noqa: E402
+from models.objectives.contrastive import ContrastiveObjective  # noqa: E402
+from models.objectives.masked_lm import MaskedLMObjective  # noqa: E402
+from models.objectives.span_corruption import SpanCorruptionObjective  # noqa: E402
 from models.windows import gather_windows, sample_window_offsets  # noqa: E402
-from selfsup.estimate import flops_per_token, parameter_count  # noqa: E402
+from selfsup.estimate import job_flops_per_token, spec_parameters  # noqa: E402
 from selfsup.processes import keep_freed_memory  # noqa: E402
 from selfsup.spec import JobSpec  # noqa: E402
 from tests.factories import SHAKESPEARE, submit_job, upload_corpus, wait_for_corpus  # noqa: E402
@@ -173,15 +181,38 @@ def measure_matmul_flops(*, threads: int, size: int = 1024, seconds: float = 2.0
         torch.set_num_threads(previous)
 
 
-def job_spec(corpus_id: str, steps: int, *, family: str = "gpt2", compile: bool = False) -> dict[str, Any]:
-    """The benchmark job: a character-level GPT-2 (or Llama) in fp32, one evaluation batch and one checkpoint at
-    the end; `compile` is the job's `training.compile` (the plain loop never compiles)."""
+OBJECTIVE_TYPES = tuple(OBJECTIVES_BY_TYPE)
+FAMILIES = ("gpt2", "llama", "bert", "roberta", "t5")
+
+
+def default_family(objective: str) -> str:
+    """The family a job of this objective gets when it names none (gpt2, bert or t5)."""
+    return OBJECTIVES_BY_TYPE[objective].families[0]
+
+
+def job_spec(
+    corpus_id: str,
+    steps: int,
+    *,
+    family: str | None = None,
+    compile: bool = False,
+    objective: str = "causal_lm",
+) -> dict[str, Any]:
+    """The benchmark job: a small character-level model of the objective's default family (or `family`) in fp32,
+    the objective's default parameters, one evaluation batch and one checkpoint at the end; `compile` is the
+    job's `training.compile` (the plain loop never compiles)."""
     return {
         "name": "bench-train-throughput",
         "corpus_ids": [corpus_id],
-        "objective": {"type": "causal_lm"},
+        "objective": {"type": objective},
         "tokenizer": {"type": "char"},
-        "model": {"family": family, "layers": 4, "heads": 4, "width": 128, "context_length": 64},
+        "model": {
+            "family": family or default_family(objective),
+            "layers": 4,
+            "heads": 4,
+            "width": 128,
+            "context_length": 64,
+        },
         "training": {
             "compile": compile,
             "max_steps": steps,
@@ -319,12 +350,19 @@ def _parse_time(value: str) -> datetime:
 
 
 def run_service(
-    home: Path, *, steps: int, threads: int, family: str = "gpt2", compile: bool = False
-) -> tuple[ServiceResult, np.ndarray, dict[str, Any]]:
-    """Train the benchmark job on a fresh service; return its figures, the train tokens and the dataset meta.
+    home: Path,
+    *,
+    steps: int,
+    threads: int,
+    family: str | None = None,
+    compile: bool = False,
+    objective: str = "causal_lm",
+) -> tuple[ServiceResult, Dataset]:
+    """Train the benchmark job on a fresh service; return its figures and its dataset (train tokens, sentence
+    table, meta).
 
-    The train tokens are copied out of the service's home before the service stops, so the plain loop
-    trains on exactly the array the service trained on.
+    The dataset is copied out of the service's home before the service stops, so the plain loop trains on
+    exactly the array the service trained on.
     """
     service: Service = start_service(home, extra_env=service_env(threads))
     try:
@@ -343,7 +381,7 @@ def run_service(
                 return CpuSnapshot.take(trainer_pid=trainer_pid, service_pids=service_pids)
 
             submitted = snapshot()
-            job = submit_job(client, job_spec(corpus["id"], steps, family=family, compile=compile))
+            job = submit_job(client, job_spec(corpus["id"], steps, family=family, compile=compile, objective=objective))
             job_id = job["id"]
             # Taken at the first poll past the warm-up and at the poll that sees the end, so the interval also
             # holds the final evaluation, the checkpoint and up to one poll interval of idle: trainer_cores
@@ -368,7 +406,7 @@ def run_service(
             response.raise_for_status()
             rates = response.json()["data"]
             compiled = client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "compile_seconds"}).json()["data"]
-        meta, tokens = _read_dataset(home)
+        dataset = _read_dataset(home)
     finally:
         service.stop()
 
@@ -391,7 +429,7 @@ def run_service(
         end_to_end_seconds=end_to_end,
         end_to_end_tokens_per_second=steps * tokens_per_step / end_to_end,
         final_train_loss=job["metrics"].get("train_loss"),
-        vocab_size=int(meta["vocab_size"]),
+        vocab_size=int(dataset.meta["vocab_size"]),
         queued_to_finished_seconds=(done - _parse_time(job["created_at"])).total_seconds(),
         cpu=cpu_usage(steady_cpu[0], steady_cpu[-1]) if len(steady_cpu) == 2 else {},
         trainer_page_faults_per_step=(steady_cpu[-1].trainer_page_faults - steady_cpu[0].trainer_page_faults)
@@ -399,11 +437,24 @@ def run_service(
         cpu_whole_job=cpu_usage(submitted, steady_cpu[-1]),
         compile_seconds=float(compiled[0]["value"]) if compiled else None,
     )
-    return result, tokens, meta
+    return result, dataset
 
 
-def _read_dataset(home: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """The one tokenized dataset under the service's blob store: its meta.json and a copy of train.bin."""
+@dataclass(frozen=True)
+class Dataset:
+    """What the plain loop trains on: the service's train tokens, sentence table (contrastive) and meta."""
+
+    tokens: np.ndarray
+    sentences: np.ndarray | None
+    meta: dict[str, Any]
+
+
+SENTENCES_FILE = "train.sentences.npy"  # (n, 2) token offsets of each sentence (workers/data/token_arrays.py)
+
+
+def _read_dataset(home: Path) -> Dataset:
+    """The one tokenized dataset under the service's blob store: its meta.json and copies of train.bin and the
+    sentence table."""
     folders = sorted((home / "blobs" / "datasets").glob("*/meta.json"))
     if len(folders) != 1:
         raise RuntimeError(f"expected one tokenized dataset under {home}, found {folders}")
@@ -412,17 +463,167 @@ def _read_dataset(home: Path) -> tuple[dict[str, Any], np.ndarray]:
     tokens = np.fromfile(folder / "train.bin", dtype=meta["dtype"])
     if len(tokens) != meta["train_tokens"]:
         raise RuntimeError(f"train.bin holds {len(tokens)} tokens, meta.json says {meta['train_tokens']}")
-    return meta, tokens
+    sentences = np.load(folder / SENTENCES_FILE) if (folder / SENTENCES_FILE).is_file() else None
+    return Dataset(tokens=tokens, sentences=sentences, meta=meta)
+
+
+# ---- The plain loops: what a hand-written script does per step for each objective ----------------------------------
+#
+# Each builds the stock `transformers` class of the job's family and shape and returns a function from the batch RNG
+# to the step's loss: the batch made plainly in NumPy/torch (the service's batch manufacture is not called), the
+# forward, the loss. The loop around it (schedule, backward, clip, fused AdamW) is the same for all four.
+
+PlainStep = Callable[[np.random.Generator], torch.Tensor]
+
+
+def plain_causal_lm(spec: JobSpec, dataset: Dataset) -> tuple[torch.nn.Module, PlainStep]:
+    """Next-token prediction: windows of context + 1 tokens, inputs and labels shifted by one."""
+    meta, window = dataset.meta, spec.model.context_length + 1
+    model = build_causal_lm(spec.model, vocab_size=int(meta["vocab_size"]), special=special_token_ids(meta))
+
+    def step(rng: np.random.Generator) -> torch.Tensor:
+        offsets = sample_window_offsets(len(dataset.tokens), window=window, count=spec.training.batch_size, rng=rng)
+        batch = gather_windows(dataset.tokens, offsets, window)
+        x, y = batch[:, :-1], batch[:, 1:]
+        logits = model(input_ids=x, use_cache=False).logits
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+    return model, step
+
+
+def plain_masked_lm(spec: JobSpec, dataset: Dataset) -> tuple[torch.nn.Module, PlainStep]:
+    """BERT's recipe as DataCollatorForLanguageModeling does it: [CLS] window [SEP], 15% of the non-special tokens
+    chosen, of those 80% [MASK], 10% a random non-special token, 10% unchanged; loss at the chosen positions."""
+    meta, special = dataset.meta, special_token_ids(dataset.meta)
+    objective = spec.objective
+    assert isinstance(objective, MaskedLMObjective)
+    vocab_size, window = int(meta["vocab_size"]), spec.model.context_length - 2
+    model = build_encoder(spec.model, vocab_size=vocab_size, special=special, head=True)
+    begin = special.cls if special.cls is not None else special.bos
+    end = special.sep if special.sep is not None else special.eos
+    assert begin is not None and special.mask is not None
+    mask_id = special.mask
+    specials = torch.tensor(special.every)
+    replacements = torch.tensor([i for i in range(vocab_size) if i not in set(special.every)])
+    generator = torch.Generator().manual_seed(spec.training.seed)
+    p_mask, p_random = objective.mask_replace_probability, objective.random_replace_probability
+
+    def step(rng: np.random.Generator) -> torch.Tensor:
+        count = spec.training.batch_size
+        offsets = sample_window_offsets(len(dataset.tokens), window=window, count=count, rng=rng)
+        text = gather_windows(dataset.tokens, offsets, window)
+        ids = torch.cat([torch.full((count, 1), begin), text, torch.full((count, 1), end)], dim=1)
+        chosen = (torch.rand(ids.shape, generator=generator) < objective.mask_probability) & ~torch.isin(ids, specials)
+        fate = torch.rand(ids.shape, generator=generator)
+        inputs = ids.masked_fill(chosen & (fate < p_mask), mask_id)
+        swap = chosen & (fate >= p_mask) & (fate < p_mask + p_random)
+        random_ids = replacements[torch.randint(len(replacements), ids.shape, generator=generator)]
+        inputs = torch.where(swap, random_ids, inputs)
+        labels = ids.masked_fill(~chosen, -100)
+        logits = model(input_ids=inputs).logits
+        return F.cross_entropy(logits.reshape(-1, vocab_size), labels.reshape(-1), ignore_index=-100)
+
+    return model, step
+
+
+def t5_noise_mask(length: int, noise_density: float, mean_span_length: float, rng: np.random.Generator) -> np.ndarray:
+    """T5's `random_spans_noise_mask` as transformers' run_t5_mlm_flax.py writes it in NumPy (no random roll: the
+    row starts with a kept span and ends with a noise span)."""
+    noise_tokens = min(max(round(length * noise_density), 1), length - 1)
+    spans = max(round(min(noise_tokens, length - noise_tokens) / mean_span_length), 1)
+
+    def segmentation(items: int, segments: int) -> np.ndarray:
+        first_in_segment = np.pad(rng.permutation(np.arange(items - 1) < segments - 1), [1, 0])
+        return np.unique(np.cumsum(first_in_segment), return_counts=True)[1]
+
+    lengths = np.stack([segmentation(length - noise_tokens, spans), segmentation(noise_tokens, spans)], axis=1)
+    starts = np.zeros(length, dtype=np.int64)
+    starts[np.cumsum(lengths.reshape(-1))[:-1]] = 1
+    return np.cumsum(starts) % 2 == 1
+
+
+def plain_span_corruption(spec: JobSpec, dataset: Dataset) -> tuple[torch.nn.Module, PlainStep]:
+    """T5's span corruption as run_t5_mlm_flax.py does it: each noise span becomes one sentinel in the input, the
+    target is each sentinel followed by the tokens it hid, both end with EOS; T5 computes the loss from `labels=`."""
+    meta, special = dataset.meta, special_token_ids(dataset.meta)
+    objective = spec.objective
+    assert isinstance(objective, SpanCorruptionObjective)
+    model = build_seq2seq(spec.model, vocab_size=int(meta["vocab_size"]), special=special)
+    window = spec.tokens_per_sequence  # the raw tokens whose corrupted input fills the context
+    sentinels = np.array(special.sentinels, dtype=np.int64)
+    density, mean = objective.noise_density, objective.mean_span_length
+
+    def drop_spans(ids: np.ndarray, dropped: np.ndarray) -> np.ndarray:
+        """Each run of `dropped` positions replaced by the next sentinel, then EOS (`filter_input_ids`)."""
+        starts = dropped & ~np.pad(dropped[:, :-1], [(0, 0), (1, 0)])
+        with_sentinels = np.where(starts, sentinels[np.maximum(np.cumsum(starts, axis=1) - 1, 0)], ids)
+        kept = with_sentinels[~dropped | starts].reshape(len(ids), -1)
+        return np.concatenate([kept, np.full((len(ids), 1), special.eos)], axis=1)
+
+    def step(rng: np.random.Generator) -> torch.Tensor:
+        count = spec.training.batch_size
+        offsets = sample_window_offsets(len(dataset.tokens), window=window, count=count, rng=rng)
+        ids = gather_windows(dataset.tokens, offsets, window).numpy()
+        noise = np.stack([t5_noise_mask(window, density, mean, rng) for _ in range(count)])
+        inputs, labels = torch.from_numpy(drop_spans(ids, noise)), torch.from_numpy(drop_spans(ids, ~noise))
+        return model(input_ids=inputs, labels=labels).loss
+
+    return model, step
+
+
+def plain_contrastive(spec: JobSpec, dataset: Dataset) -> tuple[torch.nn.Module, PlainStep]:
+    """Unsupervised SimCSE: distinct random sentences, [CLS] sentence [SEP] padded to the longest, the batch
+    encoded twice in one forward (dropout the augmentation), mean pooling, cosine similarity / temperature, and
+    cross-entropy against the in-batch negatives."""
+    meta, special = dataset.meta, special_token_ids(dataset.meta)
+    objective = spec.objective
+    assert isinstance(objective, ContrastiveObjective) and dataset.sentences is not None
+    model = build_encoder(spec.model, vocab_size=int(meta["vocab_size"]), special=special, head=False)
+    begin = special.cls if special.cls is not None else special.bos
+    end = special.sep if special.sep is not None else special.eos
+    assert special.pad is not None and begin is not None
+    pad, longest_text, sentences = special.pad, spec.model.context_length - 2, dataset.sentences
+    steps = itertools.count()
+
+    def step(rng: np.random.Generator) -> torch.Tensor:
+        # The sentences the service draws at this step (its per-step generator), not the loop's stream: a step's
+        # work grows with the batch's longest sentence, so both sides pad to the same widths step by step.
+        del rng
+        count = spec.training.batch_size
+        draw = np.random.default_rng([spec.training.seed, next(steps), 0])
+        rows = [
+            [begin, *dataset.tokens[start : min(stop, start + longest_text)].tolist(), end]
+            for start, stop in sentences[draw.choice(len(sentences), size=count, replace=False)].tolist()
+        ]
+        ids = torch.full((count, max(len(row) for row in rows)), pad, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        mask = ids != pad
+        hidden = model(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([mask, mask])).last_hidden_state
+        weights = torch.cat([mask, mask]).unsqueeze(-1).float()
+        first, second = ((hidden * weights).sum(dim=1) / weights.sum(dim=1)).chunk(2)
+        similarity = F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).T / objective.temperature
+        return F.cross_entropy(similarity, torch.arange(count))
+
+    return model, step
+
+
+PLAIN_LOOPS: dict[str, Callable[[JobSpec, Dataset], tuple[torch.nn.Module, PlainStep]]] = {
+    "causal_lm": plain_causal_lm,
+    "masked_lm": plain_masked_lm,
+    "span_corruption": plain_span_corruption,
+    "contrastive": plain_contrastive,
+}
 
 
 def run_plain(
-    tokens: np.ndarray,
-    meta: dict[str, Any],
+    dataset: Dataset,
     *,
     steps: int,
     threads: int,
     keep_memory: bool = True,
-    family: str = "gpt2",
+    family: str | None = None,
+    objective: str = "causal_lm",
 ) -> PlainResult:
     """The same model, optimizer and batches in a bare loop; times steps after the warm-up exclusion.
 
@@ -433,11 +634,10 @@ def run_plain(
     if keep_memory:
         keep_freed_memory()
     torch.set_num_threads(threads)
-    spec = JobSpec.model_validate(job_spec("cor_bench", steps, family=family))
-    training, context = spec.training, spec.model.context_length
-    window = context + 1
+    spec = JobSpec.model_validate(job_spec("cor_bench", steps, family=family, objective=objective))
+    training = spec.training
     torch.manual_seed(training.seed)
-    model = build_causal_lm(spec.model, vocab_size=int(meta["vocab_size"]), special=special_token_ids(meta))
+    model, loss_of_step = PLAIN_LOOPS[objective](spec, dataset)
     model.train()
     device = torch.device("cpu")
     optimizer = configure_optimizer(model, training, device)
@@ -456,11 +656,7 @@ def run_plain(
         lr = learning_rate_at(step, training)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        offsets = sample_window_offsets(len(tokens), window=window, count=training.batch_size, rng=rng)
-        batch = gather_windows(tokens, offsets, window)
-        x, y = batch[:, :-1], batch[:, 1:]
-        logits = model(input_ids=x, use_cache=False).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss = loss_of_step(rng)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
         optimizer.step()
@@ -488,24 +684,30 @@ def run_plain(
     )
 
 
-def save_dataset(folder: Path, tokens: np.ndarray, meta: dict[str, Any]) -> Path:
-    """Write the train tokens and meta where `run_plain_process` children read them."""
+def save_dataset(folder: Path, dataset: Dataset) -> Path:
+    """Write the train tokens, sentence table and meta where `run_plain_process` children read them."""
     folder.mkdir(parents=True, exist_ok=True)
-    tokens.tofile(folder / "train.bin")
-    (folder / "meta.json").write_text(json.dumps(meta))
+    dataset.tokens.tofile(folder / "train.bin")
+    if dataset.sentences is not None:
+        np.save(folder / SENTENCES_FILE, dataset.sentences)
+    (folder / "meta.json").write_text(json.dumps(dataset.meta))
     return folder
 
 
-def _load_dataset(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def _load_dataset(folder: Path) -> Dataset:
     meta: dict[str, Any] = json.loads((folder / "meta.json").read_text())
-    return np.fromfile(folder / "train.bin", dtype=meta["dtype"]), meta
+    sentences = np.load(folder / SENTENCES_FILE) if (folder / SENTENCES_FILE).is_file() else None
+    return Dataset(tokens=np.fromfile(folder / "train.bin", dtype=meta["dtype"]), sentences=sentences, meta=meta)
 
 
-def run_plain_process(dataset: Path, *, steps: int, threads: int, keep_memory: bool, family: str) -> PlainResult:
+def run_plain_process(
+    dataset: Path, *, steps: int, threads: int, keep_memory: bool, family: str | None, objective: str
+) -> PlainResult:
     """`run_plain` in a fresh Python process, as the service's trainer is one: neither side inherits a
     heap, page mappings or thread pools from earlier runs."""
     command = [sys.executable, str(Path(__file__).resolve()), "--steps", str(steps), "--threads", str(threads)]
-    command += ["--plain-child", str(dataset), "--family", family]
+    command += ["--plain-child", str(dataset), "--objective", objective]
+    command += ["--family", family] if family else []
     command += [] if keep_memory else ["--plain-glibc-defaults"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -533,10 +735,11 @@ def machine(threads: int) -> dict[str, Any]:
     }
 
 
-def _flops_per_token(family: str, vocab_size: int, steps: int) -> int:
-    """Training FLOPs per token of the benchmark model (selfsup/estimate.py's formula, exact parameters)."""
-    spec = JobSpec.model_validate(job_spec("cor_bench", steps, family=family))
-    return flops_per_token(spec.model, parameter_count(spec.model, vocab_size=vocab_size))
+def _flops_per_token(family: str | None, vocab_size: int, steps: int, objective: str = "causal_lm") -> int:
+    """Training FLOPs per counted token of the benchmark job (selfsup/estimate.py's `job_flops_per_token`, exact
+    parameters; the service's `mfu` metric uses the same)."""
+    spec = JobSpec.model_validate(job_spec("cor_bench", steps, family=family, objective=objective))
+    return job_flops_per_token(spec, parameters=spec_parameters(spec, vocab_size=vocab_size), vocab_size=vocab_size)
 
 
 def render_table(report: dict[str, Any]) -> str:
@@ -576,6 +779,8 @@ def render_table(report: dict[str, Any]) -> str:
         rows.append(("  same, median 10-step window", f"{report['median_window_ratio']:.3f}"))
     m = report["machine"]
     rows += [
+        ("objective / family", f"{report['objective']} / {report['job_spec']['model']['family']}"),
+        ("tokens per step (both sides)", f"{report['tokens_per_step']:,}"),
         ("machine", m["platform"]),
         ("cpu", f"{m['cpu']} (nproc {m['nproc']})"),
         ("torch / threads", f"{m['torch']} / {m['threads']}"),
@@ -600,7 +805,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the plain loop with glibc's malloc defaults instead of the training worker's setting",
     )
-    parser.add_argument("--family", choices=["gpt2", "llama"], default="gpt2", help="the causal family (default gpt2)")
+    parser.add_argument(
+        "--objective",
+        choices=OBJECTIVE_TYPES,
+        default="causal_lm",
+        help="what the job and the plain loop train (default causal_lm)",
+    )
+    parser.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default=None,
+        help="the model family (default: the objective's, gpt2, bert or t5; causal_lm also takes llama, masked_lm "
+        "and contrastive roberta)",
+    )
     parser.add_argument(
         "--compile", action="store_true", help="the service job sets training.compile: true (the plain loop: eager)"
     )
@@ -612,18 +829,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps must exceed {WARMUP_STEPS_EXCLUDED + 10}; the first {WARMUP_STEPS_EXCLUDED} are warm-up")
     if args.repeat < 1 or args.threads < 1:
         parser.error("--repeat and --threads must be at least 1")
+    if args.family and args.family not in OBJECTIVES_BY_TYPE[args.objective].families:
+        families = ", ".join(OBJECTIVES_BY_TYPE[args.objective].families)
+        parser.error(f"--objective {args.objective} trains {families}, not --family {args.family}")
     keep = not args.plain_glibc_defaults
     if args.plain_child:  # one plain-loop run in this fresh process, for run_plain_process
-        tokens, meta = _load_dataset(args.plain_child)
-        result = run_plain(tokens, meta, steps=args.steps, threads=args.threads, keep_memory=keep, family=args.family)
+        plain_run = dict(steps=args.steps, threads=args.threads, keep_memory=keep, family=args.family)
+        result = run_plain(_load_dataset(args.plain_child), **plain_run, objective=args.objective)
         print(json.dumps(asdict(result)))
         return 0
     out: Path = args.out or REPO / "bench" / "results" / f"train_throughput-{datetime.now():%Y%m%d-%H%M%S}.json"
 
+    spec_of_run: dict[str, Any] = dict(family=args.family, objective=args.objective)
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
     ceiling = measure_matmul_flops(threads=args.threads)
     print(f"fp32 matmul ceiling on {args.threads} threads: {ceiling / 1e9:,.1f} GFLOP/s", flush=True)
     repetitions: list[Repetition] = []
+    sides = dict(steps=args.steps, threads=args.threads, family=args.family, objective=args.objective)
     with tempfile.TemporaryDirectory(prefix="selfsup-bench-") as scratch:
         dataset: Path | None = None
         for i in range(args.repeat):
@@ -634,26 +856,20 @@ def main(argv: list[str] | None = None) -> int:
             if plain_first:
                 assert dataset is not None
                 print(f"{tag} plain loop ...", flush=True)
-                plain = run_plain_process(
-                    dataset, steps=args.steps, threads=args.threads, keep_memory=keep, family=args.family
-                )
-            print(f"{tag} service: {args.steps} steps on {args.threads} threads ...", flush=True)
+                plain = run_plain_process(dataset, keep_memory=keep, **sides)
+            print(f"{tag} service: {args.objective}, {args.steps} steps on {args.threads} threads ...", flush=True)
             tmp = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
             try:
-                service, tokens, meta = run_service(
-                    tmp / "home", steps=args.steps, threads=args.threads, family=args.family, compile=args.compile
-                )
+                service, trained_on = run_service(tmp / "home", compile=args.compile, **sides)
             finally:
                 if args.keep_home:
                     print(f"{tag} kept {tmp / 'home'}", flush=True)
                 else:
                     shutil.rmtree(tmp)
-            dataset = dataset or save_dataset(Path(scratch) / "dataset", tokens, meta)
+            dataset = dataset or save_dataset(Path(scratch) / "dataset", trained_on)
             if not plain_first:
                 print(f"{tag} plain loop ...", flush=True)
-                plain = run_plain_process(
-                    dataset, steps=args.steps, threads=args.threads, keep_memory=keep, family=args.family
-                )
+                plain = run_plain_process(dataset, keep_memory=keep, **sides)
             repetitions.append(Repetition(service=service, plain=plain, plain_first=plain_first))
             print(
                 f"{tag} service {service.steady_tokens_per_second:,.0f} tok/s, "
@@ -667,7 +883,12 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "steps": args.steps,
         "warmup_steps_excluded": WARMUP_STEPS_EXCLUDED,
-        "job_spec": job_spec("<corpus>", args.steps, family=args.family, compile=args.compile),
+        "objective": args.objective,
+        "job_spec": job_spec(
+            "<corpus>", args.steps, family=args.family, compile=args.compile, objective=args.objective
+        ),
+        # Counted alike on both sides: JobSpec.tokens_per_step, what the service's tokens_per_second counts.
+        "tokens_per_step": JobSpec.model_validate(job_spec("cor_bench", args.steps, **spec_of_run)).tokens_per_step,
         "machine": machine(args.threads),
         "plain_keeps_freed_memory": keep,
         "loadavg_before": loadavg_before,
@@ -688,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_plain_tokens_per_second": statistics.median(r.plain.tokens_per_second for r in repetitions),
         "fp32_matmul_ceiling_flops": ceiling,
     }
-    per_token = _flops_per_token(args.family, repetitions[0].service.vocab_size, args.steps)
+    per_token = _flops_per_token(args.family, repetitions[0].service.vocab_size, args.steps, args.objective)
     report["flops_per_token"] = per_token
     report["mfu_service"] = report["median_service_steady_tokens_per_second"] * per_token / ceiling
     report["mfu_plain"] = report["median_plain_tokens_per_second"] * per_token / ceiling

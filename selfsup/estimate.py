@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from models.objectives.span_corruption import SpanCorruptionObjective, span_corruption_lengths
 from selfsup.spec import JobSpec, ModelSpec
 from selfsup.spec_types import SpecialTokens
 
@@ -25,7 +26,12 @@ FLOPS_FORMULA = (
     "training FLOPs = (6·N + 6·n_layer·n_ctx·d_model) · D  (Kaplan et al. 2020: forward 2·N + 2·n_layer·n_ctx·d_model "
     "per token, backward twice the forward); N = parameters (tied embeddings once: they are the output "
     "projection), D = total tokens (max_steps × tokens_per_step), n_ctx = model.context_length, d_model = "
-    "model.width, n_layer = model.layers (2 × layers for t5: encoder and decoder stacks)"
+    "model.width, n_layer = model.layers. contrastive: twice that (each sentence is encoded twice), N without "
+    "the token embedding (a lookup: a bare encoder has no output projection), a sentence counted at its "
+    "context_length budget. span_corruption (t5): per example, the encoder's half of the body on the I corrupted "
+    "input tokens and the decoder's half and the tied output projection on the T target tokens, "
+    "6·(N_body/2·(I + T) + vocab·d_model·T) + 6·n_layer·d_model·(I² + T² + T·I), over the W raw text tokens "
+    "that tokens_per_step counts"
 )
 ETA_METHOD = (
     "eta_seconds = training FLOPs / R, where R is the median over the reference jobs of (median of the job's "
@@ -129,8 +135,34 @@ def attention_layers(model: ModelSpec) -> int:
 
 
 def flops_per_token(model: ModelSpec, parameters: int) -> int:
-    """Training FLOPs per token (see `FLOPS_FORMULA`)."""
+    """Training FLOPs per token of a model that runs every parameter on every position of its context (a decoder,
+    an encoder with its masked-LM head; see `FLOPS_FORMULA`). `job_flops_per_token` is the figure for a job."""
     return 6 * parameters + 6 * attention_layers(model) * model.context_length * model.width
+
+
+def job_flops_per_token(spec: JobSpec, *, parameters: int, vocab_size: int) -> int:
+    """Training FLOPs per token that the job's `tokens_per_step` counts (the `mfu` metric's and the ETA's figure).
+
+    causal_lm and masked_lm run every parameter on each counted token. contrastive encodes each sentence twice and
+    has no output projection (its token embedding is only a lookup); a sentence counts as its context_length budget.
+    span_corruption counts the raw text tokens W of a window, while T5's encoder reads the I tokens of the corrupted
+    input and its decoder writes the T tokens of the target (see `FLOPS_FORMULA`)."""
+    model, kind = spec.model, spec.objective.type
+    if kind == "contrastive":
+        return 2 * flops_per_token(model, parameters - vocab_size * model.width)
+    if kind == "span_corruption":
+        objective = spec.objective
+        assert isinstance(objective, SpanCorruptionObjective)
+        raw = spec.tokens_per_sequence
+        inputs, targets = span_corruption_lengths(raw, objective.noise_density, objective.mean_span_length)
+        d, embedding = model.width, vocab_size * model.width
+        # The body splits evenly: per layer the encoder holds 12·d² (attention, feed-forward) and the decoder's
+        # cross-attention keys and values 2·d² that read the input; the decoder's other 14·d² run on the target.
+        body = parameters - embedding
+        matmuls = body // 2 * (inputs + targets) + embedding * targets
+        attention = model.layers * d * (inputs * inputs + targets * targets + targets * inputs)
+        return round(6 * (matmuls + attention) / raw)
+    return flops_per_token(model, parameters)
 
 
 def compute_optimal_verdict(tokens_per_parameter: float) -> Verdict:

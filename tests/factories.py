@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from sqlalchemy.orm import Session
 
+from models.build import SpecialTokenIds
 from tests.service import wait_until
+from workers.data.token_arrays import TokenArrays
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
@@ -336,3 +339,30 @@ def wait_for_model(client: httpx.Client, model_id: str, timeout: float = 120) ->
         return body if body["status"] != "processing" else None
 
     return wait_until(finished, timeout=timeout, what=f"model {model_id} validation")  # type: ignore[no-any-return]
+
+
+# Each objective's default family, and the special ids of a small vocabulary of that family's convention.
+OBJECTIVE_FAMILIES = {"causal_lm": "gpt2", "masked_lm": "bert", "span_corruption": "t5", "contrastive": "bert"}
+FAMILY_SPECIAL_IDS = {
+    "gpt2": SpecialTokenIds(eos=0, unk=1, all=(0, 1)),
+    "bert": SpecialTokenIds(eos=3, pad=0, unk=1, cls=2, sep=3, mask=4, all=(0, 1, 2, 3, 4)),
+    "t5": SpecialTokenIds(eos=1, pad=0, unk=2, sentinels=tuple(range(3, 103)), all=tuple(range(103))),
+}
+
+
+def random_token_arrays(family: str, context_length: int, *, text_ids: int = 40) -> TokenArrays:
+    """Random text tokens in a vocabulary of `family`'s special tokens and `text_ids` others, with sentences (for
+    contrastive) that all fill the context, so a contrastive batch has no padding."""
+    special = FAMILY_SPECIAL_IDS[family]
+    first = max(special.every) + 1
+    rng = np.random.default_rng(0)
+    train, validation = (rng.integers(first, first + text_ids, size=4000, dtype=np.int64) for _ in range(2))
+    sentences = np.array([[start, start + 2 * context_length] for start in range(0, 3000, 100)], dtype=np.int64)
+    return TokenArrays(
+        train=train,
+        validation=validation,
+        vocab_size=first + text_ids,
+        special=special,
+        train_sentences=sentences,
+        validation_sentences=sentences,
+    )

@@ -26,7 +26,7 @@ from safetensors.torch import load_model
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.build import count_parameters
-from selfsup.estimate import flops_per_token
+from selfsup.estimate import job_flops_per_token
 from selfsup.hardware import model_flops_utilisation, peak_flops
 from selfsup.settings import Settings
 from selfsup.spec import JobSpec, heldout_metric_names
@@ -663,7 +663,12 @@ class JobRun:
             init_from=self.init_from,
         )
         self.early_stopping = _early_stopping(self.spec, self.trainer, self.job.id)
-        self.flops_per_token = flops_per_token(self.spec.model, count_parameters(self.trainer.model))
+        model = self.trainer.model
+        self.flops_per_token = job_flops_per_token(
+            self.spec,
+            parameters=count_parameters(model),
+            vocab_size=int(model.config.vocab_size),  # the embedding rows: a base's padded vocabulary included
+        )
         self.peak_flops = _device_peak_flops(self.trainer, self.settings)
         self._compile_at_start()
         self.window = ThroughputWindow()  # set-up and a compile warm-up are not training time

@@ -177,8 +177,12 @@ class ContrastiveTraining(ObjectiveTraining):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """InfoNCE over the batch's twin encodings, and `retrieval_accuracy`."""
         attention_mask = inputs != self.pad
-        longest = int(attention_mask.sum(dim=1).max())
-        inputs, attention_mask = inputs[:, :longest], attention_mask[:, :longest]
+        if not torch.is_grad_enabled():
+            # An evaluation batch is a slice of one longer draw: trim the padding past its own longest row. That
+            # reads a count back from the device, so a training step (a `sample` of its own, already padded to its
+            # longest row) never does it: the step stays free of host syncs.
+            longest = int(attention_mask.sum(dim=1).max())
+            inputs, attention_mask = inputs[:, :longest], attention_mask[:, :longest]
         # Both encodings in one forward pass: dropout draws a different mask for each copy.
         hidden = forward(
             input_ids=torch.cat([inputs, inputs]), attention_mask=torch.cat([attention_mask, attention_mask])

@@ -38,9 +38,10 @@ def _tiny_spec(corpus_id: str, **overrides: Any) -> dict[str, Any]:
 
 
 def _flops_per_token(spec: dict[str, Any], parameters: int) -> int:
+    """Kaplan's formula for a decoder (the other objectives: tests/selfsup/test_flops.py)."""
     model = spec["model"]
-    stacks = 2 if model["family"] == "t5" else 1
-    return 6 * parameters + 6 * stacks * model["layers"] * model["context_length"] * model["width"]
+    assert model["family"] in ("gpt2", "llama")
+    return 6 * parameters + 6 * model["layers"] * model["context_length"] * model["width"]
 
 
 def _job_count(client: httpx.Client) -> int:

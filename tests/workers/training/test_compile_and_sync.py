@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 from models import build
 from models.build import SpecialTokenIds
 from selfsup.spec import JobSpec, ModelSpec
+from tests.factories import OBJECTIVE_FAMILIES, random_token_arrays, small_job_spec
 from workers.data.token_arrays import TokenArrays
 from workers.training import compiling
 from workers.training.trainer import Trainer, TrainingDiverged
@@ -162,3 +163,24 @@ def test_every_family_attends_with_sdpa(family: str) -> None:
     else:
         model = build.build_encoder(spec, vocab_size=52, special=special, head=True)
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("objective", OBJECTIVE_FAMILIES)
+def test_every_objective_scores_a_training_batch_without_a_host_sync(objective: str) -> None:
+    """The loss of a training batch traces as one graph (`fullgraph`): a value read back from the device (a
+    `.item()`, an `int()` of a tensor, a shape that depends on the data) would break it, and on a GPU make every
+    step wait. Contrastive once trimmed each batch's padding that way."""
+    family = OBJECTIVE_FAMILIES[objective]
+    spec = JobSpec.model_validate(
+        small_job_spec("cor_x", objective={"type": objective}, model={"family": family}, tokenizer=None)
+    )
+    binding = spec.objective.training(spec, random_token_arrays(family, spec.model.context_length))
+    model = binding.build_model()
+    inputs, labels = binding.sample("train", np.random.default_rng(1), spec.training.batch_size)
+    binding.loss(model, inputs, labels)  # also imports what the objective defers to its first use
+    torch._dynamo.reset()
+    traced = torch.compile(lambda x, y: binding.loss(model, x, y)[0], fullgraph=True, backend="eager")
+    torch.manual_seed(0)
+    loss = traced(inputs, labels)
+    loss.backward()
+    assert torch.isfinite(loss)
