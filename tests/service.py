@@ -82,15 +82,22 @@ class Service:
         """`selfsup keys create --tenant NAME [options]`, as a user runs it. Without options the key has the
         default scopes (read, write) and becomes the tenant's key in `self.keys` (what `client(tenant)` sends);
         with options (`--scope admin`, `--expires-in 2s`…) it is only returned."""
-        out = subprocess.run(
+        return self._key_created(tenant, self._create_key(tenant, *options), bool(options))
+
+    def _create_key(self, tenant: str, *options: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [*SELFSUP, "keys", "create", "--tenant", tenant, *options],
             env=self.env,
             cwd=REPO,
-            capture_output=True,
-            check=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
-        key = out.stdout.decode().strip()
-        assert key.startswith("ss_") and "\n" not in key, out
+
+    def _key_created(self, tenant: str, process: subprocess.Popen[bytes], options: bool) -> str:
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, (process.args, stdout, stderr)
+        key = stdout.decode().strip()
+        assert key.startswith("ss_") and "\n" not in key, (stdout, stderr)
         if not options:
             self.keys[tenant] = key
         return key
@@ -151,8 +158,17 @@ def list_keys(store: BlobStore, prefix: str) -> list[str]:
     return sorted(found)
 
 
-def start_service(home: Path, extra_env: dict[str, str] | None = None, *, timeout: float = 120) -> Service:
-    """Run `selfsup up` in the background and wait (up to `timeout` seconds a stage) until its API is ready."""
+def start_service(
+    home: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    timeout: float = 120,
+    beside: Callable[[Service], None] | None = None,
+) -> Service:
+    """Run `selfsup up` in the background and wait (up to `timeout` seconds a stage) until its API is ready.
+
+    `beside(service)`, if given, is called as soon as `selfsup up` is started, to start a test's own processes
+    (another worker) while the service starts rather than after."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFSUP_")}
     env.update(TEST_SETTINGS)
@@ -180,11 +196,15 @@ def start_service(home: Path, extra_env: dict[str, str] | None = None, *, timeou
             return False
 
     try:
-        wait_until(ready, timeout=timeout, interval=0.5, what="selfsup up to become ready")
+        if beside is not None:
+            beside(service)
+        wait_until(ready, timeout=timeout, interval=0.2, what="selfsup up to become ready")
+        # The API answers once the database is migrated: the keys are made while the workers start.
+        making = {tenant: service._create_key(tenant) for tenant in ("alice", "bob")}
         # `selfsup up` says it is up once the API answers and both workers consume their queues (text or JSON).
         wait_until(lambda: UP_MESSAGE in service.log(), timeout=timeout, what="selfsup up to say both workers consume")
-        service.create_key("alice")
-        service.create_key("bob")
+        for tenant, process in making.items():
+            service._key_created(tenant, process, False)
     except BaseException:
         service.stop()
         raise

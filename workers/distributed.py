@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from selfsup.logs import configure_logging, enter_log_context
-from selfsup.processes import die_with_parent
+from selfsup.processes import die_with_parent, freeze_imported_objects
 from selfsup.settings import Settings, get_settings
 from selfsup.spec import JobSpec
 from storage import crud
@@ -170,6 +170,7 @@ def main(argv: list[str]) -> None:
     transformers.utils.logging.disable_default_handler()
     transformers.utils.logging.enable_propagation()
     torch.set_num_threads(settings.torch_threads or 1)
+    freeze_imported_objects()  # as a worker does: a rank exits in a fraction of a second when its job ends
     ranks = join_process_group()
     enter_log_context(job_id=job_id, rank=str(ranks.rank))
     try:

@@ -10,7 +10,9 @@ Set `SELFSUP_FAULT_INJECTION` (refused in production) to one of:
 - `compile_error`: `torch.compile` gets a backend that fails, as a broken compiler toolchain would (the job
   must go on eager).
 "Once" is remembered by a marker file in the data directory, so the resumed run goes through.
-A suffix `@NAME` limits the fault to jobs called NAME, so a clean reference job can run beside it.
+A suffix `@NAME` limits the fault to jobs called NAME, so a clean reference job can run beside it. Several
+faults, comma-separated, let one service serve several fault tests (`raise_at_step:30@crash-loop,compile_error@x`):
+a job gets the first one that applies to it.
 """
 
 from __future__ import annotations
@@ -41,14 +43,20 @@ class Faults:
     @classmethod
     def parse(cls, spec: str | None, *, job_id: str, job_name: str, marker_dir: Path, rank: int = 0) -> Faults:
         """Read `SELFSUP_FAULT_INJECTION` for one job (in its process of rank `rank`)."""
-        spec, _, only = (spec or "").partition("@")
-        if not spec or (only and only != job_name):
-            return cls(None, 0, job_id, marker_dir, rank)
-        kind, _, value = spec.partition(":")
         known = ("raise_at_step", "exit_at_step", "exit_before_checkpoint_rename", "kill_rank_at_step", "compile_error")
-        if kind not in known:
-            raise ValueError(f"unknown fault {spec!r}")
-        return cls(kind, int(value or 0), job_id, marker_dir, rank)
+        chosen: tuple[str, int] | None = None
+        for item in (spec or "").split(","):
+            fault, _, only = item.strip().partition("@")
+            if not fault:
+                continue
+            kind, _, value = fault.partition(":")
+            if kind not in known:
+                raise ValueError(f"unknown fault {fault!r}")
+            if chosen is None and (not only or only == job_name):
+                chosen = (kind, int(value or 0))
+        if chosen is None:
+            return cls(None, 0, job_id, marker_dir, rank)
+        return cls(chosen[0], chosen[1], job_id, marker_dir, rank)
 
     def _first_time(self) -> bool:
         marker = self.marker_dir / f"{self.job_id}-{self.kind}-{self.value}"

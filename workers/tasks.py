@@ -15,6 +15,7 @@ import redis
 from celery.signals import task_postrun, task_prerun, worker_init, worker_ready, worker_shutting_down
 
 from selfsup.logs import enter_log_context, exit_log_context
+from selfsup.processes import freeze_imported_objects
 from selfsup.settings import Settings, get_settings
 from storage import crud
 from storage.blobs import get_blob_store
@@ -129,6 +130,8 @@ def _prepare_worker(**_: Any) -> None:
     # Make the blob store now: an object store's client takes boto3 seconds to set up on a busy machine, which
     # must not be spent inside the first job's lease (a prefork child makes its own, see get_blob_store).
     get_blob_store()
+    # Last: what was imported and made above stays for the worker's life, out of the collector's way.
+    freeze_imported_objects()
 
 
 def worker_identity() -> str:

@@ -21,6 +21,10 @@ FAST_RECOVERY = {
 }
 
 
+# Long enough to interrupt at a chosen step with checkpoints (every 25 steps) before and after it.
+RESUMABLE_STEPS = 200
+
+
 def resumable_spec(corpus_id: str, **training: Any) -> dict[str, Any]:
     """A job long enough to interrupt, with dropout so a resume must restore the RNG to match."""
     return {
@@ -29,7 +33,13 @@ def resumable_spec(corpus_id: str, **training: Any) -> dict[str, Any]:
         "objective": {"type": "causal_lm"},
         "tokenizer": {"type": "char"},
         "model": {"family": "gpt2", "layers": 2, "heads": 2, "width": 64, "context_length": 32, "dropout": 0.1},
-        "training": {"max_steps": 400, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 20, **training},
+        "training": {
+            "max_steps": RESUMABLE_STEPS,
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "warmup_steps": 20,
+            **training,
+        },
         "evaluation": {"every_steps": 100, "batches": 2},
         "checkpointing": {"every_steps": 25, "keep_last": 100},
     }
@@ -79,23 +89,69 @@ def next_redis_database(base_url: str) -> str:
     return url
 
 
-@pytest.fixture(scope="module")
-def make_fault_service(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., Service]]:
-    """Start services (embedded, or PostgreSQL + Redis + blobs in S3) with extra settings; all stop at module end."""
+# One service per backend serves every fault test that needs no settings of its own: each injected fault is
+# limited to jobs of its own name (see workers/faults.py), so the tests' other jobs train undisturbed. Starting a
+# service (migrations, two workers importing torch and transformers, the API) is the slow part of these tests.
+CRASH_LOOP = "crash-loop"  # raises at step 30, every run
+TORN_CHECKPOINT = "faulty"  # killed before checkpoint v3 is renamed into place, once
+COMPILE_BROKEN = "compile-broken"  # torch.compile gets a failing backend
+SHARED_FAULTS = {
+    "SELFSUP_FAULT_INJECTION": ",".join(
+        [
+            f"raise_at_step:30@{CRASH_LOOP}",
+            f"exit_before_checkpoint_rename:3@{TORN_CHECKPOINT}",
+            f"compile_error@{COMPILE_BROKEN}",
+        ]
+    ),
+    # A killed upload's temporary blobs are swept after two seconds (test_infrastructure.py kills the API).
+    "SELFSUP_ORPHAN_SECONDS": "2",
+}
+
+
+def _start_fault_service(
+    request: pytest.FixtureRequest,
+    backend: str,
+    env: dict[str, str],
+    beside: Callable[[Service], None] | None = None,
+) -> Service:
+    """A fast-recovering service (embedded, or PostgreSQL + Redis + blobs in S3) with extra settings `env`;
+    `beside` as `start_service`'s."""
+    settings = dict(FAST_RECOVERY, **env)
+    if backend == "postgres":
+        settings["SELFSUP_DATABASE_URL"] = request.getfixturevalue("make_postgres_database")()
+        # Each service gets its own Redis database: services sharing queues would take each other's tasks.
+        settings.setdefault("SELFSUP_REDIS_URL", next_redis_database(request.getfixturevalue("redis_url")))
+        # The production-like backend keeps its blobs in an object store: the faults hold there too.
+        settings.setdefault("SELFSUP_BLOB_URL", f"s3://{request.getfixturevalue('make_s3_bucket')()}/selfsup")
+        settings.update(request.getfixturevalue("s3_env"))
+    factory = request.getfixturevalue("tmp_path_factory")
+    return start_service(factory.mktemp(f"faults-{backend}") / "home", settings, beside=beside)
+
+
+@pytest.fixture(scope="package")
+def shared_fault_service(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Service]]:
+    """The shared fault service of a backend (`SHARED_FAULTS`), started on first use; all stop after the package."""
+    started: dict[str, Service] = {}
+
+    def get(backend: str) -> Service:
+        if backend not in started:
+            started[backend] = _start_fault_service(request, backend, SHARED_FAULTS)
+        return started[backend]
+
+    try:
+        yield get
+    finally:
+        for service in started.values():
+            service.stop()
+
+
+@pytest.fixture
+def make_fault_service(request: pytest.FixtureRequest) -> Iterator[Callable[..., Service]]:
+    """Start services of a test's own (settings that would disturb other tests' jobs); they stop when it ends."""
     started: list[Service] = []
 
-    def make(backend: str, **env: str) -> Service:
-        settings = dict(FAST_RECOVERY, **env)
-        if backend == "postgres":
-            settings["SELFSUP_DATABASE_URL"] = request.getfixturevalue("make_postgres_database")()
-            # Each service gets its own Redis database: services sharing queues would take each other's tasks.
-            settings.setdefault("SELFSUP_REDIS_URL", next_redis_database(request.getfixturevalue("redis_url")))
-            # The production-like backend keeps its blobs in an object store: the faults hold there too.
-            settings.setdefault("SELFSUP_BLOB_URL", f"s3://{request.getfixturevalue('make_s3_bucket')()}/selfsup")
-            settings.update(request.getfixturevalue("s3_env"))
-        service = start_service(tmp_path_factory.mktemp(f"faults-{backend}") / "home", settings)
+    def make(backend: str, beside: Callable[[Service], None] | None = None, **env: str) -> Service:
+        service = _start_fault_service(request, backend, env, beside)
         started.append(service)
         return service
 
@@ -107,9 +163,9 @@ def make_fault_service(
 
 
 @pytest.fixture(scope="module", params=["embedded", "postgres"])
-def fault_service(request: pytest.FixtureRequest, make_fault_service: Callable[..., Service]) -> Service:
-    """A fast-recovering service on each backend."""
-    return make_fault_service(request.param)
+def fault_service(request: pytest.FixtureRequest, shared_fault_service: Callable[[str], Service]) -> Service:
+    """The shared fast-recovering service of each backend."""
+    return shared_fault_service(request.param)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.factories import ready_corpus, small_job_spec, submit_job, wait_for_job
+from tests.faults.conftest import COMPILE_BROKEN
 from tests.service import Service
 
 pytestmark = pytest.mark.integration
@@ -18,16 +19,14 @@ def _events(client: object, job_id: str) -> list[dict[str, str]]:
 
 
 def test_a_failing_compile_trains_eager_and_auto_leaves_a_tiny_job_uncompiled(
-    make_fault_service: Callable[..., Service],
+    shared_fault_service: Callable[[str], Service],
 ) -> None:
-    # The injected backend fails the way a broken compiler toolchain would, for the job named compile-broken.
-    service = make_fault_service(
-        "embedded", SELFSUP_FAULT_INJECTION="compile_error@compile-broken", SELFSUP_LEASE_SECONDS="30"
-    )
+    # The injected backend fails the way a broken compiler toolchain would, for the job named COMPILE_BROKEN.
+    service = shared_fault_service("embedded")
     client = service.client()
     corpus = ready_corpus(client)
     broken = submit_job(
-        client, small_job_spec(corpus["id"], name="compile-broken", training={"compile": True, "max_steps": 20})
+        client, small_job_spec(corpus["id"], name=COMPILE_BROKEN, training={"compile": True, "max_steps": 20})
     )
     tiny = submit_job(client, small_job_spec(corpus["id"], name="tiny-auto", training={"max_steps": 20}))
 

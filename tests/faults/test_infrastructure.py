@@ -16,7 +16,15 @@ import redis
 
 from storage.blobs import BlobStore, LocalBlobStore
 from tests.factories import ready_corpus, shakespeare_slice, submit_job, wait_for_job
-from tests.faults.conftest import assert_clean_history, event_types, final_weights_sha, kill, resumable_spec
+from tests.faults.conftest import (
+    CRASH_LOOP,
+    TORN_CHECKPOINT,
+    assert_clean_history,
+    event_types,
+    final_weights_sha,
+    kill,
+    resumable_spec,
+)
 from tests.service import REPO, SELFSUP, Service, wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,12 +33,12 @@ BACKENDS = ["embedded", "postgres"]
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_crash_loop_runs_max_restarts_plus_one_times_then_fails(
-    make_fault_service: Callable[..., Service], backend: str
+    shared_fault_service: Callable[[str], Service], backend: str
 ) -> None:
-    service = make_fault_service(backend, SELFSUP_FAULT_INJECTION="raise_at_step:30")
+    service = shared_fault_service(backend)  # raises at step 30 in every run of a job called CRASH_LOOP
     client = service.client()
     corpus = ready_corpus(client)
-    job = submit_job(client, resumable_spec(corpus["id"], max_restarts=2))
+    job = submit_job(client, dict(resumable_spec(corpus["id"], max_restarts=2), name=CRASH_LOOP))
     done = wait_for_job(client, job["id"], timeout=180)
     assert done["status"] == "failed", done
     assert "gave up after 2 restarts" in done["error"] and "injected fault at step 30" in done["error"]
@@ -41,14 +49,15 @@ def test_a_crash_loop_runs_max_restarts_plus_one_times_then_fails(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_usable(
-    make_fault_service: Callable[..., Service], backend: str
+    shared_fault_service: Callable[[str], Service], backend: str
 ) -> None:
-    service = make_fault_service(backend, SELFSUP_FAULT_INJECTION="exit_before_checkpoint_rename:3@faulty")
+    # The worker of a job called TORN_CHECKPOINT dies once, after checkpoint v3's files are written, before the rename.
+    service = shared_fault_service(backend)
     client = service.client()
     corpus = ready_corpus(client)
     spec = resumable_spec(corpus["id"], max_steps=150)
     clean = submit_job(client, spec)
-    job = submit_job(client, dict(spec, name="faulty"))
+    job = submit_job(client, dict(spec, name=TORN_CHECKPOINT))
     done = wait_for_job(client, job["id"], timeout=240)
     assert done["status"] == "succeeded" and done["restarts"] == 1, (done, service.log())
     events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
@@ -64,19 +73,38 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_usable(
     assert final_weights_sha(client, job["id"]) == final_weights_sha(client, clean["id"])
 
 
+# Redelivery comes a second or two after the first delivery; the job trains several times longer than that.
+MAX_STEPS_REDELIVERED = 600
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_duplicate_delivery_never_runs_two_trainers(make_fault_service: Callable[..., Service], backend: str) -> None:
     # Redis redelivers an unacknowledged message after the visibility timeout: here, after one second,
-    # to a second gpu worker while the first still trains.
-    service = make_fault_service(backend, SELFSUP_BROKER_VISIBILITY_TIMEOUT="1")
-    extra = subprocess.Popen(
-        [*SELFSUP, "worker", "--queues", "gpu"],
-        env=service.env,
-        cwd=REPO,
-        stdout=open(service.home / "extra-worker.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    # to a second gpu worker while the first still trains. (A service of its own: every task is redelivered.)
+    extras: list[subprocess.Popen[bytes]] = []
+
+    def start_second_worker(service: Service) -> None:
+        # As soon as the service's broker is known (the embedded one's address is written once it runs), so the
+        # second worker imports torch while the service starts.
+        broker = service.home / "broker" / "url"
+
+        def known() -> bool:
+            assert service.process.poll() is None, service.log()
+            return "SELFSUP_REDIS_URL" in service.env or broker.is_file()
+
+        wait_until(known, timeout=120, what="the broker")
+        extras.append(
+            subprocess.Popen(
+                [*SELFSUP, "worker", "--queues", "gpu"],
+                env=service.env,
+                cwd=REPO,
+                stdout=open(service.home / "extra-worker.log", "wb"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+
     try:
+        service = make_fault_service(backend, beside=start_second_worker, SELFSUP_BROKER_VISIBILITY_TIMEOUT="1")
         client = service.client()
         corpus = ready_corpus(client)
         wait_until(
@@ -84,17 +112,25 @@ def test_duplicate_delivery_never_runs_two_trainers(make_fault_service: Callable
             timeout=120,
             what="the second gpu worker",
         )
-        job = submit_job(client, resumable_spec(corpus["id"], max_steps=1500))
+        job = submit_job(client, resumable_spec(corpus["id"], max_steps=MAX_STEPS_REDELIVERED))
+        refused = f"selfsup.train_job('{job['id']}',): not claimed"
+
+        def redelivered() -> bool:
+            logs = service.log_path.read_text() + (service.home / "extra-worker.log").read_text()
+            return refused in logs
+
+        # The duplicate must come while the first trainer trains (a job that has ended is refused as well).
+        wait_until(redelivered, timeout=120, interval=0.1, what="Redis to redeliver the job's message")
+        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running", "redelivered only after the job"
         done = wait_for_job(client, job["id"], timeout=300)
         assert done["status"] == "succeeded" and done["restarts"] == 0, done
         events = event_types(client, job["id"])
         assert events.count("started") == 1 and "resumed" not in events and "crashed" not in events
-        logs = service.log_path.read_text() + (service.home / "extra-worker.log").read_text()
-        assert logs.count(f"selfsup.train_job('{job['id']}',): not claimed") >= 1, "no redelivery happened"
-        assert_clean_history(client, job["id"], 1500)
+        assert_clean_history(client, job["id"], MAX_STEPS_REDELIVERED)
     finally:
-        extra.send_signal(signal.SIGTERM)
-        extra.wait(60)
+        for extra in extras:
+            extra.send_signal(signal.SIGTERM)
+            extra.wait(60)
 
 
 def _api_pid(service: Service) -> int:
@@ -119,9 +155,9 @@ def _wait_ready(service: Service) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_killing_the_api_mid_job_and_mid_upload_loses_nothing(
-    make_fault_service: Callable[..., Service], backend: str
+    shared_fault_service: Callable[[str], Service], backend: str
 ) -> None:
-    service = make_fault_service(backend, SELFSUP_ORPHAN_SECONDS="2")
+    service = shared_fault_service(backend)  # sweeps temporary blobs untouched for 2 s
     client = service.client()
     corpus = ready_corpus(client)
     job = submit_job(client, resumable_spec(corpus["id"], max_steps=300))
@@ -247,8 +283,8 @@ def _broker_outage(service: Service, stop: Callable[[], None], start: Callable[[
     assert "queued" not in statuses
 
 
-def test_embedded_broker_restart_mid_job_and_with_jobs_queued(make_fault_service: Callable[..., Service]) -> None:
-    service = make_fault_service("embedded")
+def test_embedded_broker_restart_mid_job_and_with_jobs_queued(shared_fault_service: Callable[[str], Service]) -> None:
+    service = shared_fault_service("embedded")
     url = (service.home / "broker" / "url").read_text().strip()
     port = url.rsplit(":", 1)[1].split("/")[0]
 
@@ -266,6 +302,7 @@ def test_embedded_broker_restart_mid_job_and_with_jobs_queued(make_fault_service
 def test_machine_redis_restart_mid_job_and_with_jobs_queued(
     make_fault_service: Callable[..., Service], machine_redis: None
 ) -> None:
-    # This Redis keeps nothing on disk: the queued messages are lost, and the reconciler must notice.
+    # This Redis keeps nothing on disk: the queued messages are lost, and the reconciler must notice. (A service
+    # of its own: every service on this machine's Redis loses its queues.)
     service = make_fault_service("postgres")
     _broker_outage(service, _stop_machine_redis, _start_machine_redis)

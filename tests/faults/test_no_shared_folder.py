@@ -148,10 +148,8 @@ def test_a_job_resumes_on_another_machine_from_the_object_store(machines: dict[s
     corpus = ready_corpus(client)
     spec = resumable_spec(corpus["id"], max_steps=MAX_STEPS)
 
-    reference = wait_for_job(client, submit_job(client, spec)["id"], timeout=300)
-    assert reference["status"] == "succeeded", (reference, _logs(machines))
-    reference_weights = final_weights_sha(client, reference["id"])
-
+    # The uninterrupted reference trains on one gpu worker while the job starts on the other.
+    reference = submit_job(client, spec)
     job = submit_job(client, spec)
 
     def holding_a_checkpoint() -> dict[str, Any] | None:
@@ -166,6 +164,9 @@ def test_a_job_resumes_on_another_machine_from_the_object_store(machines: dict[s
     survivor = machines["gpu-b" if victim.name == "gpu-a" else "gpu-a"]
     os.kill(pid, signal.SIGKILL)
 
+    reference = wait_for_job(client, reference["id"], timeout=300)
+    assert reference["status"] == "succeeded" and reference["restarts"] == 0, (reference, _logs(machines))
+    reference_weights = final_weights_sha(client, reference["id"])
     done = wait_for_job(client, job["id"], timeout=300)
     assert done["status"] == "succeeded" and done["step"] == MAX_STEPS, (done, _logs(machines))
     assert done["restarts"] == 1, done

@@ -14,6 +14,7 @@ import pytest
 
 from tests.factories import submit_job, wait_for_job
 from tests.faults.conftest import (
+    RESUMABLE_STEPS,
     assert_clean_history,
     event_types,
     final_weights_sha,
@@ -41,16 +42,16 @@ def test_sigkill_of_the_trainer_resumes_to_identical_weights(
 ) -> None:
     client = fault_service.client()
     job = submit_job(client, resumable_spec(reference["corpus_id"]))
-    target = random.Random(seed).randrange(30, 300)
+    target = random.Random(seed).randrange(30, RESUMABLE_STEPS - 50)
     kill(worker_pid(_running_at(client, job["id"], target)), signal.SIGKILL)
 
     done = wait_for_job(client, job["id"], timeout=240)
-    assert done["status"] == "succeeded" and done["step"] == 400, (done, fault_service.log())
+    assert done["status"] == "succeeded" and done["step"] == RESUMABLE_STEPS, (done, fault_service.log())
     assert done["restarts"] == 1, done
     assert "died" in done["last_error"] or "stopped renewing its lease" in done["last_error"], done
     events = event_types(client, job["id"])
     assert events.count("started") == 1 and events.count("resumed") == 1 and "crashed" in events
-    assert_clean_history(client, job["id"], 400)
+    assert_clean_history(client, job["id"], RESUMABLE_STEPS)
     assert final_weights_sha(client, job["id"]) == reference["weights"]
 
 
@@ -60,7 +61,7 @@ def test_pause_and_resume_continue_to_identical_weights(fault_service: Service, 
     _running_at(client, job["id"], 60)
     assert client.post(f"/v1/jobs/{job['id']}/pause").status_code == 202
     paused = wait_for_job(client, job["id"], statuses=("paused",), timeout=60)
-    assert paused["worker"] is None and 60 <= paused["step"] < 400
+    assert paused["worker"] is None and 60 <= paused["step"] < RESUMABLE_STEPS
     assert client.post(f"/v1/jobs/{job['id']}/pause").status_code == 409
     checkpoints = client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"]
     assert checkpoints[-1]["step"] == paused["step"]  # saved exactly where it stopped
@@ -73,7 +74,7 @@ def test_pause_and_resume_continue_to_identical_weights(fault_service: Service, 
     assert ["pause_requested", "paused", "resume_requested", "resumed"] == [
         e for e in events if e in ("pause_requested", "paused", "resume_requested", "resumed")
     ]
-    assert_clean_history(client, job["id"], 400)
+    assert_clean_history(client, job["id"], RESUMABLE_STEPS)
     assert final_weights_sha(client, job["id"]) == reference["weights"]
 
 
@@ -91,7 +92,7 @@ def test_sigterm_checkpoints_and_hands_the_job_to_another_worker(
     released = [e for e in events if e["type"] == "released"]
     assert len(released) == 1 and "shutting down" in released[0]["message"]
     assert "crashed" not in [e["type"] for e in events]
-    assert_clean_history(client, job["id"], 400)
+    assert_clean_history(client, job["id"], RESUMABLE_STEPS)
     assert final_weights_sha(client, job["id"]) == reference["weights"]
 
 
@@ -131,7 +132,7 @@ def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_used(
     assert resumed and f"v{previous['version'] - 1} " in resumed[0], resumed
     served = [f["sha256"] for c in client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"] for f in c["files"]]
     assert corrupt_sha not in served  # the corrupt checkpoint was removed, never served again
-    assert_clean_history(client, job["id"], 400)
+    assert_clean_history(client, job["id"], RESUMABLE_STEPS)
     assert final_weights_sha(client, job["id"]) == reference["weights"]
 
 
@@ -147,7 +148,7 @@ def test_cancel_stops_a_running_job_and_never_ends_succeeded(fault_service: Serv
     _running_at(client, job["id"], 20)
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
     done = wait_for_job(client, job["id"], timeout=60)
-    assert done["status"] == "cancelled" and done["step"] < 400 and done["worker"] is None
+    assert done["status"] == "cancelled" and done["step"] < RESUMABLE_STEPS and done["worker"] is None
 
     paused = submit_job(client, resumable_spec(reference["corpus_id"]))
     client.post(f"/v1/jobs/{paused['id']}/pause")
