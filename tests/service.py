@@ -144,6 +144,16 @@ class Service:
                 self.process.wait()
 
 
+def end_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, *, timeout: float = 30) -> None:
+    """Send `sig` (a clean stop) and wait; kill it if it has not stopped within `timeout` seconds."""
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def list_keys(store: BlobStore, prefix: str) -> list[str]:
     """Every key under `prefix` (files, not folders), relative to it, sorted."""
     found: list[str] = []

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.factories import labelled_set_jsonl
-from tests.service import REPO, SELFSUP, Service, free_port, wait_until
+from tests.service import REPO, SELFSUP, Service, end_process, free_port, wait_until
 
 
 @pytest.fixture
@@ -43,12 +43,7 @@ def api_without_its_store(postgres_service: Service) -> Iterator[str]:
         wait_until(ready, timeout=120, interval=0.5, what="the second API to become ready")
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process)
 
 
 def _model_archive() -> bytes:

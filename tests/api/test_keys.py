@@ -20,7 +20,7 @@ import pytest
 
 from storage.crud import hash_api_key
 from tests.factories import api_error, pending_corpus, small_job_spec, submit_job
-from tests.service import REPO, SELFSUP, TEST_SETTINGS, Service, free_port, wait_until
+from tests.service import REPO, SELFSUP, TEST_SETTINGS, Service, end_process, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -258,12 +258,7 @@ def test_an_operator_key_from_a_setting_is_stored_on_first_start(tmp_path: Path)
         [stored] = operator.get("/v1/keys").json()["data"]
         assert stored["scopes"] == ["admin"] and stored["name"].startswith("bootstrap"), stored
     finally:
-        api.send_signal(signal.SIGINT)
-        try:
-            api.wait(30)
-        except subprocess.TimeoutExpired:
-            api.kill()
-            api.wait()
+        end_process(api, signal.SIGINT)
     assert chosen not in log_path.read_text(errors="replace")
     with sqlite3.connect(tmp_path / "selfsup.db") as db:
         assert db.execute("SELECT count(*) FROM api_keys WHERE key_hash = ?", (hash_api_key(chosen),)).fetchone() == (

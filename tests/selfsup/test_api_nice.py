@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service import REPO, SELFSUP, TEST_SETTINGS, free_port, wait_until
+from tests.service import REPO, SELFSUP, TEST_SETTINGS, end_process, free_port, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -49,9 +49,4 @@ def test_the_api_runs_at_the_niceness_it_is_given(tmp_path: Path) -> None:
         assert _nice(api.pid) == expected
         assert f"at nice {expected}" in log_path.read_text(errors="replace")
     finally:
-        api.send_signal(signal.SIGINT)
-        try:
-            api.wait(30)
-        except subprocess.TimeoutExpired:
-            api.kill()
-            api.wait()
+        end_process(api, signal.SIGINT)

@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, update
 from storage.tables import Job, utcnow
 from tests.factories import ready_corpus, submit_job, wait_for_job
 from tests.faults.conftest import assert_clean_history, event_types, kill, worker_pid
-from tests.service import REPO, SELFSUP, Service, start_service, wait_until
+from tests.service import REPO, SELFSUP, Service, end_process, start_service, wait_until
 
 MAX_STEPS = 20
 # Each job on two devices starts three processes that import torch and transformers (torchrun and two ranks).
@@ -54,12 +54,7 @@ def two_device_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
         wait_until(ready.exists, timeout=120, what="the one-device gpu worker")
         yield service
     finally:
-        one_device.send_signal(signal.SIGTERM)
-        try:
-            one_device.wait(60)
-        except subprocess.TimeoutExpired:
-            one_device.kill()
-            one_device.wait()
+        end_process(one_device, timeout=60)
         service.stop()
 
 
