@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,33 @@ def end_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, *, 
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextmanager
+def running_api(
+    env: dict[str, str], log_path: Path, *, timeout: float = 60
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`selfsup api` alone on a free port with `env` (its database already migrated), its output in `log_path`:
+    its base URL and process once `/healthz` answers; stopped with Ctrl-C (killed if late) when the block ends."""
+    port = free_port()
+    with open(log_path, "wb") as log:
+        api = subprocess.Popen(
+            [*SELFSUP, "api", "--port", str(port)], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def answers() -> bool:
+            assert api.poll() is None, log_path.read_text(errors="replace")
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, timeout=timeout, what="the API to answer")
+        yield url, api
+    finally:
+        end_process(api, signal.SIGINT)
 
 
 def list_keys(store: BlobStore, prefix: str) -> list[str]:

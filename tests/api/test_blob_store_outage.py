@@ -4,46 +4,25 @@ answering everything that only reads the database."""
 from __future__ import annotations
 
 import io
-import subprocess
 import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.factories import labelled_set_jsonl
-from tests.service import REPO, SELFSUP, Service, end_process, free_port, wait_until
+from tests.service import Service, free_port, running_api
 
 
 @pytest.fixture
-def api_without_its_store(postgres_service: Service) -> Iterator[str]:
+def api_without_its_store(postgres_service: Service, tmp_path: Path) -> Iterator[str]:
     """A second API process on the production-like service's database and broker, whose object store endpoint
     has nothing listening (an outage, a firewall, a wrong address): the base URL."""
-    port = free_port()
     env = {**postgres_service.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
     env.pop("AWS_ENDPOINT_URL_S3", None)
-    process = subprocess.Popen(
-        [*SELFSUP, "api", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, f"the API exited with {process.returncode}"
-        try:
-            return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, timeout=120, interval=0.5, what="the second API to become ready")
-        yield base_url
-    finally:
-        end_process(process)
+    with running_api(env, tmp_path / "api.log", timeout=120) as (url, _):
+        yield url
 
 
 def _model_archive() -> bytes:

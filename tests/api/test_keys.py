@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import sqlite3
 import subprocess
 import uuid
@@ -20,7 +19,7 @@ import pytest
 
 from storage.crud import hash_api_key
 from tests.factories import api_error, pending_corpus, small_job_spec, submit_job
-from tests.service import REPO, SELFSUP, TEST_SETTINGS, Service, end_process, free_port, wait_until
+from tests.service import REPO, SELFSUP, TEST_SETTINGS, Service, running_api, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -237,28 +236,11 @@ def test_an_operator_key_from_a_setting_is_stored_on_first_start(tmp_path: Path)
     env.update(TEST_SETTINGS)
     env.update({"SELFSUP_HOME": str(tmp_path), "SELFSUP_BOOTSTRAP_ADMIN_KEY": chosen, "SELFSUP_OPERATOR_TENANT": "ops"})
     subprocess.run([*SELFSUP, "migrate"], env=env, cwd=REPO, check=True, capture_output=True)
-    port = free_port()
     log_path = tmp_path / "api.log"
-    with open(log_path, "wb") as log:
-        api = subprocess.Popen(
-            [*SELFSUP, "api", "--port", str(port)], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-
-        def answers() -> bool:
-            assert api.poll() is None, log_path.read_text()
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, timeout=60, what="the API to answer")
+    with running_api(env, log_path) as (url, _):
         operator = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {chosen}"}, timeout=30)
         [stored] = operator.get("/v1/keys").json()["data"]
         assert stored["scopes"] == ["admin"] and stored["name"].startswith("bootstrap"), stored
-    finally:
-        end_process(api, signal.SIGINT)
     assert chosen not in log_path.read_text(errors="replace")
     with sqlite3.connect(tmp_path / "selfsup.db") as db:
         assert db.execute("SELECT count(*) FROM api_keys WHERE key_hash = ?", (hash_api_key(chosen),)).fetchone() == (
