@@ -74,9 +74,8 @@ from bench.train_throughput import machine, service_env  # noqa: E402 - the same
 from tests.factories import (  # noqa: E402
     SHAKESPEARE,
     create_dataset,
+    ready_corpus,
     submit_job,
-    upload_corpus,
-    wait_for_corpus,
     wait_for_dataset,
 )
 from tests.service import Service, start_service, wait_until  # noqa: E402
@@ -377,13 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with service.client("alice") as client:
                 body = "".join(json.dumps({"text": d}) + "\n" for d in corpora.duplicated).encode()
-                corpus = upload_corpus(client, body, name="duplicated.jsonl", content_type="application/jsonl")
-                corpus = wait_for_corpus(client, corpus["id"], timeout=600)
-                if corpus["status"] != "ready":
-                    raise RuntimeError(f"corpus ingest failed: {corpus}")
+                corpus = ready_corpus(
+                    client, body, name="duplicated.jsonl", content_type="application/jsonl", timeout=600
+                )
                 sources = [{"corpus_id": corpus["id"]}]
                 t0 = time.monotonic()
-                requests = {
+                requests: dict[str, dict[str, Any]] = {
                     "curated": {"name": "duplicated-curated", "sources": sources, "curation": CURATION},
                     "plain": {"name": "duplicated-plain", "sources": sources},
                 }

@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.train_throughput import machine, service_env  # noqa: E402
-from tests.factories import SHAKESPEARE, submit_job, upload_corpus, wait_for_corpus, wait_for_job  # noqa: E402
+from tests.factories import SHAKESPEARE, ready_corpus, submit_job, wait_for_job  # noqa: E402
 from tests.service import start_service  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         service = start_service(Path(scratch) / "home", extra_env=service_env(args.threads))
         try:
             with service.client("alice") as client:
-                corpus = wait_for_corpus(client, upload_corpus(client, SHAKESPEARE.read_bytes())["id"], timeout=600)
+                corpus = ready_corpus(client, SHAKESPEARE.read_bytes(), timeout=600)
                 warm = wait_for_job(client, submit_job(client, job_spec(corpus["id"]))["id"], timeout=600)
                 if warm["status"] != "succeeded":
                     raise RuntimeError(f"the warm-up job ended {warm['status']}: {warm.get('error')}")

@@ -44,7 +44,7 @@ from models.windows import gather_windows, sample_window_offsets  # noqa: E402
 from selfsup.estimate import flops_per_token  # noqa: E402
 from selfsup.hardware import model_flops_utilisation, peak_flops  # noqa: E402
 from selfsup.spec import JobSpec  # noqa: E402
-from tests.factories import SHAKESPEARE, submit_job, upload_corpus, wait_for_corpus  # noqa: E402
+from tests.factories import SHAKESPEARE, ready_corpus, submit_job  # noqa: E402
 from tests.service import start_service, wait_until  # noqa: E402
 from workers.data.datasets import special_token_ids  # noqa: E402
 from workers.training.optim import configure_optimizer, learning_rate_at  # noqa: E402
@@ -183,10 +183,7 @@ def run_service(
     service = start_service(home, extra_env=env)
     try:
         with service.client("alice") as client:
-            corpus = upload_corpus(client, SHAKESPEARE.read_bytes(), name="tinyshakespeare.txt")
-            corpus = wait_for_corpus(client, corpus["id"], timeout=600)
-            if corpus["status"] != "ready":
-                raise RuntimeError(f"corpus ingest failed: {corpus}")
+            corpus = ready_corpus(client, SHAKESPEARE.read_bytes(), name="tinyshakespeare.txt", timeout=600)
             job = submit_job(client, job_spec(corpus["id"], model=model, steps=steps, batch=batch))
 
             def finished() -> dict[str, Any] | None:
@@ -201,7 +198,7 @@ def run_service(
                 points = client.get(f"/v1/jobs/{job['id']}/metrics", params={"name": name}).json()["data"]
                 metrics[name] = sorted((int(p["step"]), float(p["value"])) for p in points)
             events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
-        meta, tokens = _read_dataset(home)
+        dataset = _read_dataset(home)
     finally:
         service.stop()
     steady = [rate for step, rate in metrics["tokens_per_second"] if step > WARMUP_STEPS]
@@ -218,7 +215,7 @@ def run_service(
         else None,
         "compile_events": [e["message"] for e in events if e["type"].startswith("compile")],
     }
-    return result, tokens, meta
+    return result, dataset.tokens, dataset.meta
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from train_throughput import job_spec, machine, service_env  # noqa: E402
 
-from tests.factories import SHAKESPEARE, submit_job, upload_corpus, wait_for_corpus  # noqa: E402
+from tests.factories import SHAKESPEARE, ready_corpus, submit_job  # noqa: E402
 from tests.service import Service, start_service, wait_until  # noqa: E402
 
 MIN_ALONE_SECONDS = 30.0
@@ -73,10 +73,7 @@ def ingest_window(service: Service, client: Any, job_id: str, *, documents: int,
     """Upload, ingest and tokenize a fresh corpus; the training job's tokens/s meanwhile."""
     data = corpus_bytes(documents, seed)
     t0, n0 = tokens_seen(client, job_id)
-    corpus = upload_corpus(client, data, name=f"bench-{seed}.jsonl", content_type="application/jsonl")
-    corpus = wait_for_corpus(client, corpus["id"], timeout=3600)
-    if corpus["status"] != "ready":
-        raise RuntimeError(f"ingest failed: {corpus}")
+    corpus = ready_corpus(client, data, name=f"bench-{seed}.jsonl", content_type="application/jsonl", timeout=3600)
     ingested = time.monotonic()
     spec = job_spec(corpus["id"], 10)
     spec["name"] = "bench-ingest-isolation-tokenize"
@@ -130,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         service = start_service(Path(tmp) / "home", extra_env=env, timeout=900)  # a busy machine starts slowly
         try:
             with service.client("alice") as client:
-                corpus = wait_for_corpus(client, upload_corpus(client, SHAKESPEARE.read_bytes())["id"], timeout=600)
+                corpus = ready_corpus(client, SHAKESPEARE.read_bytes(), timeout=600)
                 job_id = submit_job(client, job_spec(corpus["id"], TRAIN_STEPS))["id"]
                 wait_until(
                     lambda: client.get(f"/v1/jobs/{job_id}").json()["step"] >= 50,

@@ -41,9 +41,8 @@ from tests.factories import (  # noqa: E402
     SHAKESPEARE,
     labelled_set_jsonl,
     play_speeches,
-    upload_corpus,
+    ready_corpus,
     upload_labelled_set,
-    wait_for_corpus,
 )
 from tests.service import Service, start_service, wait_until  # noqa: E402
 
@@ -134,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 uploaded = upload_labelled_set(client, labelled_set_jsonl(examples), name=f"probe-{args.task}")
                 uploaded.raise_for_status()
                 labelled_set = uploaded.json()
-                corpus = upload_corpus(client, SHAKESPEARE.read_bytes(), name="tinyshakespeare.txt")
-                corpus = wait_for_corpus(client, corpus["id"], timeout=600)
-                if corpus["status"] != "ready":
-                    raise RuntimeError(f"corpus ingest failed: {corpus}")
+                corpus = ready_corpus(client, SHAKESPEARE.read_bytes(), name="tinyshakespeare.txt", timeout=600)
                 spec = job_spec(
                     corpus["id"],
                     labelled_set["id"],
@@ -183,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for r in sorted(runs, key=lambda r: r["step"])
     ]
-    report = {
+    report: dict[str, Any] = {
         "spec": spec,
         "labelled_set": {k: labelled_set[k] for k in ("examples", "label_counts", "sha256")},
         "rows": rows,

@@ -52,7 +52,7 @@ from models.windows import gather_windows, sample_window_offsets  # noqa: E402
 from selfsup.estimate import job_flops_per_token, spec_parameters  # noqa: E402
 from selfsup.processes import keep_freed_memory  # noqa: E402
 from selfsup.spec import JobSpec  # noqa: E402
-from tests.factories import SHAKESPEARE, submit_job, upload_corpus, wait_for_corpus  # noqa: E402
+from tests.factories import SHAKESPEARE, ready_corpus, submit_job  # noqa: E402
 from tests.service import Service, start_service, wait_until  # noqa: E402
 from workers.data.datasets import special_token_ids  # noqa: E402
 from workers.training.optim import configure_optimizer, learning_rate_at  # noqa: E402
@@ -367,10 +367,7 @@ def run_service(
     service: Service = start_service(home, extra_env=service_env(threads))
     try:
         with service.client("alice") as client:
-            corpus = upload_corpus(client, SHAKESPEARE.read_bytes(), name="tinyshakespeare.txt")
-            corpus = wait_for_corpus(client, corpus["id"], timeout=600)
-            if corpus["status"] != "ready":
-                raise RuntimeError(f"corpus ingest failed: {corpus}")
+            corpus = ready_corpus(client, SHAKESPEARE.read_bytes(), name="tinyshakespeare.txt", timeout=600)
             service_pids = _descendants(service.process.pid)
             trainers = [p for p in service_pids if "--queues gpu" in _cmdline(p)]
             if len(trainers) != 1:

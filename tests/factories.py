@@ -62,11 +62,20 @@ def wait_for_corpus(client: httpx.Client, corpus_id: str, timeout: float = 120) 
     return wait_until(finished, timeout=timeout, what=f"corpus {corpus_id} ingest")  # type: ignore[no-any-return]
 
 
-def ready_corpus(client: httpx.Client, data: bytes | None = None) -> dict[str, Any]:
-    """Upload a corpus and wait until it is ready."""
-    corpus = upload_corpus(client, data if data is not None else shakespeare_slice())
-    corpus = wait_for_corpus(client, corpus["id"])
-    assert corpus["status"] == "ready", corpus
+def ready_corpus(
+    client: httpx.Client,
+    data: bytes | None = None,
+    *,
+    name: str = "shakespeare.txt",
+    content_type: str = "text/plain",
+    timeout: float = 120,
+) -> dict[str, Any]:
+    """Upload a corpus and wait until it is ready (an AssertionError naming the corpus if its ingest failed)."""
+    corpus = upload_corpus(
+        client, data if data is not None else shakespeare_slice(), name=name, content_type=content_type
+    )
+    corpus = wait_for_corpus(client, corpus["id"], timeout=timeout)
+    assert corpus["status"] == "ready", f"corpus ingest failed: {corpus}"
     return corpus
 
 
