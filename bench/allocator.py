@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
             # Alternate which setting goes first, so a drift of the machine's speed favours neither.
             for setting in SETTINGS if i % 2 == 0 else SETTINGS[::-1]:
                 plain = run_plain_process(
-                    folder, steps=args.steps, threads=args.threads, keep_memory=setting == "keep-freed-memory"
+                    folder,
+                    steps=args.steps,
+                    threads=args.threads,
+                    keep_memory=setting == "keep-freed-memory",
+                    family=None,
+                    objective="causal_lm",
                 )
                 result = {k: v for k, v in asdict(plain).items() if k != "window_rates"}
                 runs[setting].append(result)

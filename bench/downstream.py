@@ -102,7 +102,9 @@ def pretrain(folder: Path, docs: list[str], test_docs: set[int], steps: int) -> 
     before = trainer.evaluate()
     losses = []
     for step in range(steps):
-        losses.append(trainer.train_step().loss)
+        result = trainer.train_step()  # synced: a result every step
+        assert result is not None
+        losses.append(result.loss)
         if (step + 1) % 100 == 0:
             print(f"  pretrain step {step + 1}: train loss {statistics.mean(losses[-100:]):.3f}", flush=True)
     after = trainer.evaluate()
