@@ -679,7 +679,11 @@ class JobRun:
         """Compile now (`true`), never, or once `auto` has measured the first steps; says which in an event."""
         setting, remaining = self.spec.training.compile, self.spec.training.max_steps - self.trainer.step
         choice = compiling.choose_at_start(
-            setting, self.trainer.device, remaining_steps=remaining, devices=self.ranks.world
+            setting,
+            self.trainer.device,
+            remaining_steps=remaining,
+            devices=self.ranks.world,
+            shapes_vary=self.trainer.objective.batch_shape_varies,
         )
         self.compile_pending = choice.compile is None
         if choice.compile:

@@ -140,6 +140,9 @@ class ObjectiveTraining:
 
     # Contrastive evaluation keeps dropout on: without it the two encodings of a sentence are identical.
     evaluate_with_dropout: ClassVar[bool] = False
+    # Whether a training batch's shape changes from step to step (contrastive pads to each batch's longest
+    # sentence): a compiled forward then runs with dynamic shapes, which `training.compile: auto` avoids.
+    batch_shape_varies: ClassVar[bool] = False
 
     def __init__(self, job: JobSpec, data: TrainingData) -> None:
         self.job = job

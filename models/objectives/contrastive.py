@@ -112,6 +112,7 @@ class ContrastiveTraining(ObjectiveTraining):
     """Unsupervised SimCSE on a bare BERT or RoBERTa encoder; reports `retrieval_accuracy`."""
 
     evaluate_with_dropout = True
+    batch_shape_varies = True  # each batch is padded to its longest sentence
 
     def __init__(self, parameters: ContrastiveObjective, job: JobSpec, data: TrainingData) -> None:
         super().__init__(job, data)

@@ -47,9 +47,13 @@ def unsupported_reason(device: torch.device) -> str | None:
     return None
 
 
-def choose_at_start(setting: Setting, device: torch.device, *, remaining_steps: int, devices: int = 1) -> CompileChoice:
+def choose_at_start(
+    setting: Setting, device: torch.device, *, remaining_steps: int, devices: int = 1, shapes_vary: bool = False
+) -> CompileChoice:
     """The choice before the first step: `true` compiles now, `false` never; `auto` waits to measure, unless
-    the setup cannot compile or the run is too short to measure and pay back a warm-up."""
+    the setup cannot compile, the run is too short to measure and pay back a warm-up, or the batch's shape
+    changes from step to step (`shapes_vary`: a forward compiled for dynamic shapes measured slower than eager,
+    0.86x against 0.93x of the plain loop for contrastive on a 2-core CPU, bench/README.md)."""
     if setting is False:
         return CompileChoice(False, "off (training.compile: false)")
     # The other ranks of a job on several devices follow rank 0's steps, not its compile decision: eager for now.
@@ -58,6 +62,12 @@ def choose_at_start(setting: Setting, device: torch.device, *, remaining_steps: 
         return CompileChoice(False, f"off ({'requested but ' if setting is True else 'auto: '}{unsupported})")
     if setting is True:
         return CompileChoice(True, "on (training.compile: true)")
+    if shapes_vary:
+        return CompileChoice(
+            False,
+            "off (auto: the batch's shape changes from step to step, and a forward compiled for changing shapes "
+            "ran slower than eager; training.compile: true compiles anyway)",
+        )
     if remaining_steps <= 10 * AUTO_PROBE_STEPS:
         return CompileChoice(False, f"off (auto: {remaining_steps} steps to go, too few to pay back a warm-up)")
     return CompileChoice(None, "auto: measuring the first eager steps")

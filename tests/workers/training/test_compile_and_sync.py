@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -136,6 +137,9 @@ def test_auto_compiles_only_runs_long_enough_to_pay_back_the_warm_up() -> None:
     tiny = start("auto", CPU, remaining_steps=20)
     assert tiny.compile is False and "too few" in tiny.reason
     assert start("auto", CPU, remaining_steps=5_000).compile is None  # measure the first steps, then decide
+    varying = start("auto", CPU, remaining_steps=10**6, shapes_vary=True)  # contrastive: dynamic shapes
+    assert varying.compile is False and "shape changes" in varying.reason
+    assert start(True, CPU, remaining_steps=10**6, shapes_vary=True).compile is True
     after = compiling.choose_after_measuring
     assert after(0.01, remaining_steps=5_000).compile is False  # 50 s to go
     long = after(0.2, remaining_steps=5_000)  # 1,000 s to go
@@ -184,3 +188,24 @@ def test_every_objective_scores_a_training_batch_without_a_host_sync(objective: 
     loss = traced(inputs, labels)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVE_FAMILIES)
+def test_an_objective_says_whether_its_batch_shape_varies(objective: str) -> None:
+    """`training.compile: auto` stays eager where batches change shape (a compiled forward would run with dynamic
+    shapes, slower than eager): the flag must match the batches the objective draws."""
+    family = OBJECTIVE_FAMILIES[objective]
+    spec = JobSpec.model_validate(
+        small_job_spec("cor_x", objective={"type": objective}, model={"family": family}, tokenizer=None)
+    )
+    data = random_token_arrays(family, spec.model.context_length)
+    # Sentences of 5 to 24 tokens, shorter than the context (the factory's all fill it).
+    starts = np.arange(0, 3000, 100)
+    sentences = np.stack([starts, starts + 5 + np.arange(len(starts)) % 20], axis=1)
+    data = dataclasses.replace(data, train_sentences=sentences, validation_sentences=sentences)
+    binding = spec.objective.training(spec, data)
+    rng = np.random.default_rng(3)
+    shapes = {
+        tuple(tuple(part.shape) for part in binding.sample("train", rng, spec.training.batch_size)) for _ in range(20)
+    }
+    assert (len(shapes) > 1) is type(binding).batch_shape_varies, shapes
