@@ -191,12 +191,18 @@ def _resolve_init_from(
     if conflicts:
         raise ApiError(422, "; ".join(f"{p['field']}: {p['message']}" for p in conflicts), details=conflicts)
     merged = inherit_from_parent(canonical, base["model"], base["tokenizer"])
+    # The parent's shape may not suit this objective (say, a gpt2 for masked_lm).
+    inherited = _validated_spec(merged)
+    return inherited, inherited.model_dump(mode="json"), base
+
+
+def _validated_spec(spec: dict[str, Any]) -> JobSpec:
+    """`spec` as a JobSpec, or a 422 naming each field to fix (for a spec the request did not send whole)."""
     try:
-        inherited = JobSpec.model_validate(merged)
-    except ValidationError as exc:  # the parent's shape does not suit this objective (say, a gpt2 for masked_lm)
+        return JobSpec.model_validate(spec)
+    except ValidationError as exc:
         details = validation_details(exc.errors())
         raise ApiError(422, "; ".join(f"{d['field']}: {d['message']}" for d in details), details=details) from exc
-    return inherited, inherited.model_dump(mode="json"), base
 
 
 def _check_corpora(spec: JobSpec, *, tenant: Tenant, session: Session) -> None:
@@ -310,17 +316,11 @@ def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
 def resume_job(job: OwnedJob, session: SessionDep, body: JobResume | None = None) -> JobPublic:
     if job.status != Status.PAUSED:
         raise ApiError(409, f"job {job.id} is {job.status}, not paused; nothing to resume")
-    resources = body.resources if body is not None else None
+    resources = body.resources.model_dump() if body is not None and body.resources is not None else None
     if resources is not None:
-        batch_size = int(job.spec["training"]["batch_size"])
-        if batch_size % resources.devices:
-            raise ApiError(
-                422,
-                f"training.batch_size ({batch_size}) must be a multiple of resources.devices ({resources.devices}): "
-                "each device takes an equal share of the batch",
-            )
+        _validated_spec({**job.spec, "resources": resources})  # the spec's own rules (batch_size per device)
     check_resume(session, job.tenant_id)
-    if not crud.resume_paused(session=session, job=job, resources=resources.model_dump() if resources else None):
+    if not crud.resume_paused(session=session, job=job, resources=resources):
         raise ApiError(409, f"job {job.id} is still pausing; try again when its status is paused")
     session.commit()
     if job.dataset_key:

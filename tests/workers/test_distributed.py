@@ -199,7 +199,10 @@ def test_a_job_paused_on_n_devices_resumes_on_m_with_the_same_curve(
         _all_gone(pids)  # the ranks stopped with rank 0, not only the job's status
 
     # The batch does not depend on the device count: a job checkpointed on N devices goes on on M.
-    assert client.post(f"/v1/jobs/{job['id']}/resume", json={"resources": {"devices": 3}}).status_code == 422
+    refused = client.post(f"/v1/jobs/{job['id']}/resume", json={"resources": {"devices": 3}})
+    assert refused.status_code == 422, refused.text
+    assert "must be a multiple of resources.devices (3)" in refused.json()["error"]["message"], refused.text
+    assert refused.json()["error"]["details"][0]["field"] == "training.batch_size", refused.text
     resumed = client.post(f"/v1/jobs/{job['id']}/resume", json={"resources": {"devices": after}})
     assert resumed.status_code == 202 and resumed.json()["spec"]["resources"]["devices"] == after, resumed.text
     done, reference = wait_for_job(client, job["id"]), wait_for_job(client, long_reference)
