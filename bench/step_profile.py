@@ -47,6 +47,7 @@ from models.build import SpecialTokenIds, count_parameters  # noqa: E402
 from selfsup.estimate import job_flops_per_token  # noqa: E402
 from selfsup.spec import JobSpec  # noqa: E402
 from workers.data.token_arrays import TokenArrays  # noqa: E402
+from workers.data.tokenization import train_char_tokenizer  # noqa: E402
 from workers.training.trainer import Trainer  # noqa: E402
 
 WARMUP_STEPS = 30
@@ -64,20 +65,19 @@ PARTS = {
 
 
 def char_data() -> TokenArrays:
-    """tinyshakespeare as characters (the benchmark's character vocabulary, end-of-text first)."""
+    """tinyshakespeare through the project's character tokenizer (the benchmark job's `tokenizer: char`)."""
     text = SHAKESPEARE.read_text()
-    chars = sorted(set(text))
-    ids = {c: i + 1 for i, c in enumerate(chars)}
-    tokens = np.fromiter((ids[c] for c in text), dtype=np.uint16, count=len(text))
+    tokenizer = train_char_tokenizer([text])
+    tokens = np.array(tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.uint16)
     split = int(len(tokens) * 0.9)
+    eos = int(tokenizer.convert_tokens_to_ids(tokenizer.eos_token))  # type: ignore[arg-type]
     return TokenArrays(
-        train=tokens[:split], validation=tokens[split:], vocab_size=len(chars) + 1, special=SpecialTokenIds(eos=0)
+        train=tokens[:split], validation=tokens[split:], vocab_size=len(tokenizer), special=SpecialTokenIds(eos=eos)
     )
 
 
 def the_spec(steps: int, compile: bool) -> JobSpec:
-    spec = job_spec("cor_bench", steps, compile=compile)
-    return JobSpec.model_validate(spec)
+    return JobSpec.model_validate(job_spec("cor_bench", steps, compile=compile))
 
 
 def run_steps(trainer: Trainer, steps: int) -> float:
@@ -198,7 +198,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     data = char_data()
     spec = the_spec(args.steps, compile=False)
-    model = Trainer(spec, data, device=torch.device("cpu")).model
+    model = spec.objective.training(spec, data).build_model()
     flops_per_token = job_flops_per_token(spec, parameters=count_parameters(model), vocab_size=data.vocab_size)
     flops_per_step = flops_per_token * spec.tokens_per_step
     load_before = _load()
