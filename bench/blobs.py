@@ -161,7 +161,9 @@ def _post_with_sendfile(url: str, key: str, corpus: Path) -> tuple[int, str]:
         return response.status, response.read().decode()
 
 
-def bench_store(kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_url: str, client: str) -> dict[str, Any]:
+def bench_store(
+    kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_url: str, client: str, read_ahead: int | None
+) -> dict[str, Any]:
     """cp, upload, download and resume fetch on one store (see the module docstring)."""
     home = Path(tempfile.mkdtemp(prefix=f"{kind}-api-", dir=work))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFSUP_", "AWS_"))}
@@ -173,6 +175,7 @@ def bench_store(kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_u
             "SELFSUP_RATE_LIMIT_PER_SECOND": "0",
             "SELFSUP_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
+            **({"SELFSUP_API_RECEIVE_BUFFER_BYTES": str(read_ahead)} if read_ahead else {}),
         }
     )
     moto = None
@@ -344,11 +347,24 @@ def main() -> int:
     parser.add_argument(
         "--client", choices=("curl", "httpx", "sendfile"), default="curl" if shutil.which("curl") else "httpx"
     )
+    parser.add_argument(
+        "--read-ahead",
+        type=int,
+        default=None,
+        help="the API's SELFSUP_API_RECEIVE_BUFFER_BYTES (default: the setting's; 65536 = uvicorn's own)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=REPO / "bench" / "results",
+        help="where the corpus, cp's copy and the stores live (a tmpfs such as /dev/shm leaves the disk out: what is "
+        "left is the API's own receiving)",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="selfsup-bench-blobs-", dir=REPO / "bench" / "results"))
+    work = Path(tempfile.mkdtemp(prefix="selfsup-bench-blobs-", dir=args.work_dir))
     corpus = work / "corpus.txt"
     stores = args.stores.split(",")
     report: dict[str, Any] = {
@@ -363,6 +379,8 @@ def main() -> int:
         "corpus_mb": args.mb,
         "checkpoint_mb": args.checkpoint_mb,
         "client": args.client,
+        "read_ahead": args.read_ahead,
+        "work_dir": str(args.work_dir),
         "repetitions": [],
         "stores": {},
     }
@@ -373,7 +391,9 @@ def main() -> int:
             repetition: dict[str, Any] = {"order": order, "load_average_before": load_average()}
             for kind in order:
                 try:
-                    repetition[kind] = bench_store(kind, corpus, args.checkpoint_mb, work, args.redis_url, args.client)
+                    repetition[kind] = bench_store(
+                        kind, corpus, args.checkpoint_mb, work, args.redis_url, args.client, args.read_ahead
+                    )
                 except Exception as exc:  # noqa: BLE001 - reported, and the other store still runs
                     repetition[kind] = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"repetition {rep + 1} {kind}", json.dumps(repetition[kind], indent=1), flush=True)

@@ -202,6 +202,8 @@ _KEEP = object()  # a quota option not given: `quotas set` leaves that quota as 
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api.server import http_protocol
+
     settings = get_settings()
     if settings.api_nice:
         log.info("selfsup api: at nice %s (training on this machine goes first)", lower_priority(settings.api_nice))
@@ -216,6 +218,7 @@ def _api(args: argparse.Namespace) -> int:
         # uvicorn's loggers go through selfsup's set-up (text or JSON, with request ids), at the levels above.
         log_config=None,
         log_level=None,
+        http=http_protocol(settings.api_receive_buffer_bytes),
         timeout_graceful_shutdown=10,
         # Past this many open connections new ones get 503 at once instead of piling up.
         limit_concurrency=settings.api_max_connections,
