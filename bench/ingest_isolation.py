@@ -7,7 +7,8 @@ One command, from the repository root:
     .venv/bin/python bench/ingest_isolation.py --documents 4000 --repeat 1     # a quick run
 
 It starts `selfsup up` (embedded default, production-like settings of bench/train_throughput.py, the cpu worker
-at `--nice`: SELFSUP_CPU_WORKER_NICE; `--nice 0` shows what the machine does without it), trains the
+at `--nice`: SELFSUP_CPU_WORKER_NICE; `--nice 0` shows what the machine does without it; on the cores the
+trainer leaves unless `--cpu-worker-threads` says how many: SELFSUP_CPU_WORKER_THREADS), trains the
 bench/train_throughput.py job shape (character GPT-2, 4 layers, width 128, `--threads` torch threads) for as
 long as the benchmark runs, and measures its tokens/s (from the job's `tokens_seen`) in windows:
 
@@ -115,12 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="pairs of (alone, ingest) windows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--nice", type=int, default=10, help="SELFSUP_CPU_WORKER_NICE")
+    parser.add_argument(
+        "--cpu-worker-threads",
+        type=int,
+        default=None,
+        help="SELFSUP_CPU_WORKER_THREADS (default: unset, so `selfsup up` gives the cores the trainer leaves)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
     env = service_env(args.threads)
     env["SELFSUP_MAX_UPLOAD_BYTES"] = str(1024**3)
     env["SELFSUP_CPU_WORKER_NICE"] = str(args.nice)
+    if args.cpu_worker_threads:
+        env["SELFSUP_CPU_WORKER_THREADS"] = str(args.cpu_worker_threads)
     env["SELFSUP_LOG_FORMAT"] = "text"
     windows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="selfsup-bench-") as tmp:
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(args.threads),
         "documents": args.documents,
         "cpu_worker_nice": args.nice,
+        "cpu_worker_threads": args.cpu_worker_threads or "selfsup up's rule",
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "windows": windows,
@@ -176,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"training tokens/s alone {report['alone_tokens_per_second']:,.0f}, while ingesting "
         f"{report['ingest_tokens_per_second']:,.0f}: ratio {report['ratio']:.3f} (pairs "
-        f"{', '.join(f'{p:.3f}' for p in pairs)}); cpu worker nice {args.nice}; load "
+        f"{', '.join(f'{p:.3f}' for p in pairs)}); cpu worker nice {args.nice}, "
+        f"threads {args.cpu_worker_threads or 'default'}; load "
         f"{load_before[0]:.1f} -> {report['load_after'][0]:.1f}"
     )
     out = args.out or REPO / "bench" / "results" / f"ingest_isolation-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from selfsup.logs import configure_logging
-from selfsup.priority import lower_priority
+from selfsup.priority import limit_corpus_threads, lower_priority
 from selfsup.processes import keep_freed_memory
 from selfsup.scopes import DEFAULT_SCOPES, parse_duration, parse_scopes
 from selfsup.settings import get_settings
@@ -249,6 +249,9 @@ def _worker(args: argparse.Namespace) -> int:
             "selfsup worker: cpu queue at nice %s (training on this machine goes first)",
             lower_priority(settings.cpu_worker_nice),
         )
+    if settings.cpu_worker_threads:
+        limit_corpus_threads(settings.cpu_worker_threads)
+        log.info("selfsup worker: corpus work on %s cores", settings.cpu_worker_threads)
     if args.ready_file:
         ready_file = Path(args.ready_file)
         ready_file.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""CPU priority of the cpu worker: ingest, tokenization and curation yield the CPU to training.
+"""CPU priority and cores of the cpu worker: ingest, tokenization and curation yield the CPU to training.
 
 Ingest and tokenization use every core they are given (tokenizers' Rayon pool, curation's processes), so on
 a machine that also trains they took the trainer's cores: a job slowed about 3× while a 40,000-document
@@ -11,6 +11,13 @@ Niceness only orders processes that CFS compares directly: with `sched_autogroup
 server kernels) the CPU is first shared equally between sessions, so `selfsup up` keeps its workers in its
 own session (each in a process group of its own). Workers started apart (two systemd units, two terminals)
 are shared by their cgroups or sessions: give the training one the larger share there (e.g. `CPUWeight=`).
+
+Priority alone did not keep a CPU trainer at 0.8 of its speed (`bench/ingest_isolation.py`: 0.78 at nice 10 and
+at nice 12): a trainer on every core leaves short gaps between its operators, which any priority gives to the
+tokenizers, and a tokenizer thread running on a core the trainer's other thread waits for stalls the whole
+step. So where the two share a machine (`selfsup up`), the cpu worker's corpus work also runs on the cores the
+trainer leaves, at least one (`SELFSUP_CPU_WORKER_THREADS`, `corpus_cores`); a dedicated ingest machine keeps
+every core.
 """
 
 from __future__ import annotations
@@ -50,3 +57,29 @@ def autogroup(pid: int | str = "self") -> str | None:
         return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
     except (OSError, IndexError):
         return None
+
+
+def corpus_cores(torch_threads: int | None, *, cores: int | None = None, gpu: bool | None = None) -> int:
+    """Cores for corpus work beside a trainer on the same machine: those the trainer leaves, at least one.
+
+    A CPU trainer uses `torch_threads` cores (unset: all of them); a GPU trainer drives its device from one.
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    gpu = has_nvidia_gpu() if gpu is None else gpu
+    trainer = torch_threads or (1 if gpu else cores)
+    return max(1, cores - trainer)
+
+
+def has_nvidia_gpu() -> bool:
+    """Whether the NVIDIA driver reports a GPU (without importing torch, which costs a process seconds)."""
+    try:
+        return any(Path("/proc/driver/nvidia/gpus").iterdir())
+    except OSError:
+        return False
+
+
+def limit_corpus_threads(threads: int) -> None:
+    """Run this process's tokenization on `threads` cores: the tokenizers' Rayon pool reads this when it starts,
+    so call it before anything encodes."""
+    os.environ["RAYON_NUM_THREADS"] = str(threads)

@@ -173,6 +173,12 @@ class Settings(BaseSettings):
         description="CPU niceness of a worker that serves only the cpu queue (ingest, tokenization, curation): "
         "training on the same machine keeps its speed; 0 = the niceness it was started with.",
     )
+    cpu_worker_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cores a worker's corpus work runs on (the tokenizers' thread pool, curation's processes); "
+        "default: every core, and under `selfsup up` the cores its trainer leaves (at least one).",
+    )
     estimate_history_days: float = Field(
         default=30.0, gt=0, description="`POST /v1/jobs:estimate` bases its ETA on throughput recorded this recently."
     )
@@ -314,8 +320,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_curation_processes(self) -> int:
-        """How many processes curation uses: the setting, else every core of the machine."""
-        return self.curation_processes or os.cpu_count() or 1
+        """How many processes curation uses: the setting, else the worker's corpus cores, else every core."""
+        return self.curation_processes or self.cpu_worker_threads or os.cpu_count() or 1
 
     @property
     def resolved_worker_devices(self) -> int:

@@ -27,6 +27,7 @@ from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.engine import make_url
 
 from selfsup.broker import EmbeddedBroker
+from selfsup.priority import corpus_cores
 from selfsup.processes import die_with_parent
 from selfsup.settings import Settings
 
@@ -46,6 +47,7 @@ class Child:
     name: str
     argv: list[str]
     ready_file: Path | None = None  # written by a worker once it consumes its queues
+    env: dict[str, str] = field(default_factory=dict)  # its own settings, over the service's
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -55,7 +57,7 @@ class Child:
         # A process group of its own (Ctrl-C reaches the supervisor alone, which stops the children in order) but
         # selfsup's session: with sched_autogroup the kernel shares the CPU between sessions equally, so only
         # within one session does the cpu worker's lower priority (SELFSUP_CPU_WORKER_NICE) leave training the CPU.
-        self.process = subprocess.Popen(self.argv, env=env, process_group=0, preexec_fn=die_with_parent)
+        self.process = subprocess.Popen(self.argv, env={**env, **self.env}, process_group=0, preexec_fn=die_with_parent)
         self.started_at = time.monotonic()
 
     def exited(self) -> int | None:
@@ -110,6 +112,12 @@ class Supervisor:
                 "cpu worker",
                 [*cli, "worker", "--queues", "cpu", "--beat", "--ready-file", str(run / "cpu-worker.ready")],
                 ready_file=run / "cpu-worker.ready",
+                # Beside the trainer: corpus work on the cores it leaves (see selfsup/priority.py).
+                env={
+                    "SELFSUP_CPU_WORKER_THREADS": str(
+                        settings.cpu_worker_threads or corpus_cores(settings.torch_threads)
+                    )
+                },
             ),
             Child(
                 "gpu worker",

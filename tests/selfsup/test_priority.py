@@ -1,4 +1,5 @@
-"""The cpu worker that `selfsup up` starts runs at a lower CPU priority than training (SELFSUP_CPU_WORKER_NICE)."""
+"""The cpu worker that `selfsup up` starts yields the CPU to training: a lower priority (SELFSUP_CPU_WORKER_NICE) and
+the cores the trainer leaves (SELFSUP_CPU_WORKER_THREADS)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from selfsup.priority import autogroup
+from selfsup.priority import autogroup, corpus_cores
 from selfsup.settings import Settings
 from tests.service import Service
 
@@ -56,6 +57,62 @@ def test_the_cpu_worker_that_selfsup_up_starts_yields_the_cpu_to_training(embedd
     assert os.getpgid(cpu[0]) != os.getpgid(gpu[0])  # each in a group of its own (killed as one on shutdown)
     log = embedded_service.log_path.read_text(errors="replace")
     assert f"cpu queue at nice {_nice(cpu[0])}" in log, log[-3000:]
+    # Corpus work on the cores the trainer leaves; the trainer keeps its own setting.
+    torch_threads = _environ(gpu[0]).get("SELFSUP_TORCH_THREADS")
+    cores = corpus_cores(int(torch_threads) if torch_threads else None)
+    assert _environ(cpu[0])["SELFSUP_CPU_WORKER_THREADS"] == str(cores)
+    assert "SELFSUP_CPU_WORKER_THREADS" not in _environ(gpu[0])
+    assert f"corpus work on {cores} cores" in log, log[-3000:]
+
+
+def _environ(pid: int) -> dict[str, str]:
+    """The environment a process was started with."""
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
+
+
+@pytest.mark.parametrize(
+    ("torch_threads", "cores", "gpu", "expected"),
+    [
+        (None, 2, False, 1),  # a CPU trainer on every core: one left, at least
+        (2, 8, False, 6),
+        (None, 16, True, 15),  # a GPU trainer drives its device from one core
+        (4, 2, False, 1),
+    ],
+)
+def test_corpus_work_gets_the_cores_the_trainer_leaves(torch_threads, cores, gpu, expected) -> None:  # type: ignore[no-untyped-def]
+    assert corpus_cores(torch_threads, cores=cores, gpu=gpu) == expected
+
+
+_THREADS_AFTER_ENCODING = """
+import os, sys
+from selfsup.priority import limit_corpus_threads
+if sys.argv[1] != "-":
+    limit_corpus_threads(int(sys.argv[1]))
+from tokenizers import Tokenizer, models, pre_tokenizers
+tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+before = len(os.listdir("/proc/self/task"))
+tokenizer.encode_batch(["a a b"] * 20000)
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+def test_limit_corpus_threads_sizes_the_tokenizers_thread_pool() -> None:
+    def started(limit: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", _THREADS_AFTER_ENCODING, limit],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if k not in ("RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM")},
+        )
+        return int(out.stdout.split()[-1])
+
+    assert started("1") == 1
+    assert started("3") == 3
 
 
 def test_lower_priority_never_raises_it() -> None:
