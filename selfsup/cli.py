@@ -251,7 +251,8 @@ def _worker(args: argparse.Namespace) -> int:
         )
     if settings.cpu_worker_threads:
         limit_corpus_threads(settings.cpu_worker_threads)
-        log.info("selfsup worker: corpus work on %s cores", settings.cpu_worker_threads)
+        cores = settings.cpu_worker_threads
+        log.info("selfsup worker: corpus work on %s core%s", cores, "" if cores == 1 else "s")
     if args.ready_file:
         ready_file = Path(args.ready_file)
         ready_file.unlink(missing_ok=True)

@@ -62,7 +62,7 @@ def test_the_cpu_worker_that_selfsup_up_starts_yields_the_cpu_to_training(embedd
     cores = corpus_cores(int(torch_threads) if torch_threads else None)
     assert _environ(cpu[0])["SELFSUP_CPU_WORKER_THREADS"] == str(cores)
     assert "SELFSUP_CPU_WORKER_THREADS" not in _environ(gpu[0])
-    assert f"corpus work on {cores} cores" in log, log[-3000:]
+    assert f"corpus work on {cores} core{'' if cores == 1 else 's'}" in log, log[-3000:]
 
 
 def _environ(pid: int) -> dict[str, str]:
