@@ -12,10 +12,11 @@ server kernels) the CPU is first shared equally between sessions, so `selfsup up
 own session (each in a process group of its own). Workers started apart (two systemd units, two terminals)
 are shared by their cgroups or sessions: give the training one the larger share there (e.g. `CPUWeight=`).
 
-Priority alone did not keep a CPU trainer at 0.8 of its speed (`bench/ingest_isolation.py`: 0.78 at nice 10 and
-at nice 12): a trainer on every core leaves short gaps between its operators, which any priority gives to the
-tokenizers, and a tokenizer thread running on a core the trainer's other thread waits for stalls the whole
-step. So where the two share a machine (`selfsup up`), the cpu worker's corpus work also runs on the cores the
+Priority alone did not reliably keep a CPU trainer at 0.8 of its speed (`bench/ingest_isolation.py`: 0.777-0.796
+at nice 10 in three runs and 0.833 in a fourth, 0.783 at nice 12; one core: 0.869 and 0.883). A trainer on every
+core leaves short gaps between its operators, which any priority gives to the tokenizers, and a tokenizer thread
+running on a core the trainer's other thread waits for stalls the whole step.
+So where the two share a machine (`selfsup up`), the cpu worker's corpus work also runs on the cores the
 trainer leaves, at least one (`SELFSUP_CPU_WORKER_THREADS`, `corpus_cores`); a dedicated ingest machine keeps
 every core.
 """
