@@ -87,8 +87,7 @@ def test_corpus_work_gets_the_cores_the_trainer_leaves(torch_threads, cores, gpu
 _THREADS_AFTER_ENCODING = """
 import os, sys
 from selfsup.priority import limit_corpus_threads
-if sys.argv[1] != "-":
-    limit_corpus_threads(int(sys.argv[1]))
+limit_corpus_threads(int(sys.argv[1]))
 from tokenizers import Tokenizer, models, pre_tokenizers
 tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
 tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
