@@ -13,7 +13,11 @@ uvicorn's module constant (which would change every server in the process).
 
 from __future__ import annotations
 
+from typing import Any
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from selfsup.settings import Settings
 
 
 class _ReadAheadProtocol(HttpToolsProtocol):
@@ -29,3 +33,23 @@ class _ReadAheadProtocol(HttpToolsProtocol):
 def http_protocol(read_ahead_bytes: int) -> type[HttpToolsProtocol]:
     """uvicorn's `http=`: the httptools protocol reading up to `read_ahead_bytes` of a request body ahead."""
     return type("ReadAheadHttpToolsProtocol", (_ReadAheadProtocol,), {"read_ahead_bytes": read_ahead_bytes})
+
+
+def uvicorn_options(settings: Settings, *, host: str, port: int) -> dict[str, Any]:
+    """What `selfsup api` passes to `uvicorn.run` with the app's import string."""
+    return {
+        "factory": True,
+        "host": host,
+        "port": port,
+        # uvicorn's loggers go through selfsup's set-up (text or JSON, with request ids), at the levels cli sets.
+        "log_config": None,
+        "log_level": None,
+        "http": http_protocol(settings.api_receive_buffer_bytes),
+        "timeout_graceful_shutdown": 10,
+        # Past this many open connections new ones get 503 at once instead of piling up.
+        "limit_concurrency": settings.api_max_connections,
+        "backlog": settings.api_max_connections,
+        # uvicorn's 5 s equals httpx's pool expiry: a request sent on a connection idle for ~5 s raced the
+        # server's close and got "Server disconnected without sending a response" (seen in CI).
+        "timeout_keep_alive": settings.api_keepalive_seconds,
+    }

@@ -202,7 +202,7 @@ _KEEP = object()  # a quota option not given: `quotas set` leaves that quota as 
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.server import http_protocol
+    from api.server import uvicorn_options
 
     settings = get_settings()
     if settings.api_nice:
@@ -212,20 +212,7 @@ def _api(args: argparse.Namespace) -> int:
     logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     uvicorn.run(
         "api.app:create_app",
-        factory=True,
-        host=args.host or settings.api_host,
-        port=args.port or settings.api_port,
-        # uvicorn's loggers go through selfsup's set-up (text or JSON, with request ids), at the levels above.
-        log_config=None,
-        log_level=None,
-        http=http_protocol(settings.api_receive_buffer_bytes),
-        timeout_graceful_shutdown=10,
-        # Past this many open connections new ones get 503 at once instead of piling up.
-        limit_concurrency=settings.api_max_connections,
-        backlog=settings.api_max_connections,
-        # uvicorn's 5 s equals httpx's pool expiry: a request sent on a connection idle for ~5 s raced the
-        # server's close and got "Server disconnected without sending a response" (seen in CI).
-        timeout_keep_alive=settings.api_keepalive_seconds,
+        **uvicorn_options(settings, host=args.host or settings.api_host, port=args.port or settings.api_port),
     )
     return 0
 

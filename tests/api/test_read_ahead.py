@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from api.server import http_protocol
+from api.server import uvicorn_options
+from selfsup.settings import Settings
 
 BODY = 8 * 1024 * 1024
 MIB = 1024 * 1024
@@ -71,7 +72,9 @@ def _post(port: int, size: int) -> bytes:
 @pytest.mark.parametrize("read_ahead", [4 * MIB, 2 * MIB])
 def test_an_upload_is_read_ahead_of_a_slow_app_up_to_the_setting(serve, read_ahead: int) -> None:
     app = _SlowReader()
-    port = serve(app, http_protocol(read_ahead))  # type: ignore[operator]
+    # The protocol `selfsup api` hands uvicorn for this setting.
+    protocol = uvicorn_options(Settings(api_receive_buffer_bytes=read_ahead), host="127.0.0.1", port=0)["http"]
+    port = serve(app, protocol)  # type: ignore[operator]
     assert _post(port, BODY).startswith(b"HTTP/1.1 200")
     assert sum(app.pieces) == BODY
     # While the app sleeps the server reads on: pieces of MiBs, never much past the setting (one socket read more).
