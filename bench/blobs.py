@@ -162,9 +162,10 @@ def _post_with_sendfile(url: str, key: str, corpus: Path) -> tuple[int, str]:
 
 
 def bench_store(
-    kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_url: str, client: str, read_ahead: int | None
+    kind: str, corpus: Path, checkpoint_mb: int, work: Path, redis_url: str, client: str, settings: dict[str, str]
 ) -> dict[str, Any]:
-    """cp, upload, download and resume fetch on one store (see the module docstring)."""
+    """cp, upload, download and resume fetch on one store (see the module docstring); `settings` are the API's
+    (and the reading worker's) SELFSUP_* variables the options set."""
     home = Path(tempfile.mkdtemp(prefix=f"{kind}-api-", dir=work))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFSUP_", "AWS_"))}
     env.update(
@@ -175,7 +176,7 @@ def bench_store(
             "SELFSUP_RATE_LIMIT_PER_SECOND": "0",
             "SELFSUP_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
-            **({"SELFSUP_API_RECEIVE_BUFFER_BYTES": str(read_ahead)} if read_ahead else {}),
+            **settings,
         }
     )
     moto = None
@@ -354,6 +355,12 @@ def main() -> int:
         help="the API's SELFSUP_API_RECEIVE_BUFFER_BYTES (default: the setting's; 65536 = uvicorn's own)",
     )
     parser.add_argument(
+        "--buffered-writes",
+        action="store_true",
+        help="SELFSUP_BLOB_DIRECT_WRITES=false: the blob folder written through the page cache (the default writes "
+        "past it with O_DIRECT, storage/direct_io.py)",
+    )
+    parser.add_argument(
         "--work-dir",
         type=Path,
         default=REPO / "bench" / "results",
@@ -364,6 +371,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
+    settings = {"SELFSUP_API_RECEIVE_BUFFER_BYTES": str(args.read_ahead)} if args.read_ahead else {}
+    if args.buffered_writes:
+        settings["SELFSUP_BLOB_DIRECT_WRITES"] = "false"
     work = Path(tempfile.mkdtemp(prefix="selfsup-bench-blobs-", dir=args.work_dir))
     corpus = work / "corpus.txt"
     stores = args.stores.split(",")
@@ -380,6 +390,7 @@ def main() -> int:
         "checkpoint_mb": args.checkpoint_mb,
         "client": args.client,
         "read_ahead": args.read_ahead,
+        "direct_writes": not args.buffered_writes,
         "work_dir": str(args.work_dir),
         "repetitions": [],
         "stores": {},
@@ -392,7 +403,7 @@ def main() -> int:
             for kind in order:
                 try:
                     repetition[kind] = bench_store(
-                        kind, corpus, args.checkpoint_mb, work, args.redis_url, args.client, args.read_ahead
+                        kind, corpus, args.checkpoint_mb, work, args.redis_url, args.client, settings
                     )
                 except Exception as exc:  # noqa: BLE001 - reported, and the other store still runs
                     repetition[kind] = {"error": f"{type(exc).__name__}: {exc}"}

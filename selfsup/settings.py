@@ -28,6 +28,13 @@ class Settings(BaseSettings):
         description="Where blobs live: `s3://bucket/prefix` (an S3-compatible object store, reached with the "
         "standard AWS_* variables) or `file:///path` (a folder); unset: SELFSUP_BLOB_DIR, else home/blobs.",
     )
+    blob_direct_writes: bool = Field(
+        default=True,
+        description="The blob folder's files are written with O_DIRECT, past the page cache, where the filesystem "
+        "allows it (ext4, XFS, recent tmpfs): on a VM whose memory the host reclaims, a 1 GiB upload ran at "
+        "575-760 MB/s instead of 305-474, with half the API's CPU. Their first reader then reads the disk. "
+        "false: buffered writes.",
+    )
     cache_dir: Path | None = Field(
         default=None,
         description="Where a process keeps local copies of object-store blobs it must read as files (token arrays, "

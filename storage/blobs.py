@@ -20,6 +20,7 @@ from typing import BinaryIO, Protocol
 
 from selfsup.settings import get_settings
 from storage.cache import BlobCache, CorruptBlobError
+from storage.direct_io import open_for_writing
 from storage.keys import join_key
 
 CHUNK_SIZE = 1024 * 1024
@@ -91,8 +92,9 @@ def _fsync_dir(path: Path) -> None:
 class LocalBlobStore:
     """Blobs as files under one folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, direct_writes: bool = True) -> None:
         self.root = root
+        self.direct_writes = direct_writes  # past the page cache where the filesystem allows (storage/direct_io.py)
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
@@ -117,7 +119,7 @@ class LocalBlobStore:
         final = self.path(key)
         tmp = self._scratch(key)
         try:
-            with open(tmp, "wb") as fh:
+            with open_for_writing(tmp, direct=self.direct_writes) as fh:
                 yield fh
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -254,7 +256,7 @@ def get_blob_store() -> BlobStore:
     settings = get_settings()
     location = settings.s3_location
     if location is None:
-        return LocalBlobStore(settings.resolved_blob_dir)
+        return LocalBlobStore(settings.resolved_blob_dir, direct_writes=settings.blob_direct_writes)
     return _s3_store(*location, settings.resolved_cache_dir, os.getpid())
 
 
