@@ -17,10 +17,12 @@ its first reader reads the disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import mmap
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
@@ -60,15 +62,22 @@ class _FlushingThrough(io.BufferedWriter):
 
 
 class _DirectFile(io.RawIOBase):
-    """A file written with O_DIRECT from an aligned buffer (see the module's docstring)."""
+    """A file written with O_DIRECT from aligned buffers (see the module's docstring).
+
+    An O_DIRECT write returns only once the device has the data, so a full buffer is written by a thread of the
+    file's own while the caller fills the other one: hashing and receiving go on during the disk's time. At most one
+    write is in flight, so the writes land in order."""
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT, 0o644)
-        self._buffer = mmap.mmap(-1, BUFFER_BYTES)  # page-aligned, as O_DIRECT needs its memory to be
-        self._view = memoryview(self._buffer)
-        self._used = 0  # bytes waiting in the buffer
-        self._size = 0  # bytes written so far, the buffer's included
+        self._buffers = [mmap.mmap(-1, BUFFER_BYTES)]  # page-aligned, as O_DIRECT needs its memory to be
+        self._views = [memoryview(self._buffers[0])]
+        self._view = self._views[0]  # the buffer being filled
+        self._used = 0  # bytes waiting in it
+        self._size = 0  # bytes taken so far
         self._direct = True
+        self._writer: ThreadPoolExecutor | None = None  # started at the first full buffer
+        self._in_flight: Future[None] | None = None
 
     def writable(self) -> bool:
         return True
@@ -77,9 +86,12 @@ class _DirectFile(io.RawIOBase):
         return self._fd
 
     def write(self, data: Buffer, /) -> int:
-        """Take as much of `data` as the buffer holds (all of it once buffered), writing the buffer when full."""
+        """Take as much of `data` as the buffer holds (all of it once the file is buffered), handing the buffer to
+        the writing thread when full."""
         piece = memoryview(data).cast("B")
         if not self._direct:
+            self._settle()
+            self._write_waiting()
             written = os.write(self._fd, piece)
             self._size += written
             return written
@@ -88,20 +100,24 @@ class _DirectFile(io.RawIOBase):
         self._used += taken
         self._size += taken
         if self._used == BUFFER_BYTES:
-            self._write_buffer(BUFFER_BYTES)
+            self._hand_over()
         return taken
 
     def flush(self) -> None:
-        """Write what the buffer holds: its last block zero-padded, then cut back to the real size; the file goes on
-        buffered from here."""
-        if self.closed or not self._direct or self._used == 0:
+        """Write everything taken: the last block zero-padded, then the file cut back to its real size; the file goes
+        on buffered from here."""
+        if self.closed:
             return
-        length = -(-self._used // BLOCK) * BLOCK
-        self._view[self._used : length] = bytes(length - self._used)
-        self._write_buffer(length)
-        os.ftruncate(self._fd, self._size)
-        self._go_buffered()
-        os.lseek(self._fd, self._size, os.SEEK_SET)
+        self._settle()
+        if self._direct and self._used:
+            length = -(-self._used // BLOCK) * BLOCK
+            self._view[self._used : length] = bytes(length - self._used)
+            self._write_out(self._view, length)
+            self._used = 0
+            os.ftruncate(self._fd, self._size)
+            self._go_buffered()
+            os.lseek(self._fd, self._size, os.SEEK_SET)
+        self._write_waiting()
 
     def close(self) -> None:
         if self.closed:
@@ -109,21 +125,47 @@ class _DirectFile(io.RawIOBase):
         try:
             self.flush()
         finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
             os.close(self._fd)
-            self._view.release()
-            self._buffer.close()
+            for view, buffer in zip(self._views, self._buffers, strict=True):
+                view.release()
+                with contextlib.suppress(BufferError):  # a failed write's traceback may still hold a slice of it
+                    buffer.close()  # (if so, the buffer goes with the traceback)
             super().close()
 
-    def _write_buffer(self, length: int) -> None:
+    def _hand_over(self) -> None:
+        """Write the full buffer in the writing thread (after the one in flight) and go on filling the other."""
+        self._settle()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-write")
+            self._buffers.append(mmap.mmap(-1, BUFFER_BYTES))
+            self._views.append(memoryview(self._buffers[1]))
+        self._in_flight = self._writer.submit(self._write_out, self._view, BUFFER_BYTES)
+        self._view = self._views[1] if self._view is self._views[0] else self._views[0]
+        self._used = 0
+
+    def _settle(self) -> None:
+        """Wait for the write in flight; its error is raised here."""
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            in_flight.result()
+
+    def _write_waiting(self) -> None:
+        """Write what waits in the buffer as it is (the file is buffered by now)."""
+        if self._used:
+            self._write_out(self._view, self._used)
+            self._used = 0
+
+    def _write_out(self, view: memoryview, length: int) -> None:
         done = 0
         while done < length:
             try:
-                done += os.write(self._fd, self._view[done:length])
+                done += os.write(self._fd, view[done:length])
             except OSError as exc:
                 if exc.errno != errno.EINVAL or not self._direct:
                     raise
                 self._go_buffered()  # the filesystem took O_DIRECT at open but not these writes
-        self._used = 0
 
     def _go_buffered(self) -> None:
         import fcntl  # POSIX only, as O_DIRECT is

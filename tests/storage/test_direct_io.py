@@ -123,3 +123,30 @@ def test_a_filesystem_that_refuses_direct_io_is_written_the_ordinary_way(
         assert not _direct(out.fileno())
     monkeypatch.undo()
     assert store.path("x/y").read_bytes() == b"".join(pieces)
+
+
+def test_a_failed_write_reaches_the_writer_and_nothing_is_kept(
+    disk_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full buffer is written by the file's own thread; its error (a full disk here, the OS's answer played)
+    still reaches the code writing the blob, and the store keeps nothing."""
+    import storage.direct_io as direct_io
+
+    real_write = os.write
+    writes = 0
+
+    def disk_full_on_the_second_write(fd, data):  # type: ignore[no-untyped-def]
+        nonlocal writes
+        writes += 1
+        if writes == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(direct_io.os, "write", disk_full_on_the_second_write)
+    store = LocalBlobStore(disk_folder / "blobs")
+    with pytest.raises(OSError, match="No space left"), store.writer("corpora/cor_1/upload") as out:
+        for _ in range(4):
+            out.write(os.urandom(BUFFER_BYTES))
+    monkeypatch.undo()
+    assert not store.exists("corpora/cor_1/upload")
+    assert not list(store.root.rglob(".tmp-*"))
