@@ -124,7 +124,7 @@ def test_metrics_report_requests_jobs_queues_a_running_job_and_corpora(service: 
 
     def agree() -> bool:
         with engine.connect() as conn:
-            jobs = dict(conn.execute(text("SELECT status, COUNT(*) FROM jobs GROUP BY status")).tuples().all())
+            jobs = dict(conn.execute(text("SELECT status, COUNT(*) FROM jobs GROUP BY status")).all())
             ready_bytes = conn.execute(
                 text("SELECT COALESCE(SUM(size_bytes), 0) FROM corpora WHERE status = 'ready'")
             ).scalar_one()
