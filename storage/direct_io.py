@@ -3,16 +3,16 @@
 A buffered `write()` copies every byte into the kernel's page cache, and on a virtual machine whose memory the host
 hands back and forth (Firecracker with `virtio_balloon`, as this project's benchmark machine is) a page the guest
 has not touched lately costs a trip to the host: writing 1 GiB into the page cache ran at 300-420 MB/s there, the
-same write with `O_DIRECT` at 1,300-1,600 MB/s (fsync included), and an upload through the API went from 305-474
-to 575-760 MB/s with half the API's CPU per GiB (bench/README.md, "Writing past the page cache"). `cp` does not pay
-the price either: it copies in the kernel (`copy_file_range`).
+same write with `O_DIRECT` at 1,300-1,600 MB/s (fsync included), and an upload through the API went from 327-546
+to 715-839 MB/s with about half the API's CPU per GiB (bench/README.md, "Writing past the page cache"). `cp` does not
+pay the price either: it copies in the kernel (`copy_file_range`).
 
-How: bytes are gathered in one page-aligned 4 MiB buffer (an anonymous `mmap`) and written from it in whole blocks
-at block-aligned offsets, as `O_DIRECT` requires; the last, partial block is zero-padded, written, and cut off with
-`ftruncate`. After a `flush()` the file goes on buffered (`O_DIRECT` cleared), since the next write would start
-mid-block. Where the filesystem refuses `O_DIRECT` (tmpfs before Linux 6.6 at `open`; some FUSE and network
-filesystems at the first write) the file is written the ordinary way. The data is not in the page cache afterwards:
-its first reader reads the disk.
+How: bytes are gathered in a page-aligned 4 MiB buffer (an anonymous `mmap`) and written from it in whole blocks at
+block-aligned offsets, as `O_DIRECT` requires, by the file's own thread while a second buffer fills; the last,
+partial block is zero-padded, written, and cut off with `ftruncate`. After a `flush()` the file goes on buffered
+(`O_DIRECT` cleared), since the next write would start mid-block. Where the filesystem refuses `O_DIRECT` (tmpfs
+before Linux 6.6 at `open`; some FUSE and network filesystems at the first write) the file is written the ordinary
+way. The data is not in the page cache afterwards: its first reader reads the disk.
 """
 
 from __future__ import annotations
