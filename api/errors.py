@@ -16,7 +16,7 @@ from starlette.routing import compile_path
 from api.middleware import security_headers
 from selfsup.settings import get_settings
 from selfsup.spec import UNION_TAGS
-from storage.blobs import BlobStoreUnavailable
+from storage.blobs import BlobStoreFull, BlobStoreUnavailable
 
 log = logging.getLogger("selfsup.api")
 
@@ -33,6 +33,7 @@ _CODES = {
     422: "invalid_request",
     429: "rate_limited",
     503: "unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -154,6 +155,17 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=headers or None,
         )
+
+    @app.exception_handler(BlobStoreFull)
+    async def _blob_store_full(_: Request, exc: BlobStoreFull) -> JSONResponse:
+        # A full disk is the operator's to fix, not the client's, and not a bug: say so, keep nothing.
+        log.error("blob store full: %s", exc)
+        body = error_body(
+            "insufficient_storage",
+            "the server has no room left to store this upload; nothing was kept. Retry once its operator has freed "
+            "space in the blob folder",
+        )
+        return JSONResponse(body, status_code=507)
 
     @app.exception_handler(BlobStoreUnavailable)
     async def _blob_store_unavailable(_: Request, exc: BlobStoreUnavailable) -> JSONResponse:

@@ -12,6 +12,7 @@ this pass gives each operation the errors it can really answer, all with that sc
 - 400 on every operation with a request body (malformed JSON or `multipart/form-data`, a client that
   disconnected mid-upload), and an upload's bytes are at least one (an empty upload is refused);
 - 400 (malformed JSON), 413 (over `SELFSUP_MAX_JSON_BYTES`) and 415 (not sent as JSON) where the body is JSON;
+- 507 on every upload (a binary body or form field): the blob folder's disk is full;
 - 429 on every `/v1` operation (the key's rate limit; see `api/ratelimit.py`);
 - and whatever a route declares itself (409, 413, 415…), its description kept.
 """
@@ -43,7 +44,10 @@ DEFAULT_DESCRIPTIONS = {
     "415": "Unsupported media type",
     "422": "Invalid request; `details` names each bad field by its path",
     "429": "Rate limit: the key made more requests than its burst and rate allow; retry after `Retry-After` seconds",
-    "503": "Busy: no database connection came free in time; retry after `Retry-After` seconds",
+    "503": "Busy: no database connection came free in time, or the blob store did not answer; retry after "
+    "`Retry-After` seconds",
+    "507": "No room left in the server's blob folder (a full disk): nothing was kept; retry once the operator has "
+    "freed space",
 }
 
 
@@ -113,16 +117,28 @@ def _error_statuses(method: str, operation: dict[str, Any]) -> list[str]:
         statuses.append("400")
     if "application/json" in content:
         statuses += ["400", "413", "415"]
+    if _binary_fields(operation):
+        statuses.append("507")
     return statuses
+
+
+def _binary_fields(operation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request body's file fields: the body itself when it is a binary string, or a multipart form's."""
+    fields = []
+    for media in operation.get("requestBody", {}).get("content", {}).values():
+        schema = media.get("schema", {})
+        fields += [
+            field
+            for field in [schema, *schema.get("properties", {}).values()]
+            if field.get("type") == "string" and field.get("format") == "binary"
+        ]
+    return fields
 
 
 def _refuse_empty_uploads(operation: dict[str, Any]) -> None:
     """A file upload (a binary string, or a multipart form's binary fields) has at least one byte: say so."""
-    for media in operation.get("requestBody", {}).get("content", {}).values():
-        schema = media.get("schema", {})
-        for field in [schema, *schema.get("properties", {}).values()]:
-            if field.get("type") == "string" and field.get("format") == "binary":
-                field.setdefault("minLength", 1)
+    for field in _binary_fields(operation):
+        field.setdefault("minLength", 1)
 
 
 def _can_be_invalid(operation: dict[str, Any], response: dict[str, Any]) -> bool:

@@ -8,6 +8,7 @@ half-written blob, and a refused write leaves no file and no folder behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -32,6 +33,15 @@ Verify = Callable[[Path], str | None]
 class BlobStoreUnavailable(RuntimeError):
     """The blob store did not answer or refused a request (an object store's outage or throttling): the caller can
     retry later; nothing was kept of a write that raised it."""
+
+
+class BlobStoreFull(BlobStoreUnavailable):
+    """The blob folder has no room for a write (its disk or the user's quota is full, or a file-size limit was hit):
+    nothing was kept; it goes again once an operator frees space."""
+
+
+# What a write answers when there is no room: a full disk, a full quota, a file-size limit (RLIMIT_FSIZE).
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class BlobStore(Protocol):
@@ -126,6 +136,10 @@ class LocalBlobStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
             _fsync_dir(final.parent)
+        except OSError as exc:
+            if exc.errno in _NO_ROOM:
+                raise BlobStoreFull(f"no room in the blob folder for {key}: {exc.strerror}") from exc
+            raise
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -125,6 +125,7 @@ class _DirectFile(io.RawIOBase):
         try:
             self.flush()
         finally:
+            self._used = 0  # what could not be written goes with the file; IOBase.close's own flush finds nothing
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
             os.close(self._fd)

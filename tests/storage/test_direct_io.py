@@ -6,13 +6,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from selfsup.settings import get_settings
-from storage.blobs import LocalBlobStore, get_blob_store
+from storage.blobs import BlobStoreFull, LocalBlobStore, get_blob_store
 from storage.direct_io import BLOCK, BUFFER_BYTES, open_for_writing
+from tests.service import REPO
 
 # Write sizes around every boundary: nothing, a byte, a block, a block and a byte, the whole buffer and past it,
 # many small writes (as ingest writes JSON lines), and large ones (as an upload's pieces come).
@@ -129,7 +132,7 @@ def test_a_failed_write_reaches_the_writer_and_nothing_is_kept(
     disk_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full buffer is written by the file's own thread; its error (a full disk here, the OS's answer played)
-    still reaches the code writing the blob, and the store keeps nothing."""
+    still reaches the code writing the blob, as BlobStoreFull, and the store keeps nothing."""
     import storage.direct_io as direct_io
 
     real_write = os.write
@@ -144,9 +147,32 @@ def test_a_failed_write_reaches_the_writer_and_nothing_is_kept(
 
     monkeypatch.setattr(direct_io.os, "write", disk_full_on_the_second_write)
     store = LocalBlobStore(disk_folder / "blobs")
-    with pytest.raises(OSError, match="No space left"), store.writer("corpora/cor_1/upload") as out:
+    with pytest.raises(BlobStoreFull, match="No space left"), store.writer("corpora/cor_1/upload") as out:
         for _ in range(4):
             out.write(os.urandom(BUFFER_BYTES))
     monkeypatch.undo()
     assert not store.exists("corpora/cor_1/upload")
     assert not list(store.root.rglob(".tmp-*"))
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+def test_no_room_is_blob_store_full_and_nothing_is_kept(tmp_path: Path, direct: bool) -> None:
+    """A write that finds no room (here a real file-size limit, RLIMIT_FSIZE, in a process of its own; a full disk
+    answers the same way) raises BlobStoreFull, which the API answers with 507, and leaves no file behind."""
+    script = f"""
+import os, resource, sys
+from pathlib import Path
+from storage.blobs import BlobStoreFull, LocalBlobStore
+store = LocalBlobStore(Path({str(tmp_path / "blobs")!r}), direct_writes={direct})
+resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 1024 * 1024, 4 * 1024 * 1024))
+try:
+    with store.writer("corpora/cor_1/upload") as out:
+        for _ in range(3):
+            out.write(os.urandom(3 * 1024 * 1024))
+except BlobStoreFull as exc:
+    print("full:", exc)
+"""
+    answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.startswith("full: no room in the blob folder for corpora/cor_1/upload"), answer.stdout
+    assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
