@@ -52,11 +52,9 @@ class _ReadAheadProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
-        if cycle is not None and not isinstance(cycle.body, _BodyPieces):  # a new request, or the app took the body
-            pieces = _BodyPieces()
-            if cycle.body:
-                pieces += bytes(cycle.body)
-            cycle.body = pieces  # type: ignore[assignment]
+        if cycle is not None and not isinstance(cycle.body, _BodyPieces):
+            # A new request, or the app just took the body: uvicorn's empty bytearray, replaced before it holds bytes.
+            cycle.body = _BodyPieces()  # type: ignore[assignment]
         super().on_body(body)
         # uvicorn paused reading past its own 64 KiB; read on while the body waiting for the app is under ours.
         if self.flow.read_paused and self.cycle is not None and len(self.cycle.body) <= self.read_ahead_bytes:

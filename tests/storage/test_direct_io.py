@@ -160,13 +160,14 @@ def test_no_room_is_blob_store_full_and_nothing_is_kept(tmp_path: Path, direct: 
     """A write that finds no room (here a real file-size limit, RLIMIT_FSIZE, in a process of its own; a full disk
     answers the same way) raises BlobStoreFull, which the API answers with 507, and leaves no file behind."""
     script = f"""
-import os, resource, sys
+import fcntl, os, resource, sys
 from pathlib import Path
 from storage.blobs import BlobStoreFull, LocalBlobStore
 store = LocalBlobStore(Path({str(tmp_path / "blobs")!r}), direct_writes={direct})
 resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 1024 * 1024, 4 * 1024 * 1024))
 try:
     with store.writer("corpora/cor_1/upload") as out:
+        print("direct:", bool(fcntl.fcntl(out.fileno(), fcntl.F_GETFL) & os.O_DIRECT))
         for _ in range(3):
             out.write(os.urandom(3 * 1024 * 1024))
 except BlobStoreFull as exc:
@@ -174,5 +175,7 @@ except BlobStoreFull as exc:
 """
     answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert answer.returncode == 0, answer.stderr
-    assert answer.stdout.startswith("full: no room in the blob folder for corpora/cor_1/upload"), answer.stdout
+    direct_line, full_line = answer.stdout.splitlines()
+    assert direct_line == f"direct: {direct and _takes_direct_io(tmp_path)}"  # the path under test was the one taken
+    assert full_line.startswith("full: no room in the blob folder for corpora/cor_1/upload"), answer.stdout
     assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
