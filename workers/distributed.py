@@ -3,8 +3,9 @@
 `torchrun` (torch.distributed.run, on a free port of this machine) starts `resources.devices` processes
 that run this module, one per device. Rank 0 is the job's run as on one device (`workers.train.JobRun`,
 under the worker's lease: metrics, events, checkpoints, the ending); the other ranks only train, following
-rank 0's order before every step (`workers/training/ranks.py`), so every rank stops together on cancel,
-pause, SIGTERM (the worker's stop reaches rank 0 through a stop file) and lease loss. Until rank 0 starts
+rank 0's order before every step (`workers/training/ranks.py`), and compile when it does (all ranks or none),
+so every rank stops together on cancel, pause, SIGTERM (the worker's stop reaches rank 0 through a stop file)
+and lease loss. Until rank 0 starts
 (torchrun and each rank import torch first: seconds), the worker keeps the job's lease.
 
 A rank that dies ends the others (torchrun tears the group down) and fails the attempt: unless rank 0
@@ -36,7 +37,7 @@ from storage.db import session_scope
 from storage.tables import Job
 from workers.faults import Faults
 from workers.train import JobRun, load_claimed, open_trainer, requeue_crashed, run_to_its_end
-from workers.training.ranks import Ranks, join_process_group
+from workers.training.ranks import Order, Ranks, join_process_group
 from workers.training.trainer import TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,18 @@ def _follow(ranks: Ranks, job_id: str) -> None:
         marker_dir=settings.resolved_home / "faults",
         rank=ranks.rank,
     )
-    if not ranks.order(False):  # rank 0 could not set the run up
+    if ranks.order() is not Order.STEP:  # rank 0 could not set the run up
         return
     trainer.join_ranks()
+    backend = faults.compile_backend(settings.compile_backend)
     try:
-        while ranks.order(False):
+        while (order := ranks.order()) is not Order.STOP:
+            if order is Order.COMPILE:
+                try:
+                    trainer.compile_forward(backend=backend)  # with rank 0; if any rank fails, all stay eager
+                except Exception:
+                    log.warning("job %s: torch.compile failed on a rank; training eager", job_id, exc_info=True)
+                continue
             # As rank 0 between metric steps: no host sync of its own, and a non-finite step skips its update on
             # the device just as rank 0's does, so the ranks never disagree about whether to update.
             trainer.train_step(sync=False)

@@ -52,7 +52,7 @@ from workers.training.checkpointing import (
     write_checkpoint_folder,
 )
 from workers.training.early_stopping import EarlyStopping
-from workers.training.ranks import ONE_PROCESS, Ranks
+from workers.training.ranks import ONE_PROCESS, Order, Ranks
 from workers.training.trainer import StepResult, Trainer, TrainingDiverged, pick_device
 
 log = logging.getLogger(__name__)
@@ -239,16 +239,6 @@ def _device_peak_flops(trainer: Trainer, settings: Settings) -> float | None:
     device = trainer.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return peak_flops(name, "bf16" if trainer.bf16 else "tf32", override=settings.device_peak_flops)
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost cause of an error, in one line (torch wraps a compiler's error in its own, several deep)."""
-    root = exc
-    # dynamo's BackendCompilerFailed keeps the backend's error as `inner_exception`, not as the cause.
-    while (inner := root.__cause__ or getattr(root, "inner_exception", None)) is not None:
-        root = inner
-    lines = [line for line in str(root).splitlines() if line.strip()]
-    return f"{type(root).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def _early_stopping(spec: JobSpec, trainer: Trainer, job_id: str) -> EarlyStopping | None:
@@ -625,8 +615,10 @@ class JobRun:
         try:
             with lease_kept(self.lease, self.control.settings):  # downloads from an object store may take a while
                 self._set_up()
-            self.ranks.order(True)
+            self.ranks.order(Order.STEP)
             self.trainer.join_ranks()
+            self._compile_at_start()  # after join_ranks: on several devices, what compiles is DDP's wrapper
+            self.window = ThroughputWindow()  # set-up and a compile warm-up are not training time
             ending = self._step_loop()
         finally:
             self.ranks.stop()
@@ -670,8 +662,6 @@ class JobRun:
             vocab_size=int(model.config.vocab_size),  # the embedding rows: a base's padded vocabulary included
         )
         self.peak_flops = _device_peak_flops(self.trainer, self.settings)
-        self._compile_at_start()
-        self.window = ThroughputWindow()  # set-up and a compile warm-up are not training time
 
     # torch.compile (training.compile; the rule for `auto` is workers/training/compiling.py's)
 
@@ -682,7 +672,6 @@ class JobRun:
             setting,
             self.trainer.device,
             remaining_steps=remaining,
-            devices=self.ranks.world,
             shapes_vary=self.trainer.objective.batch_shape_varies,
         )
         self.compile_pending = choice.compile is None
@@ -705,7 +694,9 @@ class JobRun:
             self.lease.add_event("compile", f"compile {choice.reason}")
 
     def _compile(self, reason: str) -> None:
-        """Compile and warm up the forward; if that fails, train on eager and say why (the job goes on)."""
+        """Compile and warm up the forward (with the other ranks of a job on several devices, which compile
+        with it); if that fails on any rank, train on eager and say why (the job goes on)."""
+        self.ranks.order(Order.COMPILE)
         try:
             with lease_kept(self.lease, self.settings):  # a warm-up can outlast the lease many times over
                 seconds = self.trainer.compile_forward(
@@ -716,7 +707,7 @@ class JobRun:
         except Exception as exc:  # dynamo and inductor fail in many ways (C++ errors, unsupported ops): eager works
             log.warning("job %s: torch.compile failed; training eager", self.job.id, exc_info=True)
             self.lease.add_event(
-                "compile_failed", f"compile {reason} failed, training eager instead: {_root_cause(exc)}"
+                "compile_failed", f"compile {reason} failed, training eager instead: {compiling.root_cause(exc)}"
             )
             return
         self.control.record(self.trainer.step, {"compile_seconds": seconds})
@@ -745,7 +736,7 @@ class JobRun:
     def _step_loop(self) -> Ending:
         """Step to `max_steps`; every way the loop can end is decided here."""
         while self.trainer.step < self.spec.training.max_steps:
-            self.ranks.order(True)
+            self.ranks.order(Order.STEP)
             # Only a step whose metrics are due (or that evaluates or checkpoints) waits for the device.
             result = self.trainer.train_step(sync=self._synced(self.trainer.step + 1))
             self.faults.after_step(self.trainer.step)

@@ -22,6 +22,7 @@ from tests.faults.conftest import assert_clean_history, event_types, kill, worke
 from tests.service import REPO, SELFSUP, Service, end_process, start_service, wait_until
 
 MAX_STEPS = 20
+COMPILE_BROKEN = "compile-broken"  # its processes get a torch.compile backend that fails
 # Each job on two devices starts three processes that import torch and transformers (torchrun and two ranks).
 pytestmark = pytest.mark.timeout(600)
 
@@ -37,7 +38,9 @@ def two_device_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
         {
             "SELFSUP_LEASE_SECONDS": "60",
             "SELFSUP_WORKER_DEVICES": "2",
-            "SELFSUP_FAULT_INJECTION": "kill_rank_at_step:8@killed",
+            "SELFSUP_FAULT_INJECTION": f"kill_rank_at_step:8@killed,compile_error@{COMPILE_BROKEN}",
+            # dynamo, DDP's graph split and AOT autograd without inductor's C++ code generation (minutes here).
+            "SELFSUP_COMPILE_BACKEND": "aot_eager",
         },
     )
     ready = service.home / "one-device-worker.ready"
@@ -64,7 +67,13 @@ def corpus_id(two_device_service: Service) -> str:
 
 
 def _spec(
-    corpus_id: str, name: str, devices: int, max_steps: int = MAX_STEPS, every: int = 5, evaluate_every: int = 0
+    corpus_id: str,
+    name: str,
+    devices: int,
+    max_steps: int = MAX_STEPS,
+    every: int = 5,
+    evaluate_every: int = 0,
+    compile: bool | str = "auto",
 ) -> dict[str, Any]:
     """A tiny GPT-2 job; dropout off, so the ranks' own dropout draws cannot change the curve."""
     return {
@@ -73,7 +82,13 @@ def _spec(
         "objective": {"type": "causal_lm"},
         "tokenizer": {"type": "char"},
         "model": {"family": "gpt2", "layers": 1, "heads": 2, "width": 32, "context_length": 32, "dropout": 0.0},
-        "training": {"max_steps": max_steps, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 2},
+        "training": {
+            "max_steps": max_steps,
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "warmup_steps": 2,
+            "compile": compile,
+        },
         "evaluation": {"every_steps": evaluate_every or every, "batches": 2},
         "checkpointing": {"every_steps": every, "keep_last": 100},
         "resources": {"devices": devices},
@@ -135,6 +150,30 @@ def test_two_processes_record_the_loss_curve_of_one(two_device_service: Service,
     # The job's wake-ups went only to the worker it fits: the one-device worker never took (and dropped) one.
     assert f"selfsup.train_job('{two['id']}',)" not in _one_device_worker_log(two_device_service)
     wait_until(lambda: not _processes_naming(two["id"]), timeout=120, what="the job's processes to end")
+
+
+def test_two_processes_compile_together_or_both_train_eager(two_device_service: Service, corpus_id: str) -> None:
+    """`training.compile: true` on two devices: the ranks compile at rank 0's order and record one process's curve;
+    where compiling fails (on every rank here), the job says so and trains eager, no rank left waiting."""
+    client = two_device_service.client()
+    compiled = submit_job(client, _spec(corpus_id, "two-devices-compiled", 2, compile=True))
+    broken = submit_job(client, _spec(corpus_id, COMPILE_BROKEN, 2, compile=True))
+    one = submit_job(client, _spec(corpus_id, "one-device-eager", 1, compile=False))
+    compiled, broken, one = (wait_for_job(client, job["id"]) for job in (compiled, broken, one))
+    assert compiled["status"] == broken["status"] == one["status"] == "succeeded", (compiled, broken, one)
+    events = {job["id"]: event_types(client, job["id"]) for job in (compiled, broken)}
+    assert "compiled" in events[compiled["id"]] and "compile_failed" not in events[compiled["id"]], events
+    assert "compile_failed" in events[broken["id"]] and "compiled" not in events[broken["id"]], events
+    said = client.get(f"/v1/jobs/{broken['id']}/events").json()["data"]
+    failed = next(e for e in said if e["type"] == "compile_failed")
+    assert "injected compile failure" in failed["message"], failed
+    expected = _curve(client, one["id"], "train_loss")
+    assert len(expected) >= 3
+    for job in (compiled, broken):
+        curve = _curve(client, job["id"], "train_loss")
+        assert curve.keys() == expected.keys(), (job["name"], curve, expected)
+        for step, value in expected.items():
+            assert curve[step] == pytest.approx(value, rel=1e-3), (job["name"], step)
 
 
 def test_a_killed_rank_fails_the_attempt_and_the_job_resumes_to_max_steps(

@@ -48,7 +48,7 @@ def unsupported_reason(device: torch.device) -> str | None:
 
 
 def choose_at_start(
-    setting: Setting, device: torch.device, *, remaining_steps: int, devices: int = 1, shapes_vary: bool = False
+    setting: Setting, device: torch.device, *, remaining_steps: int, shapes_vary: bool = False
 ) -> CompileChoice:
     """The choice before the first step: `true` compiles now, `false` never; `auto` waits to measure, unless
     the setup cannot compile, the run is too short to measure and pay back a warm-up, or the batch's shape
@@ -56,8 +56,7 @@ def choose_at_start(
     0.86x against 0.93x of the plain loop for contrastive on a 2-core CPU, bench/README.md)."""
     if setting is False:
         return CompileChoice(False, "off (training.compile: false)")
-    # The other ranks of a job on several devices follow rank 0's steps, not its compile decision: eager for now.
-    unsupported = unsupported_reason(device) if devices == 1 else "not yet for a job on several devices"
+    unsupported = unsupported_reason(device)
     if unsupported is not None:
         return CompileChoice(False, f"off ({'requested but ' if setting is True else 'auto: '}{unsupported})")
     if setting is True:
@@ -86,3 +85,13 @@ def choose_after_measuring(
         f"{verdict} (auto: {remaining_steps} steps to go at {step_seconds:.3g} s/step eager is about "
         f"{remaining:.0f} s, {relation} the {min_seconds:.0f} s that pays back a compile warm-up)",
     )
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost cause of an error, in one line (torch wraps a compiler's error in its own, several deep)."""
+    root = exc
+    # dynamo's BackendCompilerFailed keeps the backend's error as `inner_exception`, not as the cause.
+    while (inner := root.__cause__ or getattr(root, "inner_exception", None)) is not None:
+        root = inner
+    lines = [line for line in str(root).splitlines() if line.strip()]
+    return f"{type(root).__name__}: {lines[0][:300] if lines else ''}"

@@ -4,12 +4,14 @@ A job with `resources.devices` N > 1 is trained by N processes, one per device, 
 (`workers/distributed.py`). Each draws the same global batch (a pure function of the seed and the step),
 takes its own equal slice of the rows, and weighs its loss by its share of the batch's loss terms, so
 DistributedDataParallel's average of the gradients is the whole batch's: the same update as one process.
-Rank 0 decides, before every step, whether all ranks take it (`order`), so every rank stops together.
-With one process (`ONE_PROCESS`) every method is the identity and nothing is communicated.
+Rank 0 decides, before every step, what all ranks do next (`order`: step, compile, or stop), so every rank
+stops together and compiles at the same point. With one process (`ONE_PROCESS`) every method is the identity
+and nothing is communicated.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +21,14 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+
+
+class Order(enum.IntEnum):
+    """What rank 0 tells every rank to do next."""
+
+    STOP = 0
+    STEP = 1  # one training step (before the first one: the run is set up, join the ranks)
+    COMPILE = 2  # compile the training forward, all ranks together (`Trainer.compile_forward`), then wait again
 
 
 @dataclass(frozen=True)
@@ -73,20 +83,28 @@ class Ranks:
         means = (sums[1:] / total).to(device=loss.device, dtype=loss.dtype)
         return self.world * terms / total, means[0], {name: means[i + 1] for i, name in enumerate(names)}
 
-    def order(self, go: bool) -> bool:
-        """Rank 0's `go` (another step, or stop), the same on every rank; the others' `go` is ignored."""
+    def order(self, given: Order = Order.STOP) -> Order:
+        """Rank 0's order (`given`), the same on every rank; the other ranks call it without one, to receive."""
         if self.world == 1:
-            return go
-        flag = torch.tensor([int(go)], dtype=torch.int32, device=self.device)
+            return given
+        flag = torch.tensor([int(given)], dtype=torch.int32, device=self.device)
         dist.broadcast(flag, src=0)
-        return bool(flag.item())
+        return Order(int(flag.item()))
 
     def stop(self) -> None:
         """Rank 0 tells the others to stop; a rank already gone (the reason to stop, maybe) is no error here."""
         try:
-            self.order(False)
+            self.order(Order.STOP)
         except (RuntimeError, dist.DistError):  # a rank died: torchrun ends the others
             pass
+
+    def gather(self, value: T) -> list[T]:
+        """Every rank's `value` (any picklable value), in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
 
     def from_first(self, value: T) -> T:
         """Rank 0's `value`, on every rank (any picklable value: a trainer's state)."""

@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch._dynamo  # imported with the worker, not inside a job's compile (seconds, under the import lock)
+from torch.nn.parallel import DistributedDataParallel
 
 from models.objectives.base import ObjectiveTraining
 from selfsup.spec import JobSpec
 from workers.data.token_arrays import TokenArrays
+from workers.training import compiling
 from workers.training.optim import configure_optimizer, learning_rate_at
 from workers.training.ranks import ONE_PROCESS, Ranks
 
@@ -35,6 +37,10 @@ _MAX_EXP = 700.0
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient stopped being finite; the job fails instead of saving NaNs."""
+
+
+class CompileFailedOnAnotherRank(RuntimeError):
+    """`torch.compile` worked on this rank but failed on another one, so every rank trains eager."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,10 @@ class Trainer:
         if not self.ranks.first:
             self.load_state_dict(state)
         device_ids = [self.device] if self.device.type == "cuda" else None
-        self.train_forward = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        # No buffer broadcast before every forward: the models' buffers are constants (position ids, rotary
+        # frequencies), copied from rank 0 once here; and a forward without collectives lets the ranks warm up a
+        # compile each on its own (`compile_forward`), even when one of them fails.
+        self.train_forward = DistributedDataParallel(self.model, device_ids=device_ids, forward_sync_buffers=False)
 
     def train_step(self, *, sync: bool = True) -> StepResult | None:
         """Forward, loss, backward, clip, check, update: one optimizer step.
@@ -222,22 +231,41 @@ class Trainer:
     def compile_forward(self, backend: str | Callable[..., Any] = "inductor") -> float:
         """`torch.compile` the training forward and warm it up (forward and backward on the next step's first
         micro-batch; no update, gradients dropped, RNG untouched); returns the warm-up seconds. If compiling
-        fails the error propagates and the forward stays eager."""
-        compiled = torch.compile(self.train_forward, backend=backend)
+        fails the error propagates and the forward stays eager.
+
+        On several devices every rank calls this together (rank 0's `Order.COMPILE`) and the ranks agree: if it
+        fails on any of them, every rank stays eager and raises (`CompileFailedOnAnotherRank` where its own
+        compile worked), so they never train through different graphs. The warm-up's backward does not
+        synchronise gradients (DDP's `no_sync`): a rank whose compile failed before its backward would otherwise
+        leave the others waiting in the gradient all-reduce."""
+        eager = self.train_forward
+        compiled = torch.compile(eager, backend=backend)
         started = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
+        local = eager.no_sync() if isinstance(eager, DistributedDataParallel) else contextlib.nullcontext()
+        failure: Exception | None = None
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), local:
                 with self.autocast():
                     loss, _ = self.objective.loss(compiled, *self.batch(self.step, 0))
                 loss.backward()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-        except Exception:
-            torch._dynamo.reset()  # drop what was half compiled; the eager forward goes on alone
-            raise
+        except Exception as exc:
+            failure = exc
         finally:
             self.optimizer.zero_grad(set_to_none=True)
+        failed = [
+            (rank, said)
+            for rank, said in enumerate(self.ranks.gather(None if failure is None else compiling.root_cause(failure)))
+            if said is not None
+        ]
+        if failed:
+            torch._dynamo.reset()  # drop what was half compiled; the eager forward goes on alone
+            if failure is not None:
+                raise failure
+            rank, said = failed[0]
+            raise CompileFailedOnAnotherRank(f"rank {rank}: {said}")
         self.train_forward = compiled
         return time.perf_counter() - started
 

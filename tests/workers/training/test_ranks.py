@@ -1,9 +1,12 @@
 """A job split across processes (2 gloo ranks on the CPU) takes the steps one process takes, and its checkpoint
-resumes on one process."""
+resumes on one process; its ranks compile together, or, if one of them cannot, all train eager."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,10 +18,12 @@ from safetensors.torch import load_model
 from models.build import SpecialTokenIds
 from selfsup.spec import JobSpec
 from workers.data.token_arrays import TokenArrays
-from workers.training.ranks import Ranks
-from workers.training.trainer import Trainer
+from workers.training.ranks import Order, Ranks
+from workers.training.trainer import CompileFailedOnAnotherRank, Trainer
 
 STEPS, SPLIT_AT = 12, 6
+# As in test_compile_and_sync.py: dynamo and AOT autograd without inductor's code generation, unless asked.
+BACKEND = os.environ.get("SELFSUP_TEST_COMPILE_BACKEND", "aot_eager")
 
 
 def _spec() -> JobSpec:
@@ -83,3 +88,72 @@ def test_rows_are_split_evenly_and_one_process_keeps_them_all() -> None:
     assert torch.equal(torch.cat([first[0], second[0]]), batch[0])
     assert torch.equal(torch.cat([first[1], second[1]]), batch[1])
     assert Ranks().my_rows(batch) is batch
+
+
+def _compile_two_ranks(rank: int, rendezvous: str, folder: str, failing_rank: int | None) -> None:
+    """One of two ranks: compile together (the `failing_rank`'s backend fails), then train; each rank writes what
+    compiling said, how often its steps ran the compiled graph, and its losses."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
+    calls = 0
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
+        if rank == failing_rank:
+            raise RuntimeError("no compiler here")
+        compiled = torch._dynamo.lookup_backend(BACKEND)(graph, example_inputs)
+
+        def run(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return compiled(*args)
+
+        return run
+
+    try:
+        trainer = Trainer(_spec(), _data(), device=torch.device("cpu"), ranks=Ranks(rank=rank, world=2))
+        trainer.join_ranks()
+        try:
+            trainer.compile_forward(backend=counting_backend)
+            said = "compiled"
+        except Exception as exc:
+            said = f"{type(exc).__name__}: {exc}"
+        warm_up_calls = calls
+        losses = [trainer.train_step().loss for _ in range(STEPS)]
+        said_by_rank = {"said": said, "warm_up_calls": warm_up_calls, "step_calls": calls - warm_up_calls}
+        (Path(folder) / f"rank-{rank}.json").write_text(json.dumps({**said_by_rank, "losses": losses}))
+    finally:
+        dist.destroy_process_group()
+
+
+def _eager_losses() -> list[float]:
+    one = Trainer(_spec(), _data(), device=torch.device("cpu"))
+    return [one.train_step().loss for _ in range(STEPS)]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("failing_rank", [None, 1, 0])
+def test_ranks_compile_together_or_all_stay_eager(tmp_path: Path, failing_rank: int | None) -> None:
+    """The ranks of a job on several devices compile at rank 0's `Order.COMPILE` and agree on the outcome: all
+    train through the compiled graph, or (one rank's compile failed) all train eager, saying which rank failed;
+    none waits forever in a collective the other never joins, and the curve is one process's either way."""
+    torch.set_num_threads(1)
+    rendezvous = f"file://{tmp_path / 'rendezvous'}"
+    mp.start_processes(
+        _compile_two_ranks, args=(rendezvous, str(tmp_path), failing_rank), nprocs=2, start_method="fork"
+    )
+    ranks = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    for rank, said in enumerate(ranks):
+        assert said["losses"] == pytest.approx(_eager_losses(), rel=1e-4, abs=1e-5), rank
+        if failing_rank is None:
+            assert said["said"] == "compiled" and said["warm_up_calls"] >= 1, said
+            assert said["step_calls"] >= STEPS, said  # every step ran the compiled graph (DDP may split it)
+        elif rank == failing_rank:
+            assert "no compiler here" in said["said"] and said["step_calls"] == 0, said
+        else:
+            name = CompileFailedOnAnotherRank.__name__
+            assert said["said"].startswith(f"{name}: rank {failing_rank}: "), said
+            assert "no compiler here" in said["said"] and said["step_calls"] == 0, said
+
+
+def test_one_process_takes_its_own_orders() -> None:
+    assert [Ranks().order(order) for order in Order] == list(Order)
+    assert Ranks().gather("mine") == ["mine"]
