@@ -4,10 +4,12 @@
     .venv/bin/python bench/api_load.py --clients 100 --seconds 10 --rounds 1
     .venv/bin/python bench/api_load.py --api-nice 10       # the API at nice 10 (SELFSUP_API_NICE)
     .venv/bin/python bench/api_load.py --no-training       # the API alone: a finished job is polled
+    .venv/bin/python bench/api_load.py --client httpx      # the earlier generator (4-6x its CPU per request)
 
 Starts `selfsup up` on the embedded default (SQLite, embedded Valkey) in a temporary folder, trains the
-throughput benchmark's job (made long), and alternates quiet windows (no clients) with load windows (N async `httpx`
-clients polling the job as fast as they are answered). Reports requests/s, latency percentiles, errors,
+throughput benchmark's job (made long), and alternates quiet windows (no clients) with load windows (N async
+`aiohttp` clients, or `httpx` ones with `--client httpx`, polling the job as fast as they are answered). Reports
+requests/s, latency percentiles, errors,
 `/healthz` during the load, and the job's tokens/s in each window (from its own `tokens_per_second`
 metric), so the load's cost to training is a ratio measured in the same run. It also reports the CPU time the
 API process and the load generator spent per request (from /proc and getrusage: less disturbed by other work on
@@ -32,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,14 +87,47 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def poll(service: Service, key: str, job_id: str, clients: int, seconds: float) -> dict[str, Any]:
+class _Clients:
+    """One load generator's connection pool: `get(path, timeout)` answers a status code or raises `errors`."""
+
+    errors: tuple[type[BaseException], ...]
+
+    def __init__(self, kind: str, base_url: str, key: str, clients: int) -> None:
+        self.kind = kind
+        headers = {"Authorization": f"Bearer {key}"}
+        if kind == "aiohttp":
+            self.errors = (aiohttp.ClientError, asyncio.TimeoutError)
+            self.session = aiohttp.ClientSession(
+                base_url=base_url,
+                headers=headers,
+                connector=aiohttp.TCPConnector(limit=clients + 5),
+                timeout=aiohttp.ClientTimeout(total=30),
+            )
+        else:
+            self.errors = (httpx.HTTPError,)
+            limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
+            self.client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30, limits=limits)
+
+    async def get(self, path: str, timeout: float = 30) -> int:
+        if self.kind == "aiohttp":
+            async with self.session.get(path, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                await response.read()
+                return response.status
+        return (await self.client.get(path, timeout=timeout)).status_code
+
+    async def close(self) -> None:
+        await (self.session.close() if self.kind == "aiohttp" else self.client.aclose())
+
+
+async def poll(
+    service: Service, key: str, job_id: str, clients: int, seconds: float, kind: str = "aiohttp"
+) -> dict[str, Any]:
     """`clients` pollers of one job for `seconds`; `/healthz` probed twice a second meanwhile."""
     statuses: Counter[str] = Counter()
     latencies: list[float] = []
     health: list[float] = []
-    limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=service.base_url, headers=headers, timeout=30, limits=limits) as client:
+    pool = _Clients(kind, service.base_url, key, clients)
+    try:
         start = time.monotonic()
         deadline = start + seconds
 
@@ -99,9 +135,8 @@ async def poll(service: Service, key: str, job_id: str, clients: int, seconds: f
             while time.monotonic() < deadline:
                 sent = time.monotonic()
                 try:
-                    response = await client.get(f"/v1/jobs/{job_id}")
-                    statuses[str(response.status_code)] += 1
-                except httpx.HTTPError as exc:
+                    statuses[str(await pool.get(f"/v1/jobs/{job_id}"))] += 1
+                except pool.errors as exc:
                     statuses[type(exc).__name__] += 1
                 latencies.append(time.monotonic() - sent)
 
@@ -109,9 +144,9 @@ async def poll(service: Service, key: str, job_id: str, clients: int, seconds: f
             while time.monotonic() < deadline:
                 sent = time.monotonic()
                 try:
-                    await client.get("/healthz", timeout=10)
+                    await pool.get("/healthz", timeout=10)
                     health.append(time.monotonic() - sent)
-                except httpx.HTTPError:
+                except pool.errors:
                     health.append(float("inf"))
                 await asyncio.sleep(0.5)
 
@@ -119,9 +154,12 @@ async def poll(service: Service, key: str, job_id: str, clients: int, seconds: f
         await asyncio.gather(*(poller() for _ in range(clients)), probe())
         elapsed = time.monotonic() - start
         api_cpu, own_cpu = cpu_seconds(api_pid(service)) - api_cpu, own_cpu_seconds() - own_cpu
+    finally:
+        await pool.close()
     ok = statuses.get("200", 0)
     requests = max(1, sum(statuses.values()))
     return {
+        "client": kind,
         "clients": clients,
         "seconds": round(elapsed, 2),
         "requests": sum(statuses.values()),
@@ -159,6 +197,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="quiet/load pairs, alternating which goes first")
     parser.add_argument("--api-nice", type=int, default=None, help="SELFSUP_API_NICE for the API (default: its own)")
     parser.add_argument(
+        "--client",
+        choices=("aiohttp", "httpx"),
+        default="aiohttp",
+        help="the load generator's HTTP client: aiohttp (default) costs a fraction of httpx's CPU per request, and "
+        "the generator shares the machine's cores with the API and the trainer",
+    )
+    parser.add_argument(
         "--no-training", action="store_true", help="poll a finished job, nothing training: the API's own figures"
     )
     args = parser.parse_args()
@@ -195,7 +240,7 @@ def main() -> None:
                             quiet(args.seconds)
                         else:
                             result["load"] = asyncio.run(
-                                poll(service, service.keys["alice"], job["id"], args.clients, args.seconds)
+                                poll(service, service.keys["alice"], job["id"], args.clients, args.seconds, args.client)
                             )
                         time.sleep(1.5)  # the trainer flushes its metrics every second
                         result[f"{phase}_tokens_per_second"] = tokens_per_second(
@@ -219,7 +264,8 @@ def untrained(service: Service, client: httpx.Client, corpus_id: str, args: argp
     """One load window on a job that has finished: what the API does with the machine to itself."""
     job = submit_job(client, job_spec(corpus_id, 20))
     wait_for_job(client, job["id"], timeout=300)
-    result = {"load": asyncio.run(poll(service, service.keys["alice"], job["id"], args.clients, args.seconds))}
+    polled = poll(service, service.keys["alice"], job["id"], args.clients, args.seconds, args.client)
+    result = {"load": asyncio.run(polled)}
     print(json.dumps(result), flush=True)
     return result
 
