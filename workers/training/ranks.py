@@ -5,7 +5,8 @@ A job with `resources.devices` N > 1 is trained by N processes, one per device, 
 takes its own equal slice of the rows, and weighs its loss by its share of the batch's loss terms, so
 DistributedDataParallel's average of the gradients is the whole batch's: the same update as one process.
 Rank 0 decides, before every step, what all ranks do next (`order`: step, compile, or stop), so every rank
-stops together and compiles at the same point. With one process (`ONE_PROCESS`) every method is the identity
+stops together and compiles at the same point. Neither the orders nor the weighing wait for a GPU: what the host
+decides travels over a gloo group of its own. With one process (`ONE_PROCESS`) every method is the identity
 and nothing is communicated.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,6 +38,10 @@ class Ranks:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    # A gloo group over the same ranks for what the host decides (orders, loss-term counts): with NCCL, a
+    # collective whose result the host reads waits for the GPU's queue, which would sync every step. None: the
+    # default group (gloo already, as when processes on the CPU are joined without `join_process_group`).
+    control: Any = None
 
     @property
     def first(self) -> bool:
@@ -54,41 +58,41 @@ class Ranks:
         return inputs[mine], labels[mine]
 
     def weigh(
-        self,
-        loss: torch.Tensor,
-        metrics: dict[str, torch.Tensor],
-        labels: torch.Tensor,
-        loss_terms: Callable[[torch.Tensor], int],
+        self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], terms: int
     ) -> tuple[float, torch.Tensor, dict[str, torch.Tensor]]:
         """This rank's weight for its loss, and the whole batch's loss and metrics (detached, on the device).
 
-        `loss` and `metrics` are means over this rank's `loss_terms(labels)` loss terms (tokens, or masked tokens).
-        DDP averages gradients over the ranks, so a weight of `world * terms / all terms` makes the average the
-        gradient of the mean over the whole batch; the batch's loss and metrics are the same weighted mean. With
-        one process nothing is counted or communicated (no host sync).
+        `loss` and `metrics` are means over this rank's `terms` loss terms (tokens, or masked tokens), counted on
+        the host. DDP averages gradients over the ranks, so a weight of `world * terms / all terms` makes the
+        average the gradient of the mean over the whole batch; the batch's loss and metrics are the same weighted
+        mean. Nothing here waits for the device: the count is summed on the host (the control group), the
+        weighted values on the device. With one process nothing is counted or communicated.
         """
         if self.world == 1:
             return 1.0, loss.detach(), metrics
-        terms = loss_terms(labels)
+        total = self._sum_on_host(terms)
         names = sorted(metrics)
-        values = [loss.detach(), *(metrics[name].detach() for name in names)]
-        scored = torch.stack([v.to(torch.float64) for v in values]) * terms if terms else torch.zeros(len(values))
-        sums = torch.cat([torch.tensor([float(terms)], dtype=torch.float64), scored.to(torch.float64).cpu()])
-        sums = sums.to(self.device)
-        dist.all_reduce(sums)
-        total = float(sums[0].item())
         if total == 0:  # no loss terms anywhere in the batch (never with a sane spec): nothing to learn from
             nan = torch.full((), float("nan"), device=loss.device)
             return 0.0, nan, dict.fromkeys(names, nan)
-        means = (sums[1:] / total).to(device=loss.device, dtype=loss.dtype)
+        values = torch.stack([v.detach().to(torch.float64) for v in (loss, *(metrics[name] for name in names))])
+        scored = values * terms if terms else torch.zeros_like(values)  # a rank with no terms: its NaN mean counts 0
+        dist.all_reduce(scored)
+        means = (scored / total).to(dtype=loss.dtype)
         return self.world * terms / total, means[0], {name: means[i + 1] for i, name in enumerate(names)}
+
+    def _sum_on_host(self, count: int) -> int:
+        """The sum over the ranks of a count this rank knows on the host."""
+        box = torch.tensor([count], dtype=torch.int64)
+        dist.all_reduce(box, group=self.control)
+        return int(box.item())
 
     def order(self, given: Order = Order.STOP) -> Order:
         """Rank 0's order (`given`), the same on every rank; the other ranks call it without one, to receive."""
         if self.world == 1:
             return given
-        flag = torch.tensor([int(given)], dtype=torch.int32, device=self.device)
-        dist.broadcast(flag, src=0)
+        flag = torch.tensor([int(given)], dtype=torch.int32)
+        dist.broadcast(flag, src=0, group=self.control)
         return Order(int(flag.item()))
 
     def stop(self) -> None:
@@ -127,4 +131,5 @@ def join_process_group() -> Ranks:
     else:
         device = torch.device("cpu")
     dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
-    return Ranks(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
+    control = dist.new_group(backend="gloo")  # on the CPU too, so that the tests run the path a GPU job takes
+    return Ranks(rank=dist.get_rank(), world=dist.get_world_size(), device=device, control=control)

@@ -130,9 +130,12 @@ class Trainer:
         return contextlib.nullcontext()
 
     def batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (inputs, labels) of one micro-batch: a pure function of the seed and the step."""
-        rng = self._batch_rng(step, micro_step)
-        return self._on_device(self.objective.sample("train", rng, self.spec.training.batch_size))
+        """The (inputs, labels) of one micro-batch, on the device: a pure function of the seed and the step."""
+        return self._on_device(self._sample(step, micro_step))
+
+    def _sample(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same micro-batch, on the host."""
+        return self.objective.sample("train", self._batch_rng(step, micro_step), self.spec.training.batch_size)
 
     def source_tokens_at(self, step: int) -> dict[str, int]:
         """Training tokens each mixture source supplies to `step`'s batches (empty without a mixture)."""
@@ -184,9 +187,12 @@ class Trainer:
         for micro_step in range(training.grad_accum_steps):
             # Each rank takes its rows of the same global batch (one process: all of them), and weighs its loss
             # so that DDP's average of the gradients is the whole batch's (ranks.py).
-            inputs, labels = self.ranks.my_rows(self.batch(self.step, micro_step))
+            rows = self.ranks.my_rows(self._sample(self.step, micro_step))
+            # Counted on the host before the copy, so that weighing the ranks' losses never waits for the device.
+            terms = self.objective.loss_terms(rows[1]) if self.ranks.world > 1 else 0
+            inputs, labels = self._on_device(rows)
             loss, metrics = self.loss_and_metrics(inputs, labels)
-            weight, batch_loss, metrics = self.ranks.weigh(loss, metrics, labels, self.objective.loss_terms)
+            weight, batch_loss, metrics = self.ranks.weigh(loss, metrics, terms)
             if weight == 0.0:  # nothing to score in these rows: a zero that still reaches every weight, as DDP needs
                 loss = sum((p.sum() for p in self.model.parameters()), torch.zeros((), device=self.device)) * 0.0
             (loss * weight / training.grad_accum_steps).backward()
@@ -246,8 +252,10 @@ class Trainer:
         failure: Exception | None = None
         try:
             with torch.random.fork_rng(devices=devices), local:
+                # This rank's rows: the shape its steps will have (on several devices, fewer than the batch's).
+                inputs, labels = self._on_device(self.ranks.my_rows(self._sample(self.step, 0)))
                 with self.autocast():
-                    loss, _ = self.objective.loss(compiled, *self.batch(self.step, 0))
+                    loss, _ = self.objective.loss(compiled, inputs, labels)
                 loss.backward()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
