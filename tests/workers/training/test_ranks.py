@@ -95,9 +95,11 @@ def _compile_two_ranks(rank: int, rendezvous: str, folder: str, failing_rank: in
     compiling said, how often its steps ran the compiled graph, and its losses."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
-    calls = 0
+    calls = compiles = 0
 
     def counting_backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
+        nonlocal compiles
+        compiles += 1
         if rank == failing_rank:
             raise RuntimeError("no compiler here")
         compiled = torch._dynamo.lookup_backend(BACKEND)(graph, example_inputs)
@@ -117,9 +119,14 @@ def _compile_two_ranks(rank: int, rendezvous: str, folder: str, failing_rank: in
             said = "compiled"
         except Exception as exc:
             said = f"{type(exc).__name__}: {exc}"
-        warm_up_calls = calls
+        warm_up_calls, warm_up_compiles = calls, compiles
         losses = [trainer.train_step().loss for _ in range(STEPS)]
-        said_by_rank = {"said": said, "warm_up_calls": warm_up_calls, "step_calls": calls - warm_up_calls}
+        said_by_rank = {
+            "said": said,
+            "warm_up_calls": warm_up_calls,
+            "step_calls": calls - warm_up_calls,
+            "step_compiles": compiles - warm_up_compiles,
+        }
         (Path(folder) / f"rank-{rank}.json").write_text(json.dumps({**said_by_rank, "losses": losses}))
     finally:
         dist.destroy_process_group()
@@ -146,6 +153,7 @@ def test_ranks_compile_together_or_all_stay_eager(tmp_path: Path, failing_rank: 
         if failing_rank is None:
             assert said["said"] == "compiled" and said["warm_up_calls"] >= 1, said
             assert said["step_calls"] >= STEPS, said  # every step ran the compiled graph (DDP may split it)
+            assert said["step_compiles"] == 0, said  # warmed up on the rank's rows: no recompile at the first step
         elif rank == failing_rank:
             assert "no compiler here" in said["said"] and said["step_calls"] == 0, said
         else:
