@@ -48,6 +48,9 @@ def open_for_writing(path: Path, *, direct: bool) -> BinaryIO:
         except OSError as exc:
             if exc.errno != errno.EINVAL:  # EINVAL: this filesystem has no O_DIRECT
                 raise
+            # Linux checks O_DIRECT after O_CREAT made the file, so the refusal leaves it behind. It is ours: with
+            # O_EXCL, a file already there would have been EEXIST.
+            path.unlink(missing_ok=True)
         else:
             return cast(BinaryIO, _FlushingThrough(raw, buffer_size=_SMALL_WRITES_BUFFER))
     return open(path, "xb")
