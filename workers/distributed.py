@@ -5,8 +5,8 @@ that run this module, one per device. Rank 0 is the job's run as on one device (
 under the worker's lease: metrics, events, checkpoints, the ending); the other ranks only train, following
 rank 0's order before every step (`workers/training/ranks.py`), and compile when it does (all ranks or none),
 so every rank stops together on cancel, pause, SIGTERM (the worker's stop reaches rank 0 through a stop file)
-and lease loss. Until rank 0 starts
-(torchrun and each rank import torch first: seconds), the worker keeps the job's lease.
+and lease loss. Until rank 0 starts (torchrun and each rank import torch first: seconds), the worker keeps the
+job's lease.
 
 A rank that dies ends the others (torchrun tears the group down) and fails the attempt: unless rank 0
 ended the job itself (it writes what happened to a result file), the worker requeues the job as a crash,

@@ -137,6 +137,10 @@ class Trainer:
         """The same micro-batch, on the host."""
         return self.objective.sample("train", self._batch_rng(step, micro_step), self.spec.training.batch_size)
 
+    def _my_rows(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of that micro-batch (one process: all of them), on the host."""
+        return self.ranks.my_rows(self._sample(step, micro_step))
+
     def source_tokens_at(self, step: int) -> dict[str, int]:
         """Training tokens each mixture source supplies to `step`'s batches (empty without a mixture)."""
         training, sources = self.spec.training, self.data.sources
@@ -187,7 +191,7 @@ class Trainer:
         for micro_step in range(training.grad_accum_steps):
             # Each rank takes its rows of the same global batch (one process: all of them), and weighs its loss
             # so that DDP's average of the gradients is the whole batch's (ranks.py).
-            rows = self.ranks.my_rows(self._sample(self.step, micro_step))
+            rows = self._my_rows(self.step, micro_step)
             # Counted on the host before the copy, so that weighing the ranks' losses never waits for the device.
             terms = self.objective.loss_terms(rows[1]) if self.ranks.world > 1 else 0
             inputs, labels = self._on_device(rows)
@@ -253,7 +257,7 @@ class Trainer:
         try:
             with torch.random.fork_rng(devices=devices), local:
                 # This rank's rows: the shape its steps will have (on several devices, fewer than the batch's).
-                inputs, labels = self._on_device(self.ranks.my_rows(self._sample(self.step, 0)))
+                inputs, labels = self._on_device(self._my_rows(self.step, 0))
                 with self.autocast():
                     loss, _ = self.objective.loss(compiled, inputs, labels)
                 loss.backward()
