@@ -4,7 +4,7 @@
     .venv/bin/python bench/api_load.py --clients 100 --seconds 10 --rounds 1
     .venv/bin/python bench/api_load.py --api-nice 10       # the API at nice 10 (SELFSUP_API_NICE)
     .venv/bin/python bench/api_load.py --no-training       # the API alone: a finished job is polled
-    .venv/bin/python bench/api_load.py --client httpx      # the earlier generator (4-6x its CPU per request)
+    .venv/bin/python bench/api_load.py --client httpx      # the earlier generator (25-70x the CPU per request)
 
 Starts `selfsup up` on the embedded default (SQLite, embedded Valkey) in a temporary folder, trains the
 throughput benchmark's job (made long), and alternates quiet windows (no clients) with load windows (N async
