@@ -48,7 +48,7 @@ from tests.factories import SHAKESPEARE, ready_corpus, submit_job  # noqa: E402
 from tests.service import start_service, wait_until  # noqa: E402
 from workers.data.datasets import special_token_ids  # noqa: E402
 from workers.training.optim import configure_optimizer, learning_rate_at  # noqa: E402
-from workers.training.trainer import allow_tf32  # noqa: E402
+from workers.training.precision import allow_tf32  # noqa: E402
 
 GPT2_SMALL = {"family": "gpt2", "layers": 12, "heads": 12, "width": 768, "context_length": 1024}
 TINY = {"family": "gpt2", "layers": 2, "heads": 2, "width": 64, "context_length": 64}

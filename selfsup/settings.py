@@ -163,6 +163,11 @@ class Settings(BaseSettings):
         description="The torch.compile backend of jobs that compile (training.compile); `aot_eager` traces and "
         "checks without generating code (for debugging, and for tests on slow machines).",
     )
+    cpu_bf16_matmuls: bool | Literal["auto"] = Field(
+        default="auto",
+        description="`precision: auto` jobs on a CPU multiply fp32 tensors from bf16-rounded operands with fp32 "
+        "accumulation (oneDNN's bf16 math mode, the CPU's TF32): true, false, or auto (where the CPU has AMX).",
+    )
     trainer_keep_freed_memory: bool = Field(
         default=True, description="A training worker's malloc keeps freed memory (fewer page faults per step)."
     )

@@ -135,7 +135,15 @@ def _follow(ranks: Ranks, job_id: str) -> None:
     assert rows.dataset is not None
     spec = JobSpec.model_validate(rows.job.spec)
     base_config = rows.job.base.get("config") if rows.job.base is not None else None
-    trainer, _ = open_trainer(spec, get_blob_store(), rows.dataset, rows.heldout, ranks, base_config)
+    trainer, _ = open_trainer(
+        spec,
+        get_blob_store(),
+        rows.dataset,
+        rows.heldout,
+        ranks,
+        base_config,
+        cpu_bf16_matmuls=settings.cpu_bf16_matmuls,
+    )
     faults = Faults.parse(
         settings.fault_injection,
         job_id=job_id,

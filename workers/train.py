@@ -52,6 +52,7 @@ from workers.training.checkpointing import (
     write_checkpoint_folder,
 )
 from workers.training.early_stopping import EarlyStopping
+from workers.training.precision import CpuBf16Matmuls
 from workers.training.ranks import ONE_PROCESS, Order, Ranks
 from workers.training.trainer import StepResult, Trainer, TrainingDiverged, pick_device
 
@@ -213,6 +214,8 @@ def open_trainer(
     heldout: list[Corpus],
     ranks: Ranks = ONE_PROCESS,
     base_config: dict[str, Any] | None = None,
+    *,
+    cpu_bf16_matmuls: CpuBf16Matmuls = "auto",
 ) -> tuple[Trainer, dict[str, Any]]:
     """A trainer on the dataset's token arrays (and its held-out corpora's, prepared with its tokenizer), its
     model built from `base_config` when the job starts from an uploaded model, and the dataset's meta;
@@ -228,7 +231,15 @@ def open_trainer(
             names = heldout_metric_names([(c.id, c.name) for c in heldout])
             heldout_data = {names[c.id]: open_heldout(store, heldout_key(c.sha256, digest), like=data) for c in heldout}
         device = ranks.device if ranks.world > 1 else pick_device()
-        trainer = Trainer(spec, data, device=device, heldout=heldout_data, ranks=ranks, base_config=base_config)
+        trainer = Trainer(
+            spec,
+            data,
+            device=device,
+            heldout=heldout_data,
+            ranks=ranks,
+            base_config=base_config,
+            cpu_bf16_matmuls=cpu_bf16_matmuls,
+        )
         return trainer, meta
     except (ValueError, FileNotFoundError, CacheError) as exc:
         raise CannotTrain(f"cannot start training: {exc}") from exc
@@ -279,7 +290,7 @@ def _resume_or_start(
                 job_id=job.id,
                 type="started",
                 message=f"training started on {owner} ({devices}, "
-                f"{'bf16' if trainer.bf16 else 'fp32'}, {count_parameters(trainer.model):,} parameters){origin}",
+                f"{trainer.numerics}, {count_parameters(trainer.model):,} parameters){origin}",
             )
             return None
         # Steps after the checkpoint will be replayed: their metrics are replaced, never duplicated.
@@ -635,7 +646,15 @@ class JobRun:
             raise CannotTrain("cannot start training: a corpus of evaluation.corpus_ids was deleted")
         # An uploaded base's config.json (kept on the job at creation); a checkpoint's base is our own build.
         base_config = self.job.base.get("config") if self.job.base is not None else None
-        self.trainer, meta = open_trainer(self.spec, self.store, dataset, self.heldout, self.ranks, base_config)
+        self.trainer, meta = open_trainer(
+            self.spec,
+            self.store,
+            dataset,
+            self.heldout,
+            self.ranks,
+            base_config,
+            cpu_bf16_matmuls=self.settings.cpu_bf16_matmuls,
+        )
         self.init_from: dict[str, Any] | None = None
         self.tokenizer_dir = self.store.local_copy(dataset.blob_prefix) / TOKENIZER_DIR
         start = self._start_from_base if self.job.base is not None else None

@@ -27,6 +27,13 @@ from selfsup.spec import JobSpec
 from workers.data.token_arrays import TokenArrays
 from workers.training import compiling
 from workers.training.optim import configure_optimizer, learning_rate_at
+from workers.training.precision import (
+    CpuBf16Matmuls,
+    allow_tf32,
+    cpu_matmul_precision,
+    use_bf16,
+    use_bf16_matmuls,
+)
 from workers.training.ranks import ONE_PROCESS, Ranks
 
 # A stream of the batch RNG reserved for the fixed validation windows, apart from every training step.
@@ -59,21 +66,6 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def allow_tf32(device: torch.device) -> None:
-    """fp32 matmuls and convolutions on CUDA tensor cores as TF32 (10-bit mantissa, fp32 range): several times
-    the fp32 rate, and what the `mfu` peak of an fp32 job assumes. Nothing changes on the CPU."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"  # type: ignore[attr-defined]
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether to autocast to bf16: `auto` means on a CUDA GPU that supports it, never on the CPU."""
-    if precision == "bf16":
-        return True
-    return precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
 class Trainer:
     """One job's model, optimizer and data, stepped one optimizer update at a time."""
 
@@ -86,9 +78,11 @@ class Trainer:
         heldout: Mapping[str, TokenArrays] | None = None,
         ranks: Ranks = ONE_PROCESS,
         base_config: dict[str, Any] | None = None,
+        cpu_bf16_matmuls: CpuBf16Matmuls = "auto",
     ) -> None:
         """`base_config`: the `config.json` of an uploaded base model (`init_from.model_id`), which the model is
-        built from instead of the job's shape (so a vocabulary padded past the tokenizer's length is kept)."""
+        built from instead of the job's shape (so a vocabulary padded past the tokenizer's length is kept).
+        `cpu_bf16_matmuls`: the `SELFSUP_CPU_BF16_MATMULS` setting (precision.py)."""
         self.spec = spec
         self.ranks = ranks
         self.data = data
@@ -107,6 +101,12 @@ class Trainer:
         self.model.train()
         self.optimizer = configure_optimizer(self.model, training, device)
         self.bf16 = use_bf16(training.precision, device)
+        self.bf16_matmuls = use_bf16_matmuls(training.precision, device, cpu_bf16_matmuls)
+        if self.bf16_matmuls:
+            # PyTorch's CPU SDPA kernel ran about 10x slower in bf16 math mode; attention written out as two
+            # products and a softmax gets the fast products, and compiles into fused kernels. The same function:
+            # a checkpoint's config does not record which implementation trained it.
+            self.model.set_attn_implementation("eager")
         # What the train step runs through: the model, DDP's wrapper of it once `join_ranks` made one, and that
         # compiled after `compile_forward`. Checkpoints and evaluation use the plain module (no `_orig_mod.` or
         # `module.` prefixes, no recompiling for eval mode; rank 0 alone evaluates).
@@ -122,6 +122,19 @@ class Trainer:
         # The metrics of the latest `evaluate()` besides the returned val_loss (val_masked_accuracy,
         # val_perplexity, and val_loss/<name> … for each held-out corpus).
         self.last_eval_metrics: dict[str, float] = {}
+
+    @property
+    def numerics(self) -> str:
+        """How this job computes, in words (the `started` event says it)."""
+        if self.bf16:
+            return "bf16"
+        return "fp32 with bf16 matrix products" if self.bf16_matmuls else "fp32"
+
+    def matmul_precision(self) -> contextlib.AbstractContextManager[None]:
+        """The CPU's fp32 matmul math mode this job trains and evaluates in (nothing to set on a GPU)."""
+        if self.device.type != "cpu":
+            return contextlib.nullcontext()
+        return cpu_matmul_precision(self.bf16_matmuls)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast when the precision asks for it, else nothing."""
@@ -181,6 +194,10 @@ class Trainer:
         fused) nothing waits for the device: a non-finite step skips its update on the device and raises
         `TrainingDiverged` at the next synced step (or `raise_if_diverged`), and None is returned.
         """
+        with self.matmul_precision():
+            return self._step(sync=sync)
+
+    def _step(self, *, sync: bool) -> StepResult | None:
         training = self.spec.training
         sync = sync or not self.sync_free
         lr = learning_rate_at(self.step, training)
@@ -255,7 +272,7 @@ class Trainer:
         local = eager.no_sync() if isinstance(eager, DistributedDataParallel) else contextlib.nullcontext()
         failure: Exception | None = None
         try:
-            with torch.random.fork_rng(devices=devices), local:
+            with torch.random.fork_rng(devices=devices), local, self.matmul_precision():
                 # This rank's rows: the shape its steps will have (on several devices, fewer than the batch's).
                 inputs, labels = self._on_device(self._my_rows(self.step, 0))
                 with self.autocast():
@@ -304,7 +321,7 @@ class Trainer:
         inputs, labels = objective.sample("validation", rng, evaluation.batches * batch_size)
         losses: list[float] = []
         metric_lists: dict[str, list[float]] = {}
-        with self._evaluation_mode():
+        with self._evaluation_mode(), self.matmul_precision():
             for start in range(0, len(inputs), batch_size):
                 batch = self._on_device((inputs[start : start + batch_size], labels[start : start + batch_size]))
                 with self.autocast():
