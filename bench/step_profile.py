@@ -48,6 +48,7 @@ from selfsup.estimate import job_flops_per_token  # noqa: E402
 from selfsup.spec import JobSpec  # noqa: E402
 from workers.data.token_arrays import TokenArrays  # noqa: E402
 from workers.data.tokenization import train_char_tokenizer  # noqa: E402
+from workers.training.precision import cpu_matmul_precision, use_bf16_matmuls  # noqa: E402
 from workers.training.trainer import Trainer  # noqa: E402
 
 WARMUP_STEPS = 30
@@ -76,8 +77,8 @@ def char_data() -> TokenArrays:
     )
 
 
-def the_spec(steps: int, compile: bool) -> JobSpec:
-    return JobSpec.model_validate(job_spec("cor_bench", steps, compile=compile))
+def the_spec(steps: int, compile: bool, precision: str = "fp32") -> JobSpec:
+    return JobSpec.model_validate(job_spec("cor_bench", steps, compile=compile, precision=precision))
 
 
 def run_steps(trainer: Trainer, steps: int) -> float:
@@ -156,8 +157,8 @@ def matmul_floor(shapes: list[tuple[int, int, int, int]], repeat: int = 20) -> t
     return best, flops
 
 
-def measure(kind: str, steps: int, data: TokenArrays) -> dict[str, Any]:
-    spec = the_spec(WARMUP_STEPS + steps + PROFILED_STEPS + 10, compile=kind == "compiled")
+def measure(kind: str, steps: int, data: TokenArrays, precision: str = "fp32") -> dict[str, Any]:
+    spec = the_spec(WARMUP_STEPS + steps + PROFILED_STEPS + 10, compile=kind == "compiled", precision=precision)
     torch.manual_seed(spec.training.seed)
     trainer = Trainer(spec, data, device=torch.device("cpu"))
     warm_up = trainer.compile_forward() if kind == "compiled" else 0.0
@@ -193,6 +194,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200, help="timed steps per trainer")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2, help="repetitions, alternating eager and compiled first")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "auto"),
+        default="fp32",
+        help="the trainer's training.precision (auto: bf16 products of fp32 tensors on a CPU with AMX; the matmul "
+        "ceiling and floor are then measured in that mode too)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -202,13 +210,15 @@ def main() -> int:
     flops_per_token = job_flops_per_token(spec, parameters=count_parameters(model), vocab_size=data.vocab_size)
     flops_per_step = flops_per_token * spec.tokens_per_step
     load_before = _load()
-    ceiling = measure_matmul_flops(threads=args.threads)
-    floor_seconds, matmul_flops = matmul_floor(matmul_shapes(spec, data.vocab_size))
+    bf16_mode = use_bf16_matmuls(args.precision, torch.device("cpu"))
+    ceiling = measure_matmul_flops(threads=args.threads, bf16=bf16_mode)
+    with cpu_matmul_precision(bf16_mode):
+        floor_seconds, matmul_flops = matmul_floor(matmul_shapes(spec, data.vocab_size))
     runs: list[dict[str, Any]] = []
     order: tuple[str, ...] = ("eager", "compiled")
     for rep in range(args.repeat):
         for kind in order:
-            run = measure(kind, args.steps, data) | {"repetition": rep + 1}
+            run = measure(kind, args.steps, data, args.precision) | {"repetition": rep + 1}
             run["mfu_vs_ceiling"] = flops_per_step * run["steps_per_second"] / ceiling
             runs.append(run)
             parts = run["profile_ms_per_step"]
@@ -232,6 +242,8 @@ def main() -> int:
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": _cpu_model(), "threads": args.threads, "torch": torch.__version__},
+        "precision": args.precision,
+        "bf16_matmul_mode": bf16_mode,
         "load_average": {"before": load_before, "after": _load()},
         "model_flops_per_step": flops_per_step,
         "matmul_ceiling_flops": ceiling,

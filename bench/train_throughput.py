@@ -12,6 +12,10 @@ the same shape on the same token array in a fresh process, doing the same work p
 objective (the same masking, corruption or two views, written plainly), never at the same time, so the
 two never compete for the cores. Odd repetitions run the service first, even ones the plain loop first.
 The verdict is the median of the repetitions' ratios.
+
+The job is fp32 (`training.precision: fp32`, IEEE products); `--precision auto` trains it as a job that does not
+say, which on a CPU with AMX multiplies fp32 tensors from bf16 operands (workers/training/precision.py). The plain
+loop always multiplies in IEEE fp32. `bench/compare_curves.py` compares two runs' service loss curves step by step.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from tests.factories import SHAKESPEARE, ready_corpus, submit_job  # noqa: E402
 from tests.service import Service, start_service, wait_until  # noqa: E402
 from workers.data.datasets import special_token_ids  # noqa: E402
 from workers.training.optim import configure_optimizer, learning_rate_at  # noqa: E402
+from workers.training.precision import cpu_matmul_precision  # noqa: E402
 
 WARMUP_STEPS_EXCLUDED = 50
 POLL_INTERVAL_SECONDS = 2.0  # slow polling, so the benchmark's own HTTP requests barely cost the trainer CPU
@@ -162,21 +167,23 @@ def cpu_usage(start: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
     }
 
 
-def measure_matmul_flops(*, threads: int, size: int = 1024, seconds: float = 2.0) -> float:
+def measure_matmul_flops(*, threads: int, size: int = 1024, seconds: float = 2.0, bf16: bool = False) -> float:
     """This machine's fp32 matmul ceiling on `threads` threads: FLOP/s of back-to-back square matmuls, the
-    best of several short rounds (the peak a CPU's MFU is measured against)."""
+    best of several short rounds (the peak a CPU's MFU is measured against); with `bf16`, of the same fp32
+    matmuls in oneDNN's bf16 math mode (what a `precision: auto` job multiplies in on a CPU with AMX)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        torch.mm(a, b)  # first-call overheads
-        best, deadline = 0.0, time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            for _ in range(4):
-                torch.mm(a, b)
-            best = max(best, 4 * 2 * size**3 / (time.perf_counter() - started))
-        return best
+        with cpu_matmul_precision(bf16):
+            a, b = torch.randn(size, size), torch.randn(size, size)
+            torch.mm(a, b)  # first-call overheads
+            best, deadline = 0.0, time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                for _ in range(4):
+                    torch.mm(a, b)
+                best = max(best, 4 * 2 * size**3 / (time.perf_counter() - started))
+            return best
     finally:
         torch.set_num_threads(previous)
 
@@ -197,10 +204,12 @@ def job_spec(
     family: str | None = None,
     compile: bool = False,
     objective: str = "causal_lm",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The benchmark job: a small character-level model of the objective's default family (or `family`) in fp32,
     the objective's default parameters, one evaluation batch and one checkpoint at the end; `compile` is the
-    job's `training.compile` (the plain loop never compiles)."""
+    job's `training.compile` and `precision` its `training.precision` (the plain loop never compiles and
+    multiplies in IEEE fp32)."""
     return {
         "name": "bench-train-throughput",
         "corpus_ids": [corpus_id],
@@ -218,7 +227,7 @@ def job_spec(
             "max_steps": steps,
             "batch_size": 12,
             "grad_accum_steps": 1,
-            "precision": "fp32",
+            "precision": precision,
             "learning_rate": 1e-3,
             "min_learning_rate": 1e-4,
             "warmup_steps": min(100, steps),
@@ -263,6 +272,8 @@ class ServiceResult:
     # Over the same interval as `cpu` (which ends with the final evaluation and checkpoint).
     trainer_page_faults_per_step: float
     compile_seconds: float | None = None  # the warm-up of a compiled job (left out of tokens_per_second)
+    numerics: str = ""  # how the job computed, from its `started` event ("fp32", "fp32 with bf16 matrix products")
+    train_loss: list[tuple[int, float]] | None = None  # (step, train_loss) at every logged step
 
 
 @dataclass
@@ -357,6 +368,7 @@ def run_service(
     family: str | None = None,
     compile: bool = False,
     objective: str = "causal_lm",
+    precision: str = "fp32",
 ) -> tuple[ServiceResult, Dataset]:
     """Train the benchmark job on a fresh service; return its figures and its dataset (train tokens, sentence
     table, meta).
@@ -378,7 +390,10 @@ def run_service(
                 return CpuSnapshot.take(trainer_pid=trainer_pid, service_pids=service_pids)
 
             submitted = snapshot()
-            job = submit_job(client, job_spec(corpus["id"], steps, family=family, compile=compile, objective=objective))
+            spec_body = job_spec(
+                corpus["id"], steps, family=family, compile=compile, objective=objective, precision=precision
+            )
+            job = submit_job(client, spec_body)
             job_id = job["id"]
             # Taken at the first poll past the warm-up and at the poll that sees the end, so the interval also
             # holds the final evaluation, the checkpoint and up to one poll interval of idle: trainer_cores
@@ -403,6 +418,8 @@ def run_service(
             response.raise_for_status()
             rates = response.json()["data"]
             compiled = client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "compile_seconds"}).json()["data"]
+            losses = client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "train_loss"}).json()["data"]
+            events = client.get(f"/v1/jobs/{job_id}/events").json()["data"]
         dataset = _read_dataset(home)
     finally:
         service.stop()
@@ -433,8 +450,19 @@ def run_service(
         / max(1, steady_steps_at[-1] - steady_steps_at[0]),
         cpu_whole_job=cpu_usage(submitted, steady_cpu[-1]),
         compile_seconds=float(compiled[0]["value"]) if compiled else None,
+        numerics=_numerics(events),
+        train_loss=sorted((int(p["step"]), float(p["value"])) for p in losses),
     )
     return result, dataset
+
+
+def _numerics(events: list[dict[str, Any]]) -> str:
+    """What a job's `started` event says it computes in: "training started on <host> (<device>, <numerics>, ...)"."""
+    for event in events:
+        if event["type"] == "started":
+            parts = event["message"].split("(", 1)[-1].split(", ")
+            return parts[1] if len(parts) > 2 else ""
+    return ""
 
 
 @dataclass(frozen=True)
@@ -631,6 +659,7 @@ def run_plain(
     if keep_memory:
         keep_freed_memory()
     torch.set_num_threads(threads)
+    torch.backends.mkldnn.matmul.fp32_precision = "ieee"  # type: ignore[attr-defined]  # what a script multiplies in
     spec = JobSpec.model_validate(job_spec("cor_bench", steps, family=family, objective=objective))
     training = spec.training
     torch.manual_seed(training.seed)
@@ -783,8 +812,11 @@ def render_table(report: dict[str, Any]) -> str:
         ("torch / threads", f"{m['torch']} / {m['threads']}"),
         ("steps", str(report["steps"])),
         ("load avg before / after", f"{report['loadavg_before']} / {report['loadavg_after']}"),
+        ("service computes in", ", ".join(report["service_numerics"])),
         ("fp32 matmul ceiling", f"{report['fp32_matmul_ceiling_flops'] / 1e9:,.1f} GFLOP/s"),
         ("MFU service / plain (vs that ceiling)", f"{report['mfu_service']:.1%} / {report['mfu_plain']:.1%}"),
+        ("same, bf16-mode ceiling", f"{report['bf16_mode_matmul_ceiling_flops'] / 1e9:,.1f} GFLOP/s"),
+        ("MFU service vs the bf16-mode ceiling", f"{report['mfu_service_vs_bf16_mode_ceiling']:.1%}"),
         ("service compile warm-up (s)", ", ".join(f"{s:.0f}" for s in report["service_compile_seconds"] if s)),
     ]
     width = max(len(k) for k, _ in rows)
@@ -818,6 +850,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile", action="store_true", help="the service job sets training.compile: true (the plain loop: eager)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "auto"),
+        default="fp32",
+        help="the service job's training.precision (default fp32: IEEE products; auto: bf16 products of fp32 "
+        "tensors on a CPU with AMX); the plain loop multiplies in IEEE fp32 either way",
+    )
     parser.add_argument("--plain-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--keep-home", action="store_true", help="keep each run's SELFSUP_HOME (service log, DB)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/...-<date>.json)")
@@ -840,7 +879,12 @@ def main(argv: list[str] | None = None) -> int:
     spec_of_run: dict[str, Any] = dict(family=args.family, objective=args.objective)
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
     ceiling = measure_matmul_flops(threads=args.threads)
-    print(f"fp32 matmul ceiling on {args.threads} threads: {ceiling / 1e9:,.1f} GFLOP/s", flush=True)
+    bf16_ceiling = measure_matmul_flops(threads=args.threads, bf16=True)
+    print(
+        f"fp32 matmul ceiling on {args.threads} threads: {ceiling / 1e9:,.1f} GFLOP/s IEEE, "
+        f"{bf16_ceiling / 1e9:,.1f} GFLOP/s in oneDNN's bf16 math mode",
+        flush=True,
+    )
     repetitions: list[Repetition] = []
     sides = dict(steps=args.steps, threads=args.threads, family=args.family, objective=args.objective)
     with tempfile.TemporaryDirectory(prefix="selfsup-bench-") as scratch:
@@ -857,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tag} service: {args.objective}, {args.steps} steps on {args.threads} threads ...", flush=True)
             tmp = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
             try:
-                service, trained_on = run_service(tmp / "home", compile=args.compile, **sides)
+                service, trained_on = run_service(tmp / "home", compile=args.compile, precision=args.precision, **sides)
             finally:
                 if args.keep_home:
                     print(f"{tag} kept {tmp / 'home'}", flush=True)
@@ -882,8 +926,14 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_steps_excluded": WARMUP_STEPS_EXCLUDED,
         "objective": args.objective,
         "job_spec": job_spec(
-            "<corpus>", args.steps, family=args.family, compile=args.compile, objective=args.objective
+            "<corpus>",
+            args.steps,
+            family=args.family,
+            compile=args.compile,
+            objective=args.objective,
+            precision=args.precision,
         ),
+        "service_numerics": sorted({r.service.numerics for r in repetitions}),
         # Counted alike on both sides: JobSpec.tokens_per_step, what the service's tokens_per_second counts.
         "tokens_per_step": JobSpec.model_validate(job_spec("cor_bench", args.steps, **spec_of_run)).tokens_per_step,
         "machine": machine(args.threads),
@@ -905,11 +955,13 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "median_plain_tokens_per_second": statistics.median(r.plain.tokens_per_second for r in repetitions),
         "fp32_matmul_ceiling_flops": ceiling,
+        "bf16_mode_matmul_ceiling_flops": bf16_ceiling,
     }
     per_token = _flops_per_token(args.family, repetitions[0].service.vocab_size, args.steps, args.objective)
     report["flops_per_token"] = per_token
     report["mfu_service"] = report["median_service_steady_tokens_per_second"] * per_token / ceiling
     report["mfu_plain"] = report["median_plain_tokens_per_second"] * per_token / ceiling
+    report["mfu_service_vs_bf16_mode_ceiling"] = report["mfu_service"] * ceiling / bf16_ceiling
     report["service_compile_seconds"] = [r.service.compile_seconds for r in repetitions]
     print()
     print(render_table(report))

@@ -64,7 +64,9 @@ def test_a_compiled_forward_trains_like_eager_and_saves_a_plain_checkpoint(tmp_p
     inputs, labels = compiled.batch(99, 0)
     with torch.no_grad():
         expected = compiled.model(input_ids=inputs, use_cache=False).logits
-        assert torch.allclose(loaded.eval()(input_ids=inputs).logits, compiled.model.eval()(input_ids=inputs).logits)
+        # atol: on a CPU with AMX the trainer's model attends written out, the loaded one with SDPA (precision.py).
+        own = compiled.model.eval()(input_ids=inputs).logits
+        assert torch.allclose(loaded.eval()(input_ids=inputs).logits, own, atol=1e-6)
     assert expected.shape == (4, 16, 52)
 
 
