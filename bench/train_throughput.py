@@ -306,9 +306,20 @@ class Repetition:
         return self.service.steady_tokens_per_second / self.plain.tokens_per_second
 
     @property
+    def disturbed_cores(self) -> float:
+        """The most cores that other work, or the hypervisor (steal), took from either side while it was timed."""
+        sides = (self.service.cpu, self.plain.cpu)
+        return max(side.get("outside_cores", 0.0) + side.get("steal_cores", 0.0) for side in sides)
+
+    @property
     def median_window_ratio(self) -> float:
         """The same ratio from the median 10-step window of each: less sensitive to stalls from other work."""
         return self.service.median_window_tokens_per_second / self.plain.median_window_tokens_per_second
+
+
+# Above this many cores taken by other work or by the hypervisor during either side's timed run, a repetition's
+# ratio says more about the machine than about the code (one busy core halves a 2-thread loop).
+QUIET_CORES = 0.1
 
 
 def pooled_ratio(repetitions: list[Repetition]) -> float:
@@ -778,6 +789,7 @@ def render_table(report: dict[str, Any]) -> str:
         losses = f"{service['final_train_loss']:.3f} / {plain['final_train_loss']:.3f}"
         windows = f"{service['median_window_tokens_per_second']:,.0f} / {plain['median_window_tokens_per_second']:,.0f}"
         outside = f"{service['cpu'].get('outside_cores', math.nan):.2f} / {plain['cpu']['outside_cores']:.2f}"
+        stolen = f"{service['cpu'].get('steal_cores', math.nan):.2f} / {plain['cpu'].get('steal_cores', math.nan):.2f}"
         rows += [
             (f"service tokens/s, steady (steps {first}+){tag}", f"{service['steady_tokens_per_second']:,.0f}"),
             (f"service tokens/s, end to end{tag}", f"{service['end_to_end_tokens_per_second']:,.0f}"),
@@ -789,6 +801,7 @@ def render_table(report: dict[str, Any]) -> str:
                 f"{service['trainer_page_faults_per_step']:,.0f} / {plain['page_faults_per_step']:,.0f}",
             ),
             (f"other work, cores: service / plain run{tag}", outside),
+            (f"stolen by the hypervisor, cores: service / plain run{tag}", stolen),
             (f"other work, cores: whole service job{tag}", f"{service['cpu_whole_job']['outside_cores']:.2f}"),
             (f"ratio service/plain, steady{tag}", f"{rep['ratio']:.3f}"),
             (f"  same, median 10-step window{tag}", f"{rep['median_window_ratio']:.3f} ({windows})"),
@@ -803,6 +816,9 @@ def render_table(report: dict[str, Any]) -> str:
             rows.append(("  median, service first / plain first", orders))
             rows.append(("  balanced (geometric mean of those two)", f"{report['balanced_ratio']:.3f}"))
         rows.append(("  same, median 10-step window", f"{report['median_window_ratio']:.3f}"))
+        quiet = report["quiet_repetitions"]
+        verdict = f"{report['median_ratio_quiet']:.3f}" if quiet else "none was quiet"
+        rows.append((f"median of the quiet ones (other work + steal < {QUIET_CORES} cores)", f"{verdict} ({quiet})"))
     m = report["machine"]
     rows += [
         ("objective / family", f"{report['objective']} / {report['job_spec']['model']['family']}"),
@@ -950,6 +966,8 @@ def main(argv: list[str] | None = None) -> int:
         "pooled_ratio": pooled_ratio(repetitions),
         **order_ratios(repetitions),
         "median_window_ratio": statistics.median(r.median_window_ratio for r in repetitions),
+        "quiet_repetitions": len(quiet := [r for r in repetitions if r.disturbed_cores < QUIET_CORES]),
+        "median_ratio_quiet": statistics.median(r.ratio for r in quiet) if quiet else None,
         "median_service_steady_tokens_per_second": statistics.median(
             r.service.steady_tokens_per_second for r in repetitions
         ),
