@@ -20,6 +20,7 @@ from storage.tables import Job, utcnow
 from tests.factories import ready_corpus, submit_job, wait_for_job
 from tests.faults.conftest import assert_clean_history, event_types, kill, worker_pid
 from tests.service import REPO, SELFSUP, Service, end_process, start_service, wait_until
+from workers.training.precision import cpu_has_amx
 
 MAX_STEPS = 20
 COMPILE_BROKEN = "compile-broken"  # its processes get a torch.compile backend that fails
@@ -41,6 +42,9 @@ def two_device_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
             "SELFSUP_FAULT_INJECTION": f"kill_rank_at_step:8@killed,compile_error@{COMPILE_BROKEN}",
             # dynamo, DDP's graph split and AOT autograd without inductor's C++ code generation (minutes here).
             "SELFSUP_COMPILE_BACKEND": "aot_eager",
+            # The opposite of what `auto` picks on this CPU, so a setting that never reached the trainer shows (the
+            # jobs here say fp32, but for the one that checks it).
+            "SELFSUP_CPU_BF16_MATMULS": str(not cpu_has_amx()).lower(),
         },
     )
     ready = service.home / "one-device-worker.ready"
@@ -74,6 +78,7 @@ def _spec(
     every: int = 5,
     evaluate_every: int = 0,
     compile: bool | str = "auto",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """A tiny GPT-2 job; dropout off, so the ranks' own dropout draws cannot change the curve; IEEE fp32 products
     (`auto` on a CPU with AMX rounds them to bf16, which rounds N ranks' rows apart differently from one process's:
@@ -90,7 +95,7 @@ def _spec(
             "learning_rate": 3e-3,
             "warmup_steps": 2,
             "compile": compile,
-            "precision": "fp32",
+            "precision": precision,
         },
         "evaluation": {"every_steps": evaluate_every or every, "batches": 2},
         "checkpointing": {"every_steps": every, "keep_last": 100},
@@ -204,8 +209,12 @@ def test_a_job_on_more_machines_than_one_is_refused(two_device_service: Service,
 
 def test_cancel_stops_every_rank(two_device_service: Service, corpus_id: str) -> None:
     client = two_device_service.client()
-    job = submit_job(client, _spec(corpus_id, "cancelled", 2, max_steps=100_000))
+    job = submit_job(client, _spec(corpus_id, "cancelled", 2, max_steps=100_000, precision="auto"))
     _, pids = _running_with_every_rank(client, job["id"], 5)
+    # SELFSUP_CPU_BF16_MATMULS reached the trainer, and its `started` event says how the job computes.
+    started = next(e for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"] if e["type"] == "started")
+    numerics = "fp32" if cpu_has_amx() else "fp32 with bf16 matrix products"
+    assert f"(2 × cpu, {numerics}," in started["message"], started
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
     done = wait_for_job(client, job["id"], timeout=60)
     assert done["status"] == "cancelled" and 5 <= done["step"] < 100_000, done
