@@ -169,6 +169,8 @@ def _follow(ranks: Ranks, job_id: str) -> None:
             faults.after_step(trainer.step)
     except TrainingDiverged:  # rank 0 saw the same numbers and fails the job; nothing to add
         return
+    finally:
+        trainer.leave_ranks()  # while the process group lives (`Trainer.leave_ranks`)
 
 
 def main(argv: list[str]) -> None:

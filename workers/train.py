@@ -628,9 +628,12 @@ class JobRun:
                 self._set_up()
             self.ranks.order(Order.STEP)
             self.trainer.join_ranks()
-            self._compile_at_start()  # after join_ranks: on several devices, what compiles is DDP's wrapper
-            self.window = ThroughputWindow()  # set-up and a compile warm-up are not training time
-            ending = self._step_loop()
+            try:
+                self._compile_at_start()  # after join_ranks: on several devices, what compiles is DDP's wrapper
+                self.window = ThroughputWindow()  # set-up and a compile warm-up are not training time
+                ending = self._step_loop()
+            finally:
+                self.trainer.leave_ranks()  # while the process group lives (`Trainer.leave_ranks`)
         finally:
             self.ranks.stop()
         return self._end(ending)

@@ -9,6 +9,7 @@ a registered objective (`models/objectives/`).
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import random
 import time
@@ -185,6 +186,16 @@ class Trainer:
         # frequencies), copied from rank 0 once here; and a forward without collectives lets the ranks warm up a
         # compile each on its own (`compile_forward`), even when one of them fails.
         self.train_forward = DistributedDataParallel(self.model, device_ids=device_ids, forward_sync_buffers=False)
+
+    def leave_ranks(self) -> None:
+        """Train without DistributedDataParallel again, and free its wrapper now, before the process group is
+        destroyed: its reducer holds the group, and a reducer freed after `destroy_process_group` frees the gloo
+        group itself, with the GIL held, joining gloo's threads while one of them waits for the GIL to finish
+        its last work (a hang at the end of a rank: pytorch/pytorch#56297). Nothing with one process."""
+        if self.ranks.world == 1:
+            return
+        self.train_forward = self.model
+        gc.collect()  # the wrapper sits in reference cycles (a compiled forward's, its hooks'): a collection frees it
 
     def train_step(self, *, sync: bool = True) -> StepResult | None:
         """Forward, loss, backward, clip, check, update: one optimizer step.

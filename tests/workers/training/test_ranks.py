@@ -3,8 +3,12 @@ resumes on one process; its ranks compile together, or, if one of them cannot, a
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,36 @@ from workers.training.trainer import CompileFailedOnAnotherRank, Trainer
 STEPS, SPLIT_AT = 12, 6
 # As in test_compile_and_sync.py: dynamo and AOT autograd without inductor's code generation, unless asked.
 BACKEND = os.environ.get("SELFSUP_TEST_COMPILE_BACKEND", "aot_eager")
+# Two ranks take about 20 s (most of it importing torch and transformers in each); well inside pytest's 300 s.
+RANKS_TIMEOUT_S = 180
+
+
+def _run_two_ranks(rank_main: Callable[..., None], *args: object) -> None:
+    """Run `rank_main(rank, *args)` in two fresh processes and wait for both; a rank that fails fails the test.
+
+    Spawned, not forked: a fork of this process (many threads by now: fsspec's loop, tqdm's monitors, torch's
+    pools) would copy any lock another thread held at that instant, held forever in the child. Neither rank
+    outlives the test, even when it times out: a leftover rank would keep the suite's output open and CI waiting
+    (a rank that hung as it ended, before `Trainer.leave_ranks`, once did)."""
+    watched = (RANKS_TIMEOUT_S - 10, rank_main, *args)
+    ranks = mp.start_processes(_watched, args=watched, nprocs=2, start_method="spawn", join=False)
+    deadline = time.monotonic() + RANKS_TIMEOUT_S
+    try:
+        while not ranks.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the two ranks did not finish within {RANKS_TIMEOUT_S} s")
+    finally:
+        for process in ranks.processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def _watched(rank: int, stacks_after_s: float, rank_main: Callable[..., None], *args: object) -> None:
+    """A rank that prints its threads' stacks (to the test's captured stderr) if it is still running after
+    `stacks_after_s`, just before the test gives up on it, so a hang says where it is."""
+    faulthandler.dump_traceback_later(stacks_after_s)
+    rank_main(rank, *args)
 
 
 def _spec() -> JobSpec:
@@ -51,6 +85,7 @@ def _train_two_ranks(rank: int, rendezvous: str, folder: str) -> None:
     """One of two ranks: train to SPLIT_AT, then rank 0 saves the unwrapped model, the resume state and its losses."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
+    trainer = None
     try:
         trainer = Trainer(_spec(), _data(), device=torch.device("cpu"), ranks=Ranks(rank=rank, world=2))
         trainer.join_ranks()
@@ -59,14 +94,14 @@ def _train_two_ranks(rank: int, rendezvous: str, folder: str) -> None:
             trainer.save_pretrained(Path(folder))  # as a checkpoint does: the plain module, never the DDP wrapper
             torch.save({"state": trainer.state_dict(), "losses": losses}, Path(folder) / "resume.pt")
     finally:
+        if trainer is not None:
+            trainer.leave_ranks()  # as a job's ranks do, before the group goes (else a rank may hang as it ends)
         dist.destroy_process_group()
 
 
 def test_two_ranks_take_one_process_steps_and_their_checkpoint_resumes_on_one(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    # Forked, not spawned: a spawned child would import torch and transformers again (seconds, on a busy CPU).
-    rendezvous = f"file://{tmp_path / 'rendezvous'}"
-    mp.start_processes(_train_two_ranks, args=(rendezvous, str(tmp_path)), nprocs=2, start_method="fork")
+    _run_two_ranks(_train_two_ranks, f"file://{tmp_path / 'rendezvous'}", str(tmp_path))
     saved = torch.load(tmp_path / "resume.pt", weights_only=True)
 
     one = Trainer(_spec(), _data(), device=torch.device("cpu"))
@@ -111,9 +146,11 @@ def _compile_two_ranks(rank: int, rendezvous: str, folder: str, failing_rank: in
 
         return run
 
+    trainer = None
     try:
         trainer = Trainer(_spec(), _data(), device=torch.device("cpu"), ranks=Ranks(rank=rank, world=2))
         trainer.join_ranks()
+        wrapper = weakref.ref(trainer.train_forward)
         try:
             trainer.compile_forward(backend=counting_backend)
             said = "compiled"
@@ -127,8 +164,12 @@ def _compile_two_ranks(rank: int, rendezvous: str, folder: str, failing_rank: in
             "step_calls": calls - warm_up_calls,
             "step_compiles": compiles - warm_up_compiles,
         }
-        (Path(folder) / f"rank-{rank}.json").write_text(json.dumps({**said_by_rank, "losses": losses}))
+        trainer.leave_ranks()
+        gone = {"wrapper_freed": wrapper() is None}  # by leave_ranks, compiled or not
+        (Path(folder) / f"rank-{rank}.json").write_text(json.dumps({**said_by_rank, **gone, "losses": losses}))
     finally:
+        if trainer is not None:
+            trainer.leave_ranks()
         dist.destroy_process_group()
 
 
@@ -143,13 +184,12 @@ def test_ranks_compile_together_or_all_stay_eager(tmp_path: Path, failing_rank: 
     train through the compiled graph, or (one rank's compile failed) all train eager, saying which rank failed;
     none waits forever in a collective the other never joins, and the curve is one process's either way."""
     torch.set_num_threads(1)
-    rendezvous = f"file://{tmp_path / 'rendezvous'}"
-    mp.start_processes(
-        _compile_two_ranks, args=(rendezvous, str(tmp_path), failing_rank), nprocs=2, start_method="fork"
-    )
+    _run_two_ranks(_compile_two_ranks, f"file://{tmp_path / 'rendezvous'}", str(tmp_path), failing_rank)
     ranks = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
     for rank, said in enumerate(ranks):
         assert said["losses"] == pytest.approx(_eager_losses(), rel=1e-4, abs=1e-5), rank
+        # Nothing holds DDP's wrapper (and its reducer) once the rank leaves: the group can go without a hang.
+        assert said["wrapper_freed"], said
         if failing_rank is None:
             assert said["said"] == "compiled" and said["warm_up_calls"] >= 1, said
             assert said["step_calls"] >= STEPS, said  # every step ran the compiled graph (DDP may split it)
