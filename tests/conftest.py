@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import redis
 from sqlalchemy import create_engine, text
@@ -27,6 +28,38 @@ from tests.service import Service, free_port, start_service, wait_until
 POSTGRES_URL = os.environ.get("SELFSUP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SELFSUP_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """End every process the suite started and left running, and name them: a leftover (a hung child of a test that
+    timed out) would keep the suite's output open and CI waiting until its own limit, long after the last test.
+    Runs after the session's fixtures are torn down, so what is left is a leak."""
+    leftovers = [process for process in psutil.Process().children(recursive=True) if not _ends_with_us(process)]
+    if not leftovers:
+        return
+    names = []
+    for process in leftovers:
+        try:
+            names.append(f"{process.pid} {' '.join(process.cmdline())[:200]}")
+            process.kill()
+        except psutil.Error:  # it ended while we looked
+            continue
+    psutil.wait_procs(leftovers, timeout=10)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(f"killed {len(names)} process(es) the tests left running:", yellow=True)
+        for name in names:
+            reporter.write_line(f"  {name}", yellow=True)
+
+
+def _ends_with_us(process: psutil.Process) -> bool:
+    """multiprocessing's resource tracker (spawned ranks start one) reads a pipe only this process holds open."""
+    try:
+        return "from multiprocessing.resource_tracker import main" in " ".join(process.cmdline())
+    except psutil.Error:
+        return True
 
 
 def _require(service: str, error: Exception) -> None:
