@@ -11,6 +11,7 @@ where compiling cannot work is never tried; one where it fails anyway falls back
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -85,6 +86,20 @@ def choose_after_measuring(
         f"{verdict} (auto: {remaining_steps} steps to go at {step_seconds:.3g} s/step eager is about "
         f"{remaining:.0f} s, {relation} the {min_seconds:.0f} s that pays back a compile warm-up)",
     )
+
+
+@functools.cache
+def deterministic_embedding_gradients() -> None:
+    """Compile the embeddings' backward to ATen's kernel on the CPU, not to inductor's scatter: the scatter adds the
+    rows of a batch with atomic adds from every thread, in whatever order the threads run, so two processes of
+    the same compiled job drifted apart (5e-8 of the loss at first, from step 2-13 on, with two threads and
+    dropout). ATen's kernel gives each thread its own rows: three fresh processes agreed bit for bit over 100
+    steps, and the step was no slower (103-111 against 108-113 ms, bench shape, 2-vCPU AMD). Process-wide and
+    once: it changes inductor's tables (private, as of torch 2.13), not one compile's options."""
+    from torch._inductor import decomposition, lowering
+
+    decomposition.decompositions.pop(torch.ops.aten.embedding_dense_backward.default, None)
+    lowering.make_fallback(torch.ops.aten.embedding_dense_backward, warn=False)
 
 
 def root_cause(exc: BaseException) -> str:

@@ -277,6 +277,8 @@ class Trainer:
         synchronise gradients (DDP's `no_sync`): a rank whose compile failed before its backward would otherwise
         leave the others waiting in the gradient all-reduce."""
         eager = self.train_forward
+        if self.device.type == "cpu":
+            compiling.deterministic_embedding_gradients()  # a compiled CPU job resumes bit for bit
         compiled = torch.compile(eager, backend=backend)
         started = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,47 @@ def test_the_train_step_runs_the_compiled_graph() -> None:
     for _ in range(3):
         trainer.train_step(sync=False)
     assert calls == after_warm_up + 3
+
+
+def _compiled_losses_with_dropout() -> list[float]:
+    """30 steps of a job with dropout, compiled by inductor itself, on two threads (what made two processes of the
+    same job disagree: the embeddings' gradients summed by atomic adds from both threads)."""
+    torch.set_num_threads(2)
+    spec = JobSpec.model_validate(
+        {
+            "corpus_ids": ["cor_x"],
+            "objective": {"type": "causal_lm"},
+            "tokenizer": {"type": "char"},
+            "model": {"layers": 2, "heads": 4, "width": 64, "context_length": 64, "dropout": 0.1},
+            "training": {"max_steps": 40, "batch_size": 8, "learning_rate": 3e-3, "seed": 1, "precision": "fp32"},
+        }
+    )
+    tokens = np.random.default_rng(0).integers(1, 60, 20_000).astype(np.uint16)
+    data = TokenArrays(train=tokens, validation=tokens[:2000], vocab_size=64, special=SpecialTokenIds(eos=0))
+    trainer = Trainer(spec, data, device=CPU)
+    trainer.compile_forward(backend="inductor")
+    return [trainer.train_step().loss for _ in range(30)]  # type: ignore[union-attr]
+
+
+def test_two_processes_of_a_compiled_job_train_it_bit_for_bit(tmp_path: Path) -> None:
+    """What a compiled job's crash-resume needs: a fresh process computes the same steps, to the last bit."""
+    unsupported = compiling.unsupported_reason(CPU)
+    if unsupported is not None:
+        pytest.skip(unsupported)
+    run = f"from {__name__} import _compiled_losses_with_dropout as f; print(' '.join(x.hex() for x in f()))"
+    root = Path(__file__).resolve().parents[3]
+    # A cache of their own: the first compiles with this code, the second loads that (another test's graphs,
+    # compiled before a change to how inductor lowers them, could otherwise be reused by both).
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", run], cwd=root, env=env, capture_output=True, text=True, timeout=240, check=True
+        )
+        for _ in range(2)
+    ]
+    first, second = (r.stdout.split() for r in runs)
+    assert len(first) == 30
+    assert first == second, next(step for step, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
 
 
 def test_steps_without_a_sync_match_synced_ones() -> None:
