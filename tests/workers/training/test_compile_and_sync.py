@@ -143,7 +143,7 @@ def test_two_processes_of_a_compiled_job_train_it_bit_for_bit(tmp_path: Path) ->
         for _ in range(2)
     ]
     first, second = (r.stdout.split() for r in runs)
-    assert len(first) == 30
+    assert len(first) == len(second) == 30
     assert first == second, next(step for step, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
 
 
