@@ -29,11 +29,13 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from models import attention
 from selfsup.spec import ModelSpec
 
 # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels on CUDA) in every family:
 # faster than the eager softmax(QK^T)V, and the same function, so a checkpoint loads with any implementation.
-ATTENTION = "sdpa"
+# Transformers' own `sdpa`, with a mask function that keeps the flash kernels when compiled (models/attention.py).
+ATTENTION = attention.register()
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from models import build
 from models.build import SpecialTokenIds
@@ -211,7 +213,9 @@ def test_every_family_attends_with_sdpa(family: str) -> None:
         model = build.build_seq2seq(spec, vocab_size=52, special=special)
     else:
         model = build.build_encoder(spec, vocab_size=52, special=special, head=True)
-    assert model.config._attn_implementation == "sdpa"
+    # transformers' own SDPA function, under a name whose masks keep the flash kernels when compiled.
+    assert model.config._attn_implementation == build.ATTENTION
+    assert ALL_ATTENTION_FUNCTIONS[build.ATTENTION] is sdpa_attention_forward
 
 
 @pytest.mark.parametrize("objective", OBJECTIVE_FAMILIES)

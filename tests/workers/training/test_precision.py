@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from models.build import SpecialTokenIds
+from models.build import ATTENTION, SpecialTokenIds
 from selfsup.spec import JobSpec
 from workers.data.token_arrays import TokenArrays
 from workers.training.precision import CpuBf16Matmuls, use_bf16_matmuls
@@ -62,7 +62,7 @@ def test_bf16_products_train_the_same_curve_inside_the_trainer_only(tmp_path: Pa
     assert (ieee.numerics, bf16.numerics) == ("fp32", "fp32 with bf16 matrix products")
     # PyTorch's CPU SDPA kernel is slow in bf16 math mode: attention is written out instead.
     assert bf16.model.config._attn_implementation == "eager"
-    assert ieee.model.config._attn_implementation == "sdpa"
+    assert ieee.model.config._attn_implementation == ATTENTION
 
     modes: list[str] = []
     bf16.model.register_forward_pre_hook(lambda *_: modes.append(torch.backends.mkldnn.matmul.fp32_precision))
