@@ -24,7 +24,14 @@ def allow_tf32(device: torch.device) -> None:
     """fp32 matmuls and convolutions on CUDA tensor cores as TF32 (10-bit mantissa, fp32 range): several times
     the fp32 rate, and what the `mfu` peak of an fp32 job assumes. Nothing changes on the CPU."""
     if device.type == "cuda":
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        # The process-wide setter rather than `torch.backends.cuda.matmul.fp32_precision = "tf32"` alone: that left
+        # the old getters (`torch.get_float32_matmul_precision()`, `...matmul.allow_tf32`) raising on a "mix of the
+        # legacy and new APIs", and inductor's max-autotune reads them (found on an H200). The setter also sets
+        # oneDNN's CPU matmuls, which keep what they had.
+        cpu_matmuls = torch.backends.mkldnn.matmul  # type: ignore[attr-defined]
+        saved = cpu_matmuls.fp32_precision
+        torch.set_float32_matmul_precision("high")
+        cpu_matmuls.fp32_precision = saved
         torch.backends.cudnn.conv.fp32_precision = "tf32"  # type: ignore[attr-defined]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from models.build import ATTENTION, SpecialTokenIds
 from selfsup.spec import JobSpec
 from workers.data.token_arrays import TokenArrays
-from workers.training.precision import CpuBf16Matmuls, use_bf16_matmuls
+from workers.training.precision import CpuBf16Matmuls, allow_tf32, use_bf16_matmuls
 from workers.training.trainer import Trainer
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -86,3 +87,28 @@ def test_bf16_products_train_the_same_curve_inside_the_trainer_only(tmp_path: Pa
     inputs, _ = bf16.batch(99, 0)
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=inputs).logits, bf16.model.eval()(input_ids=inputs).logits, atol=1e-5)
+
+
+@pytest.fixture
+def restored_matmul_precision() -> Iterator[None]:
+    """Put the process-wide precision flags back as they were (the test below changes them for CUDA)."""
+    cuda, cpu = torch.backends.cuda.matmul, torch.backends.mkldnn.matmul  # type: ignore[attr-defined]
+    saved = cuda.fp32_precision, cpu.fp32_precision, torch.backends.cudnn.conv.fp32_precision  # type: ignore[attr-defined]
+    legacy = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(legacy)
+    cuda.fp32_precision, cpu.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved  # type: ignore[attr-defined]
+
+
+def test_tf32_on_cuda_leaves_the_precision_getters_that_inductor_reads_working(restored_matmul_precision: None) -> None:
+    cpu_before = torch.backends.mkldnn.matmul.fp32_precision  # type: ignore[attr-defined]
+
+    allow_tf32(CUDA)  # sets flags only: no GPU needed
+
+    # Setting only the new per-backend flag made these raise ("a mix of the legacy and new APIs"), and
+    # inductor's max-autotune reads them: it failed to compile on an H200.
+    assert torch.get_float32_matmul_precision() == "high"
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # type: ignore[attr-defined]
+    assert torch.backends.mkldnn.matmul.fp32_precision == cpu_before  # type: ignore[attr-defined]  # CPU unchanged
