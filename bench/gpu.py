@@ -19,6 +19,7 @@ end to end (compiled with `aot_eager`, no C++ code generation) as a smoke test o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -83,16 +84,30 @@ def _bf16(device: torch.device) -> bool:
 
 
 def plain_loop(
-    tokens: np.ndarray, meta: dict[str, Any], spec: JobSpec, device: torch.device, *, backend: str, steps: int
+    tokens: np.ndarray,
+    meta: dict[str, Any],
+    spec: JobSpec,
+    device: torch.device,
+    *,
+    backend: str,
+    steps: int,
+    attention: str | None = None,
+    profile: bool = False,
+    compile_mode: str | None = None,
 ) -> dict[str, Any]:
-    """A hand-written compiled loop of the same model and batches: what the service is measured against."""
+    """A hand-written compiled loop of the same model and batches: what the service is measured against.
+    `attention` swaps the model's attention implementation (for example transformers' stock `sdpa`); `profile`
+    adds the CUDA kernels of three steps after the timed ones, by total time."""
     training, window = spec.training, spec.model.context_length + 1
     allow_tf32(device)
+    torch._dynamo.reset()
     torch.manual_seed(training.seed)
     model = build_causal_lm(spec.model, vocab_size=int(meta["vocab_size"]), special=special_token_ids(meta))
+    if attention is not None:
+        model.set_attn_implementation(attention)
     model.to(device).train()  # type: ignore[arg-type]
     optimizer = configure_optimizer(model, training, device)
-    forward = torch.compile(model, backend=backend)
+    forward = torch.compile(model, backend=backend, mode=compile_mode)
     rng = np.random.default_rng(training.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -121,7 +136,27 @@ def plain_loop(
             warm_up = time.perf_counter() - started  # the first step holds the compile
     _synchronize(device)
     seconds = time.perf_counter() - timed_from
+    kernels = None
+    if profile:
+        on_cuda = device.type == "cuda"
+        activity = torch.profiler.ProfilerActivity.CUDA if on_cuda else torch.profiler.ProfilerActivity.CPU
+        with torch.profiler.profile(activities=[activity]) as profiler:
+            for _ in range(3):
+                batch = gather_windows(tokens, offsets, window).to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16(device)):
+                    logits = forward(input_ids=batch[:, :-1], use_cache=False).logits
+                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            _synchronize(device)
+        kernels = profiler.key_averages().table(
+            sort_by="cuda_time_total" if on_cuda else "cpu_time_total", row_limit=30, max_name_column_width=70
+        )
     return {
+        "attention": model.config._attn_implementation,
+        "kernels_of_3_steps": kernels,
         "tokens_per_second": (steps - WARMUP_STEPS) * spec.tokens_per_step / seconds,
         "compile_warm_up_seconds": warm_up,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
@@ -226,6 +261,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the largest that fits)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 300; tiny 40)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--compare-attention",
+        action="store_true",
+        help="also run the plain loop with transformers' stock `sdpa` (a materialised mask when compiled)",
+    )
+    parser.add_argument("--profile", action="store_true", help="the plain loop's CUDA kernels over three steps")
+    parser.add_argument(
+        "--kernel-variants",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="only the plain loop, on random characters: as built, then with each SDPA backend forced, then compiled "
+        "with max-autotune (GEMM and kernel autotuning, no CUDA graphs); tokens/s of each against the first. Names "
+        "given: only those, after the first",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
@@ -260,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {name} is not in selfsup/hardware.py's table: no MFU", flush=True)
     out: Path = args.out or REPO / "bench" / "results" / f"gpu-{datetime.now():%Y%m%d-%H%M%S}.json"
 
+    if args.kernel_variants is not None:
+        return kernel_variants(
+            model, device, backend=backend, steps=steps, batch=args.batch or 64, peak=peak, out=out,
+            only=args.kernel_variants,
+        )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="selfsup-gpu-bench-") as scratch:
         batch = args.batch or (8 if args.tiny else 0)
         if not batch:
@@ -269,10 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         service, tokens, meta = run_service(Path(scratch) / "home", model=model, steps=steps, batch=batch, env=env)
     spec = JobSpec.model_validate(job_spec("cor_x", model=model, steps=steps, batch=batch))
     print("plain loop ...", flush=True)
-    plain = plain_loop(tokens, meta, spec, device, backend=backend, steps=steps)
+    plain = plain_loop(tokens, meta, spec, device, backend=backend, steps=steps, profile=args.profile)
+    stock = None
+    if args.compare_attention:
+        print("plain loop, transformers' stock sdpa ...", flush=True)
+        stock = plain_loop(tokens, meta, spec, device, backend=backend, steps=steps, attention="sdpa")
     per_token = flops_per_token(spec.model, plain["parameters"])
-    for side in (service, plain):
-        side["mfu"] = model_flops_utilisation(side["tokens_per_second"], per_token, peak) if peak else None
+    for side in (service, plain, stock):
+        if side is not None:
+            side["mfu"] = model_flops_utilisation(side["tokens_per_second"], per_token, peak) if peak else None
     report = {
         "benchmark": "gpu",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -291,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         "service": service,
         "plain": plain,
         "ratio_service_over_plain": service["tokens_per_second"] / plain["tokens_per_second"],
+        "plain_stock_sdpa": stock,
+        "ratio_plain_over_plain_stock_sdpa": plain["tokens_per_second"] / stock["tokens_per_second"] if stock else None,
         "machine": machine(torch.get_num_threads()),
         "nvidia_smi": _nvidia_smi() if device.type == "cuda" else None,
     }
@@ -298,6 +360,51 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"\nwrote {out}")
+    return 0
+
+
+def kernel_variants(
+    model: dict[str, Any],
+    device: torch.device,
+    *,
+    backend: str,
+    steps: int,
+    batch: int,
+    peak: float | None,
+    out: Path,
+    only: list[str] | None = None,
+) -> int:
+    """The plain loop as built, with each SDPA backend forced, and compiled with max-autotune, in one process; each
+    result is printed as it comes (max-autotune's tuning can take minutes)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    spec = JobSpec.model_validate(job_spec("cor_x", model=model, steps=steps, batch=batch))
+    tokens = np.random.default_rng(0).integers(1, SEARCH_VOCABULARY, 4_000_000).astype(np.uint16)
+    meta = {"vocab_size": SEARCH_VOCABULARY, "eos_token_id": 0}
+    variants: list[tuple[str, Any, str | None]] = [
+        ("as built", contextlib.nullcontext(), None),
+        ("SDPA flash only", sdpa_kernel(SDPBackend.FLASH_ATTENTION), None),
+        ("SDPA cuDNN only", sdpa_kernel(SDPBackend.CUDNN_ATTENTION), None),
+        ("max-autotune-no-cudagraphs", contextlib.nullcontext(), "max-autotune-no-cudagraphs"),
+    ]
+    if only:
+        variants = [variants[0], *(v for v in variants[1:] if v[0] in only)]
+    results: dict[str, Any] = {"device": str(device), "batch": batch, "steps": steps, "variants": {}}
+    for name, kernels, mode in variants:
+        try:
+            with kernels:
+                result = plain_loop(tokens, meta, spec, device, backend=backend, steps=steps, compile_mode=mode)
+        except Exception as error:  # noqa: BLE001 - a variant this torch cannot run is a finding, not a crash
+            result = {"error": f"{type(error).__name__}: {error}"[:500]}
+        if "tokens_per_second" in result:
+            per_token = flops_per_token(spec.model, result["parameters"])
+            result["mfu"] = model_flops_utilisation(result["tokens_per_second"], per_token, peak) if peak else None
+            first = next(iter(results["variants"].values()), result)
+            result["ratio_to_as_built"] = result["tokens_per_second"] / first["tokens_per_second"]
+        results["variants"][name] = result
+        print(f"{name}: {json.dumps(result, default=str)}", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
 
 
@@ -335,6 +442,14 @@ def _print(report: dict[str, Any]) -> None:
                                             f"{secs(plain['compile_warm_up_seconds'])}"),
         ("service compile events", "; ".join(service["compile_events"])),
     ]  # fmt: skip
+    if report["plain_stock_sdpa"]:
+        stock = report["plain_stock_sdpa"]
+        rows += [
+            ("plain loop, stock sdpa, tokens/s", f"{stock['tokens_per_second']:,.0f} (MFU {pct(stock['mfu'])})"),
+            ("ratio plain / plain with stock sdpa", f"{report['ratio_plain_over_plain_stock_sdpa']:.3f}"),
+        ]
+    if plain["kernels_of_3_steps"]:
+        print("\nplain loop, CUDA kernels of three steps:\n" + plain["kernels_of_3_steps"])
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
 
