@@ -109,17 +109,10 @@ def plain_loop(
     optimizer = configure_optimizer(model, training, device)
     forward = torch.compile(model, backend=backend, mode=compile_mode)
     rng = np.random.default_rng(training.seed)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
-    warm_up = timed_from = math.nan
-    for step in range(steps):
-        if step == WARMUP_STEPS:
-            _synchronize(device)
-            timed_from = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, training)
-        offsets = sample_window_offsets(len(tokens), window=window, count=training.batch_size, rng=rng)
+    offsets = np.zeros(0, dtype=np.int64)
+
+    def step_once() -> torch.Tensor:
+        """One optimizer step on the windows at `offsets`; the loss, not read back."""
         batch = gather_windows(tokens, offsets, window)
         if device.type == "cuda":
             batch = batch.pin_memory()
@@ -131,6 +124,20 @@ def plain_loop(
         torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    warm_up = timed_from = math.nan
+    for step in range(steps):
+        if step == WARMUP_STEPS:
+            _synchronize(device)
+            timed_from = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, training)
+        offsets = sample_window_offsets(len(tokens), window=window, count=training.batch_size, rng=rng)
+        loss = step_once()
         if step == 0:
             _synchronize(device)
             warm_up = time.perf_counter() - started  # the first step holds the compile
@@ -142,14 +149,7 @@ def plain_loop(
         activity = torch.profiler.ProfilerActivity.CUDA if on_cuda else torch.profiler.ProfilerActivity.CPU
         with torch.profiler.profile(activities=[activity]) as profiler:
             for _ in range(3):
-                batch = gather_windows(tokens, offsets, window).to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16(device)):
-                    logits = forward(input_ids=batch[:, :-1], use_cache=False).logits
-                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                step_once()
             _synchronize(device)
         kernels = profiler.key_averages().table(
             sort_by="cuda_time_total" if on_cuda else "cpu_time_total", row_limit=30, max_name_column_width=70
