@@ -102,6 +102,19 @@ def deterministic_embedding_gradients() -> None:
     lowering.make_fallback(torch.ops.aten.embedding_dense_backward, warn=False)
 
 
+# The longest context at which a compiled CPU step ran faster with attention written out (two products and a
+# softmax that inductor fuses with what surrounds them) than through SDPA's CPU kernel, which the graph must call
+# as an opaque kernel with its layouts copied around it. Whole compiled steps at 768 tokens a step, 2-vCPU AMD EPYC
+# (Zen 4), 2026-11-28, written out / SDPA: context 64 0.75-0.85 (four pairs), 128 0.93-0.96, 256 0.90-1.01 (two
+# each); at 1024 the attention alone took 2.7x SDPA's time (and memory grows with the context's square).
+WRITTEN_OUT_ATTENTION_MAX_CONTEXT = 256
+
+
+def written_out_attention(device: torch.device, context_length: int) -> bool:
+    """Whether a compiled forward on this device should attend written out rather than through SDPA."""
+    return device.type == "cpu" and context_length <= WRITTEN_OUT_ATTENTION_MAX_CONTEXT
+
+
 def root_cause(exc: BaseException) -> str:
     """The innermost cause of an error, in one line (torch wraps a compiler's error in its own, several deep)."""
     root = exc

@@ -279,6 +279,9 @@ class Trainer:
         eager = self.train_forward
         if self.device.type == "cpu":
             compiling.deterministic_embedding_gradients()  # a compiled CPU job resumes bit for bit
+        attention = self.model.config._attn_implementation
+        if compiling.written_out_attention(self.device, self.spec.model.context_length):
+            self.model.set_attn_implementation("eager")  # the same function; see compiling.py for the figures
         compiled = torch.compile(eager, backend=backend)
         started = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
@@ -304,6 +307,7 @@ class Trainer:
         ]
         if failed:
             torch._dynamo.reset()  # drop what was half compiled; the eager forward goes on alone
+            self.model.set_attn_implementation(attention)
             if failure is not None:
                 raise failure
             rank, said = failed[0]

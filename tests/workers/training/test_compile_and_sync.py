@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -83,7 +84,28 @@ def test_a_failing_compile_leaves_the_forward_eager() -> None:
     with pytest.raises(Exception, match="no compiler here"):
         trainer.compile_forward(backend=broken_backend)
     assert trainer.train_forward is trainer.model
+    assert trainer.model.config._attn_implementation == build.ATTENTION  # SDPA again, as an eager forward has it
     assert trainer.train_step() is not None and trainer.step == 1
+
+
+@pytest.mark.parametrize("context_length", [16, compiling.WRITTEN_OUT_ATTENTION_MAX_CONTEXT + 1])
+def test_a_compiled_cpu_forward_attends_written_out_up_to_a_context_length(context_length: int) -> None:
+    spec = _spec(batch_size=1)
+    spec.model.context_length = context_length
+    trainer = Trainer(spec, _data(), device=CPU)
+    sdpa_calls = 0
+
+    def recording_backend(graph: torch.fx.GraphModule, example_inputs: object) -> object:
+        nonlocal sdpa_calls
+        sdpa_calls += sum(node.target is F.scaled_dot_product_attention for node in graph.graph.nodes)
+        return graph.forward
+
+    trainer.compile_forward(backend=recording_backend)
+
+    written_out = context_length <= compiling.WRITTEN_OUT_ATTENTION_MAX_CONTEXT
+    assert trainer.model.config._attn_implementation == ("eager" if written_out else build.ATTENTION)
+    assert sdpa_calls == (0 if written_out else 1)  # one layer
+    assert trainer.train_step() is not None
 
 
 def test_the_train_step_runs_the_compiled_graph() -> None:
