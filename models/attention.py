@@ -5,7 +5,7 @@ selects the flash kernels (CUDA's and the CPU's) and lets a causal one skip the 
 `torch.compile` it materialises the mask instead (transformers 5.17-5.24 with torch 2.11-2.13): the skip declines
 while tracing (`is_tracing()`, transformers issue 48925), and a decoder's own `position_ids` are read for packed
 sequences, which a trace cannot do, so an all-zero "packed" mask is and-ed in. SDPA then runs a masked kernel over
-the whole square: the memory-efficient one on CUDA, every block on the CPU. The compiled training step, which most
+the whole square (never a flash kernel on CUDA; every block on the CPU). The compiled training step, which most
 wants the fast kernel, got the slow one.
 
 `WHOLE_WINDOW_SDPA` is transformers' own `sdpa` attention function with a mask function that knows what our code
@@ -54,6 +54,10 @@ def is_whole_window(arguments: dict[str, Any]) -> bool:
         return False
     q_length, kv_length = arguments.get("q_length"), arguments.get("kv_length")
     q_offset, kv_offset = arguments.get("q_offset", 0), arguments.get("kv_offset", 0)
+    if q_length is None and isinstance(arguments.get("cache_position"), torch.Tensor):
+        # transformers 5.0-5.1x pass the queries' positions instead: as many queries as keys, from key 0, can only
+        # start at position 0 (a cache holds the positions before the queries).
+        q_length = arguments["cache_position"].shape[0]
     if not all(isinstance(value, int) for value in (q_length, kv_length, q_offset, kv_offset)):
         return False
     return q_length == kv_length and q_offset == 0 and kv_offset == 0

@@ -105,6 +105,8 @@ def test_a_saved_config_does_not_name_the_implementation(tmp_path: Any) -> None:
         ({"q_length": 1, "kv_length": 33, "q_offset": 32}, False),  # decoding with a cache
         ({"q_length": 32, "kv_length": 32, "q_offset": torch.tensor(0)}, False),  # a static cache's offset
         ({"q_length": 32, "kv_length": 32, "local_size": 8}, False),  # a sliding window
+        ({"cache_position": torch.arange(32), "kv_length": 32}, True),  # transformers before q_length
+        ({"cache_position": torch.arange(32, 33), "kv_length": 33}, False),
     ],
 )
 def test_only_a_whole_unpadded_window_leaves_the_mask_to_sdpa(arguments: dict[str, Any], whole: bool) -> None:
