@@ -55,8 +55,8 @@ def is_whole_window(arguments: dict[str, Any]) -> bool:
     q_length, kv_length = arguments.get("q_length"), arguments.get("kv_length")
     q_offset, kv_offset = arguments.get("q_offset", 0), arguments.get("kv_offset", 0)
     if q_length is None and isinstance(arguments.get("cache_position"), torch.Tensor):
-        # transformers 5.0-5.1x pass the queries' positions instead: as many queries as keys, from key 0, can only
-        # start at position 0 (a cache holds the positions before the queries).
+        # Earlier transformers 5 releases (5.0 among them) pass the queries' positions instead: as many queries
+        # as keys, from key 0, can only start at position 0 (a cache holds the positions before the queries).
         q_length = arguments["cache_position"].shape[0]
     if not all(isinstance(value, int) for value in (q_length, kv_length, q_offset, kv_offset)):
         return False
