@@ -242,14 +242,19 @@ def job_spec(
 
 
 def service_env(threads: int) -> dict[str, str]:
-    """Production-like settings (the test defaults are tuned for speed of tests, not for throughput)."""
-    return {
+    """Production-like settings (the test defaults are tuned for speed of tests, not for throughput), and
+    SELFSUP_CPU_BF16_MATMULS from this process's environment where it is set (the service's environment is
+    otherwise cleared of SELFSUP_ variables), so `--precision auto` can force bf16 products on a CPU without AMX."""
+    env = {
         "SELFSUP_TORCH_THREADS": str(threads),
         "SELFSUP_CONTROL_INTERVAL_SECONDS": "1.0",
         "SELFSUP_LEASE_SECONDS": "60",
         "SELFSUP_RECONCILE_INTERVAL_SECONDS": "15",
         "SELFSUP_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),
     }
+    if "SELFSUP_CPU_BF16_MATMULS" in os.environ:
+        env["SELFSUP_CPU_BF16_MATMULS"] = os.environ["SELFSUP_CPU_BF16_MATMULS"]
+    return env
 
 
 @dataclass
