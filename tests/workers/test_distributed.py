@@ -9,10 +9,10 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import create_engine, update
 
@@ -110,14 +110,19 @@ def _curve(client: httpx.Client, job_id: str, name: str) -> dict[int, float]:
 
 def _processes_naming(text: str) -> list[int]:
     """The pids of live processes whose command line holds `text` (torchrun and its ranks name their job)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text.encode() in cmdline.read_bytes():
-                pids.append(int(cmdline.parent.name))
-        except OSError:  # it ended while we looked
-            continue
-    return pids
+    return [
+        process.pid
+        for process in psutil.process_iter(["cmdline"])
+        if any(text in part for part in process.info["cmdline"] or ()) and not _ended(process.pid)
+    ]
+
+
+def _ended(pid: int) -> bool:
+    """Whether a process has exited (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _one_device_worker_log(service: Service) -> str:
@@ -138,7 +143,7 @@ def _running_with_every_rank(client: httpx.Client, job_id: str, step: int) -> tu
 
 
 def _all_gone(pids: list[int]) -> None:
-    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=120, what=f"{pids} to end")
+    wait_until(lambda: all(_ended(pid) for pid in pids), timeout=120, what=f"{pids} to end")
 
 
 def test_two_processes_record_the_loss_curve_of_one(two_device_service: Service, corpus_id: str) -> None:
