@@ -388,6 +388,9 @@ def kernel_variants(
         ("max-autotune-no-cudagraphs", contextlib.nullcontext(), "max-autotune-no-cudagraphs"),
     ]
     if only:
+        unknown = set(only) - {name for name, _, _ in variants}
+        if unknown:
+            raise SystemExit(f"--kernel-variants: no variant {sorted(unknown)}; there are {[v[0] for v in variants]}")
         variants = [variants[0], *(v for v in variants[1:] if v[0] in only)]
     results: dict[str, Any] = {"device": str(device), "batch": batch, "steps": steps, "variants": {}}
     for name, kernels, mode in variants:
@@ -399,8 +402,9 @@ def kernel_variants(
         if "tokens_per_second" in result:
             per_token = flops_per_token(spec.model, result["parameters"])
             result["mfu"] = model_flops_utilisation(result["tokens_per_second"], per_token, peak) if peak else None
-            first = next(iter(results["variants"].values()), result)
-            result["ratio_to_as_built"] = result["tokens_per_second"] / first["tokens_per_second"]
+            first = results["variants"].get("as built", result)
+            if "tokens_per_second" in first:  # none when the as-built loop itself failed
+                result["ratio_to_as_built"] = result["tokens_per_second"] / first["tokens_per_second"]
         results["variants"][name] = result
         print(f"{name}: {json.dumps(result, default=str)}", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
