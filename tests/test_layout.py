@@ -94,6 +94,22 @@ def test_sql_is_written_only_in_storage() -> None:
     assert not offending, "build queries in storage/crud:\n" + "\n".join(offending)
 
 
+def test_only_process_group_joins_and_leaves_a_process_group() -> None:
+    """A job's ranks join and leave their process group through `workers.training.ranks.process_group` alone,
+    which makes a trainer let go of DDP before the group is destroyed (else a rank may hang as it ends)."""
+    calls = {"init_process_group", "destroy_process_group"}
+    home = REPO / "workers" / "training" / "ranks.py"
+    offending = [
+        f"{path.relative_to(REPO)}:{node.lineno} calls {node.func.attr}"
+        for package in ("api", "workers", "models", "storage", "selfsup")
+        for path in _modules(package)
+        if path != home
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in calls
+    ]
+    assert not offending, "use workers.training.ranks.process_group:\n" + "\n".join(offending)
+
+
 SERVER_PACKAGES = ("selfsup", "api", "workers", "models", "storage", "torch", "transformers")
 
 _IMPORT_WITH_THE_SERVER_BLOCKED = f"""

@@ -37,7 +37,7 @@ from storage.db import session_scope
 from storage.tables import Job
 from workers.faults import Faults
 from workers.train import JobRun, load_claimed, open_trainer, requeue_crashed, run_to_its_end
-from workers.training.ranks import Order, Ranks, join_process_group
+from workers.training.ranks import Order, Ranks, process_group
 from workers.training.trainer import TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -169,8 +169,6 @@ def _follow(ranks: Ranks, job_id: str) -> None:
             faults.after_step(trainer.step)
     except TrainingDiverged:  # rank 0 saw the same numbers and fails the job; nothing to add
         return
-    finally:
-        trainer.leave_ranks()  # while the process group lives (`Trainer.leave_ranks`)
 
 
 def main(argv: list[str]) -> None:
@@ -189,15 +187,12 @@ def main(argv: list[str]) -> None:
     transformers.utils.logging.enable_propagation()
     torch.set_num_threads(settings.torch_threads or 1)
     freeze_imported_objects()  # as a worker does: a rank exits in a fraction of a second when its job ends
-    ranks = join_process_group()
-    enter_log_context(job_id=job_id, rank=str(ranks.rank))
-    try:
+    with process_group() as ranks:  # leaving it, the trainer lets go of the group first (`process_group`)
+        enter_log_context(job_id=job_id, rank=str(ranks.rank))
         if ranks.first:
             _lead(ranks, job_id, owner, Path(folder))
         else:
             _follow(ranks, job_id)
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -627,13 +627,10 @@ class JobRun:
             with lease_kept(self.lease, self.control.settings):  # downloads from an object store may take a while
                 self._set_up()
             self.ranks.order(Order.STEP)
-            self.trainer.join_ranks()
-            try:
-                self._compile_at_start()  # after join_ranks: on several devices, what compiles is DDP's wrapper
-                self.window = ThroughputWindow()  # set-up and a compile warm-up are not training time
-                ending = self._step_loop()
-            finally:
-                self.trainer.leave_ranks()  # while the process group lives (`Trainer.leave_ranks`)
+            self.trainer.join_ranks()  # on several devices, it lets go of the group as the rank leaves it
+            self._compile_at_start()  # after join_ranks: on several devices, what compiles is DDP's wrapper
+            self.window = ThroughputWindow()  # set-up and a compile warm-up are not training time
+            ending = self._step_loop()
         finally:
             self.ranks.stop()
         return self._end(ending)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -40,8 +42,10 @@ class Ranks:
     device: torch.device = torch.device("cpu")
     # A gloo group over the same ranks for what the host decides (orders, loss-term counts): with NCCL, a
     # collective whose result the host reads waits for the GPU's queue, which would sync every step. None: the
-    # default group (gloo already, as when processes on the CPU are joined without `join_process_group`).
+    # default group (gloo already, as when processes on the CPU are joined without `process_group`).
     control: Any = None
+    # What must let go of the process group before it is destroyed (`before_leaving`), in the order given.
+    leaving: list[Callable[[], None]] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def first(self) -> bool:
@@ -118,12 +122,37 @@ class Ranks:
         dist.broadcast_object_list(box, src=0, device=self.device)
         return box[0]  # type: ignore[no-any-return]
 
+    def before_leaving(self, let_go: Callable[[], None]) -> None:
+        """Call `let_go` when this process leaves the group (`process_group`), before the group is destroyed."""
+        self.leaving.append(let_go)
+
 
 ONE_PROCESS = Ranks()
 
 
-def join_process_group() -> Ranks:
-    """Join the job's process group (torchrun's environment names it): NCCL on CUDA, gloo on the CPU."""
+@contextmanager
+def process_group() -> Iterator[Ranks]:
+    """This process's place in the job's process group (torchrun's environment names it) for the block.
+
+    On leaving, however the block ends, whatever holds the group lets go of it first (`Ranks.before_leaving`: a
+    trainer's DDP wrapper, `Trainer.leave_ranks`), and only then is the group destroyed. The order matters: a DDP
+    reducer freed after `destroy_process_group` frees the gloo group itself, with the GIL held, joining gloo's
+    threads while one of them waits for the GIL (a rank that hangs as it ends: pytorch/pytorch#56297). Being the
+    one way a rank leaves, this keeps the order for every rank, rank 0 and the followers alike."""
+    ranks = _join_process_group()
+    try:
+        yield ranks
+    finally:
+        try:
+            for let_go in ranks.leaving:
+                let_go()
+            ranks.leaving.clear()
+        finally:
+            dist.destroy_process_group()
+
+
+def _join_process_group() -> Ranks:
+    """Join the job's process group: NCCL on CUDA, gloo on the CPU."""
     cuda = torch.cuda.is_available()
     if cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

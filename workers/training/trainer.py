@@ -178,6 +178,7 @@ class Trainer:
         and RNG; DDP copies its weights) and train through DistributedDataParallel; nothing with one process."""
         if self.ranks.world == 1:
             return
+        self.ranks.before_leaving(self.leave_ranks)  # before the group goes, however the rank ends
         state = self.ranks.from_first(self.state_dict() if self.ranks.first else {})
         if not self.ranks.first:
             self.load_state_dict(state)

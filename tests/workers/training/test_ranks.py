@@ -1,5 +1,6 @@
 """A job split across processes (2 gloo ranks on the CPU) takes the steps one process takes, and its checkpoint
-resumes on one process; its ranks compile together, or, if one of them cannot, all train eager."""
+resumes on one process; its ranks compile together, or, if one of them cannot, all train eager; and a rank that
+leaves its process group (`process_group`, as a job's ranks do) lets go of DDP first, however it ends."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,9 @@ from safetensors.torch import load_model
 
 from models.build import SpecialTokenIds
 from selfsup.spec import JobSpec
+from tests.service import free_port
 from workers.data.token_arrays import TokenArrays
-from workers.training.ranks import Order, Ranks
+from workers.training.ranks import Order, Ranks, process_group
 from workers.training.trainer import CompileFailedOnAnotherRank, Trainer
 
 STEPS, SPLIT_AT = 12, 6
@@ -81,27 +84,30 @@ def _data() -> TokenArrays:
     return TokenArrays(train=tokens, validation=tokens[:1000], vocab_size=50, special=special)
 
 
-def _train_two_ranks(rank: int, rendezvous: str, folder: str) -> None:
+def _process_group(rank: int, port: int) -> AbstractContextManager[Ranks]:
+    """The job's process group as a rank that torchrun started joins it (`workers/distributed.py`): from the
+    environment, over loopback, with the control group of its own; left as a job's rank leaves it."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
+    return process_group()
+
+
+def _train_two_ranks(rank: int, port: int, folder: str) -> None:
     """One of two ranks: train to SPLIT_AT, then rank 0 saves the unwrapped model, the resume state and its losses."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
-    trainer = None
-    try:
-        trainer = Trainer(_spec(), _data(), device=torch.device("cpu"), ranks=Ranks(rank=rank, world=2))
+    with _process_group(rank, port) as ranks:
+        trainer = Trainer(_spec(), _data(), device=torch.device("cpu"), ranks=ranks)
         trainer.join_ranks()
         losses = [trainer.train_step().loss for _ in range(SPLIT_AT)]
         if rank == 0:
             trainer.save_pretrained(Path(folder))  # as a checkpoint does: the plain module, never the DDP wrapper
             torch.save({"state": trainer.state_dict(), "losses": losses}, Path(folder) / "resume.pt")
-    finally:
-        if trainer is not None:
-            trainer.leave_ranks()  # as a job's ranks do, before the group goes (else a rank may hang as it ends)
-        dist.destroy_process_group()
 
 
 def test_two_ranks_take_one_process_steps_and_their_checkpoint_resumes_on_one(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    _run_two_ranks(_train_two_ranks, f"file://{tmp_path / 'rendezvous'}", str(tmp_path))
+    _run_two_ranks(_train_two_ranks, free_port(), str(tmp_path))
     saved = torch.load(tmp_path / "resume.pt", weights_only=True)
 
     one = Trainer(_spec(), _data(), device=torch.device("cpu"))
@@ -125,11 +131,11 @@ def test_rows_are_split_evenly_and_one_process_keeps_them_all() -> None:
     assert Ranks().my_rows(batch) is batch
 
 
-def _compile_two_ranks(rank: int, rendezvous: str, folder: str, failing_rank: int | None) -> None:
+def _compile_two_ranks(rank: int, port: int, folder: str, failing_rank: int | None) -> None:
     """One of two ranks: compile together (the `failing_rank`'s backend fails), then train; each rank writes what
-    compiling said, how often its steps ran the compiled graph, and its losses."""
+    compiling said, how often its steps ran the compiled graph, its losses, and whether leaving the group freed
+    DDP's wrapper (the trainer never told to let go: `process_group` does that)."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
     calls = compiles = 0
 
     def counting_backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
@@ -146,9 +152,8 @@ def _compile_two_ranks(rank: int, rendezvous: str, folder: str, failing_rank: in
 
         return run
 
-    trainer = None
-    try:
-        trainer = Trainer(_spec(), _data(), device=torch.device("cpu"), ranks=Ranks(rank=rank, world=2))
+    with _process_group(rank, port) as ranks:
+        trainer = Trainer(_spec(), _data(), device=torch.device("cpu"), ranks=ranks)
         trainer.join_ranks()
         wrapper = weakref.ref(trainer.train_forward)
         try:
@@ -158,19 +163,16 @@ def _compile_two_ranks(rank: int, rendezvous: str, folder: str, failing_rank: in
             said = f"{type(exc).__name__}: {exc}"
         warm_up_calls, warm_up_compiles = calls, compiles
         losses = [trainer.train_step().loss for _ in range(STEPS)]
-        said_by_rank = {
-            "said": said,
-            "warm_up_calls": warm_up_calls,
-            "step_calls": calls - warm_up_calls,
-            "step_compiles": compiles - warm_up_compiles,
-        }
-        trainer.leave_ranks()
-        gone = {"wrapper_freed": wrapper() is None}  # by leave_ranks, compiled or not
-        (Path(folder) / f"rank-{rank}.json").write_text(json.dumps({**said_by_rank, **gone, "losses": losses}))
-    finally:
-        if trainer is not None:
-            trainer.leave_ranks()
-        dist.destroy_process_group()
+    said_by_rank = {
+        "said": said,
+        "warm_up_calls": warm_up_calls,
+        "step_calls": calls - warm_up_calls,
+        "step_compiles": compiles - warm_up_compiles,
+    }
+    # The trainer is still held here: only leaving the group can have freed the wrapper, before destroying it.
+    gone = {"wrapper_freed": wrapper() is None, "trains_unwrapped": trainer.train_forward is trainer.model}
+    gone["group_destroyed"] = not dist.is_initialized()
+    (Path(folder) / f"rank-{rank}.json").write_text(json.dumps({**said_by_rank, **gone, "losses": losses}))
 
 
 def _eager_losses() -> list[float]:
@@ -184,12 +186,12 @@ def test_ranks_compile_together_or_all_stay_eager(tmp_path: Path, failing_rank: 
     train through the compiled graph, or (one rank's compile failed) all train eager, saying which rank failed;
     none waits forever in a collective the other never joins, and the curve is one process's either way."""
     torch.set_num_threads(1)
-    _run_two_ranks(_compile_two_ranks, f"file://{tmp_path / 'rendezvous'}", str(tmp_path), failing_rank)
+    _run_two_ranks(_compile_two_ranks, free_port(), str(tmp_path), failing_rank)
     ranks = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
     for rank, said in enumerate(ranks):
         assert said["losses"] == pytest.approx(_eager_losses(), rel=1e-4, abs=1e-5), rank
         # Nothing holds DDP's wrapper (and its reducer) once the rank leaves: the group can go without a hang.
-        assert said["wrapper_freed"], said
+        assert said["wrapper_freed"] and said["trains_unwrapped"] and said["group_destroyed"], said
         if failing_rank is None:
             assert said["said"] == "compiled" and said["warm_up_calls"] >= 1, said
             assert said["step_calls"] >= STEPS, said  # every step ran the compiled graph (DDP may split it)
