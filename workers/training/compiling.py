@@ -115,6 +115,23 @@ def written_out_attention(device: torch.device, context_length: int) -> bool:
     return device.type == "cpu" and context_length <= WRITTEN_OUT_ATTENTION_MAX_CONTEXT
 
 
+def inductor_options(device: torch.device) -> dict[str, object]:
+    """Inductor's settings for a job's compiled forward and backward on this device (`torch.compile`'s `options`).
+
+    On the CPU, `tanh` as `2 / (1 + exp(-2x)) - 1`. With inductor's default, SLEEF's vectorised `tanh` (accurate
+    to 1 ULP), the GELU of GPT-2 (its tanh form) and its backward were the slowest kernels of a compiled step:
+    875 and 823 µs a layer at the benchmark's shape, against 282 and 357 written through `exp` (a 2-vCPU Intel
+    Xeon at 2.5 GHz with AVX-512 and no AMX, 2026-11-28). The two differ by at most 1.8e-7 (absolute) in `tanh`,
+    which the GELU adds to 1; the loss curves were equal to six digits at step 281. PyTorch made SLEEF the default
+    for a `tanh` whose relative error near 0 matters (pytorch/pytorch#148241: `x - tanh(x)`, then `atan2`), not
+    the case in a GELU. The setting exists from torch 2.8 on; before it, the decomposed form was the default."""
+    from torch._inductor import config
+
+    if device.type == "cpu" and hasattr(config.cpp, "use_decompose_tanh"):
+        return {"cpp.use_decompose_tanh": True}
+    return {}
+
+
 def root_cause(exc: BaseException) -> str:
     """The innermost cause of an error, in one line (torch wraps a compiler's error in its own, several deep)."""
     root = exc

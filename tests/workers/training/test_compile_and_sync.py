@@ -130,6 +130,30 @@ def test_the_train_step_runs_the_compiled_graph() -> None:
     assert calls == after_warm_up + 3
 
 
+def test_a_cpu_compile_writes_the_gelu_tanh_through_exp_and_trains_like_eager() -> None:
+    """`compiling.inductor_options` reaches inductor's forward and backward graphs: GPT-2's GELU (its tanh form)
+    computes `tanh` through `exp`, not SLEEF's slower `tanh`, and the steps stay eager's."""
+    unsupported = compiling.unsupported_reason(CPU)
+    if unsupported is not None:
+        pytest.skip(unsupported)
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    if not hasattr(config.cpp, "use_decompose_tanh"):
+        pytest.skip("this torch has no cpp.use_decompose_tanh (before 2.8 the decomposed tanh was the default)")
+    compiled, eager = Trainer(_spec(), _data(), device=CPU), Trainer(_spec(), _data(), device=CPU)
+    with config.patch(force_disable_caches=True):  # generate the code, so that it can be read
+        _, graphs = run_and_get_code(compiled.compile_forward, "inductor")
+    with_gelu = [code for code in graphs if "tanh" in code]
+    assert len(with_gelu) >= 2, graphs  # the forward's and the backward's
+    for code in with_gelu:
+        tanh_lines = [line.strip() for line in code.splitlines() if "tanh" in line or ".exp()" in line]
+        assert ".exp()" in code and ".tanh()" not in code and "std::tanh" not in code, tanh_lines
+    assert [compiled.train_step().loss for _ in range(3)] == pytest.approx(
+        [eager.train_step().loss for _ in range(3)], rel=1e-5
+    )
+
+
 def _compiled_losses_with_dropout() -> list[float]:
     """30 steps of a job with dropout, compiled by inductor itself, on two threads (what made two processes of the
     same job disagree: the embeddings' gradients summed by atomic adds from both threads)."""
