@@ -15,8 +15,9 @@ import functools
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -115,7 +116,7 @@ def written_out_attention(device: torch.device, context_length: int) -> bool:
     return device.type == "cpu" and context_length <= WRITTEN_OUT_ATTENTION_MAX_CONTEXT
 
 
-def inductor_options(device: torch.device) -> dict[str, object]:
+def inductor_options(device: torch.device) -> dict[str, str | int | bool | Callable[..., Any]]:
     """Inductor's settings for a job's compiled forward and backward on this device (`torch.compile`'s `options`).
 
     On the CPU, `tanh` as `2 / (1 + exp(-2x)) - 1`. With inductor's default, SLEEF's vectorised `tanh` (accurate
