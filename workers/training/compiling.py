@@ -15,8 +15,10 @@ import functools
 import os
 import shutil
 import sys
+import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -42,6 +44,8 @@ def unsupported_reason(device: torch.device) -> str | None:
         return "torch.compile's inductor backend does not run on Windows"
     if device.type == "cpu" and not any(shutil.which(cc) for cc in (os.environ.get("CXX", "g++"), "c++", "clang++")):
         return "inductor's CPU code needs a C++ compiler and none is on PATH"
+    if device.type == "cpu" and not (Path(sysconfig.get_path("include")) / "Python.h").exists():
+        return "inductor's CPU code needs Python's C headers (Python.h; on Debian and Ubuntu: python3-dev)"
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < (7, 0):
         return "inductor's Triton kernels need a GPU of compute capability 7.0 or newer"
     if device.type not in ("cpu", "cuda"):
@@ -119,18 +123,29 @@ def written_out_attention(device: torch.device, context_length: int) -> bool:
 def inductor_options(device: torch.device) -> dict[str, str | int | bool | Callable[..., Any]]:
     """Inductor's settings for a job's compiled forward and backward on this device (`torch.compile`'s `options`).
 
-    On the CPU, `tanh` as `2 / (1 + exp(-2x)) - 1`. With inductor's default, SLEEF's vectorised `tanh` (accurate
-    to 1 ULP), the GELU of GPT-2 (its tanh form) and its backward were the slowest kernels of a compiled step:
-    875 and 823 µs a layer at the benchmark's shape, against 282 and 357 written through `exp` (a 2-vCPU Intel
-    Xeon at 2.5 GHz with AVX-512 and no AMX, 2026-11-28). The two differ by at most 1.8e-7 (absolute) in `tanh`,
-    which the GELU adds to 1; the loss curves were equal to six digits at step 281. PyTorch made SLEEF the default
-    for a `tanh` whose relative error near 0 matters (pytorch/pytorch#148241: `x - tanh(x)`, then `atan2`), not
-    the case in a GELU. The setting exists from torch 2.8 on; before it, the decomposed form was the default."""
+    On the CPU (A/B figures from a 2-vCPU Intel Xeon at 2.5 GHz with AVX-512 and no AMX, 2026-11-28, on the
+    benchmark's shape):
+
+    - `tanh` as `2 / (1 + exp(-2x)) - 1`. With inductor's default, SLEEF's vectorised `tanh` (accurate to 1 ULP),
+      the GELU of GPT-2 (its tanh form) and its backward were the slowest kernels of a compiled step: 875 and 823
+      µs a layer, against 282 and 357 written through `exp`. The two differ by at most 1.8e-7 (absolute) in
+      `tanh`, which the GELU adds to 1; the loss curves were equal to six digits at step 281. PyTorch made SLEEF
+      the default for a `tanh` whose relative error near 0 matters (pytorch/pytorch#148241: `x - tanh(x)`, then
+      `atan2`), not the case in a GELU. The setting exists from torch 2.8 on; before it, the decomposed form was
+      the default.
+    - `cpp_wrapper`: the compiled graphs call their kernels and matrix products from C++, not from generated
+      Python, which took about 3 ms of a 42 ms step. Two compiled trainers in one process, alternating 10-step
+      windows: a step took 0.958 of the Python wrapper's time (0.965 with the order swapped; the same trainer
+      against itself 1.009); the same losses to the last digit printed. The first compile takes longer (47 s
+      against 18 s, cold), which is warm-up, reported and not counted as training time."""
     from torch._inductor import config
 
-    if device.type == "cpu" and hasattr(config.cpp, "use_decompose_tanh"):
-        return {"cpp.use_decompose_tanh": True}
-    return {}
+    if device.type != "cpu":
+        return {}
+    options: dict[str, str | int | bool | Callable[..., Any]] = {"cpp_wrapper": True}
+    if hasattr(config.cpp, "use_decompose_tanh"):
+        options["cpp.use_decompose_tanh"] = True
+    return options
 
 
 def root_cause(exc: BaseException) -> str:

@@ -130,28 +130,45 @@ def test_the_train_step_runs_the_compiled_graph() -> None:
     assert calls == after_warm_up + 3
 
 
-def test_a_cpu_compile_writes_the_gelu_tanh_through_exp_and_trains_like_eager() -> None:
-    """`compiling.inductor_options` reaches inductor's forward and backward graphs: GPT-2's GELU (its tanh form)
-    computes `tanh` through `exp`, not SLEEF's slower `tanh`, and the steps stay eager's."""
+def test_a_cpu_compile_gets_its_inductor_options_forward_and_backward_and_trains_like_eager() -> None:
+    """`compiling.inductor_options` reaches inductor's forward and backward graphs: each is called from a C++
+    wrapper (`cpp_wrapper`), and GPT-2's GELU (its tanh form) computes `tanh` through `exp`, not SLEEF's slower
+    `tanh`; the steps stay eager's."""
     unsupported = compiling.unsupported_reason(CPU)
     if unsupported is not None:
         pytest.skip(unsupported)
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
 
-    if not hasattr(config.cpp, "use_decompose_tanh"):
-        pytest.skip("this torch has no cpp.use_decompose_tanh (before 2.8 the decomposed tanh was the default)")
     compiled, eager = Trainer(_spec(), _data(), device=CPU), Trainer(_spec(), _data(), device=CPU)
     with config.patch(force_disable_caches=True):  # generate the code, so that it can be read
         _, graphs = run_and_get_code(compiled.compile_forward, "inductor")
-    with_gelu = [code for code in graphs if "tanh" in code]
-    assert len(with_gelu) >= 2, graphs  # the forward's and the backward's
-    for code in with_gelu:
-        tanh_lines = [line.strip() for line in code.splitlines() if "tanh" in line or ".exp()" in line]
-        assert ".exp()" in code and ".tanh()" not in code and "std::tanh" not in code, tanh_lines
+    assert len(graphs) == 2, [graph[:300] for graph in graphs]  # the forward and the backward
+    for code in graphs:
+        assert "cpp_wrapper_src" in code, code[:300]  # the wrapper is C++, compiled with the kernels
+        assert "tanh" in code  # the GELU's kernels (named after what they fuse)
+        if hasattr(config.cpp, "use_decompose_tanh"):
+            lines = [line.strip() for line in code.splitlines() if "tanh" in line or ".exp()" in line]
+            assert ".exp()" in code and ".tanh()" not in code and "std::tanh" not in code, lines
     assert [compiled.train_step().loss for _ in range(3)] == pytest.approx(
         [eager.train_step().loss for _ in range(3)], rel=1e-5
     )
+
+
+def test_no_cpu_compile_is_tried_without_a_cpp_compiler_or_python_headers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sysconfig
+
+    assert compiling.unsupported_reason(CPU) is None  # this machine has both (the suite compiles)
+    include = sysconfig.get_path("include")
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, *a, **k: str(tmp_path) if name == "include" else include)
+    assert "Python.h" in (compiling.unsupported_reason(CPU) or "")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    assert "C++ compiler" in (compiling.unsupported_reason(CPU) or "")
+    choice = compiling.choose_at_start(True, CPU, remaining_steps=1000)
+    assert choice.compile is False and "C++ compiler" in choice.reason
 
 
 def _compiled_losses_with_dropout() -> list[float]:
