@@ -120,8 +120,9 @@ def written_out_attention(device: torch.device, context_length: int) -> bool:
     return device.type == "cpu" and context_length <= WRITTEN_OUT_ATTENTION_MAX_CONTEXT
 
 
-def inductor_options(device: torch.device) -> dict[str, str | int | bool | Callable[..., Any]]:
-    """Inductor's settings for a job's compiled forward and backward on this device (`torch.compile`'s `options`).
+def inductor_options(device: torch.device) -> dict[str, str | int | bool | Callable[..., Any]] | None:
+    """Inductor's settings for a job's compiled forward and backward on this device (`torch.compile`'s `options`;
+    None: its defaults).
 
     On the CPU (A/B figures from a 2-vCPU Intel Xeon at 2.5 GHz with AVX-512 and no AMX, 2026-11-28, on the
     benchmark's shape):
@@ -141,7 +142,7 @@ def inductor_options(device: torch.device) -> dict[str, str | int | bool | Calla
     from torch._inductor import config
 
     if device.type != "cpu":
-        return {}
+        return None
     options: dict[str, str | int | bool | Callable[..., Any]] = {"cpp_wrapper": True}
     if hasattr(config.cpp, "use_decompose_tanh"):
         options["cpp.use_decompose_tanh"] = True

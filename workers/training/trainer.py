@@ -284,7 +284,7 @@ class Trainer:
         if compiling.written_out_attention(self.device, self.spec.model.context_length):
             self.model.set_attn_implementation("eager")  # the same function; see compiling.py for the figures
         options = compiling.inductor_options(self.device) if backend == "inductor" else None
-        compiled = torch.compile(eager, backend=backend, options=options or None)
+        compiled = torch.compile(eager, backend=backend, options=options)
         started = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
         local = eager.no_sync() if isinstance(eager, DistributedDataParallel) else contextlib.nullcontext()
